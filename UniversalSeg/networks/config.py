@@ -1,0 +1,272 @@
+"""The model config: everything needed to rebuild a network from its metadata alone.
+
+A config is plain data (JSON or YAML). ``ModelConfig.from_dict`` validates it and raises
+``ConfigError`` with the path of the offending key and what to do about it; ``to_dict`` gives back
+the same data, so ``ModelConfig.from_dict(cfg.to_dict()) == cfg`` for every valid config.
+
+Stage names used across the network (``L`` = resolution level, ``1/2**L`` of the input):
+``enc0``..``enc4`` are the encoder stages (``enc0`` full resolution, ``enc4`` the 1/16 bottleneck)
+and ``dec3``..``dec0`` the decoder stages (``dec3`` at 1/8 ... ``dec0`` back at full resolution).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+
+ENCODER_STAGES = ("enc0", "enc1", "enc2", "enc3", "enc4")
+DECODER_STAGES = ("dec3", "dec2", "dec1", "dec0")
+STAGES = ENCODER_STAGES + DECODER_STAGES
+
+NORM_KINDS = ("instance", "domain_batch", "polynomial", "class_aware")
+CONV_KINDS = ("shared", "domain_separable")
+HEAD_KINDS = ("dynamic", "static")
+
+# Named sizes of the residual U-Net: base width w, channels (w, 2w, 4w, 8w, 10w).
+PRESETS = {"small": 16, "base": 32, "large": 64}
+
+
+class ConfigError(ValueError):
+    """A model config that cannot describe a network; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Where and how task/modality priors are fused with image features (Hermes)."""
+
+    # stage name -> number of fusion blocks at that stage; {} disables prior fusion.
+    sites: dict[str, int] = field(
+        default_factory=lambda: {"enc2": 2, "enc3": 2, "enc4": 4, "dec3": 2, "dec2": 2}
+    )
+    head_dim: int = 32
+    mlp_ratio: int = 4
+    modality_tokens: int = 10
+
+
+@dataclass(frozen=True)
+class HarmonizationConfig:
+    """Which seed-paper plug-ins replace the plain normalization / convolution layers."""
+
+    norm: str = "instance"  # one of NORM_KINDS
+    conv: str = "shared"  # one of CONV_KINDS
+    polynomial_degree: int = 3  # U-Harmony denormalization polynomial degree (>= 1)
+    class_aware_stages: tuple[str, ...] = ("enc4", "dec3")  # CateNorm only at low resolution
+    class_aware_embedding: int = 16  # channels of the task-embedded soft mask
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    tasks: tuple[str, ...]
+    modalities: tuple[str, ...]
+    domains: tuple[str, ...] = ()
+    base_width: int = 32
+    width_multipliers: tuple[int, ...] = (1, 2, 4, 8, 10)
+    encoder_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    decoder_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    in_channels: int = 1
+    head: str = "dynamic"  # "dynamic": kernels from task posteriors; "static": one channel per task
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    harmonization: HarmonizationConfig = field(default_factory=HarmonizationConfig)
+    format_version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(self.base_width * m for m in self.width_multipliers)
+
+    def stage_channels(self, stage: str) -> int:
+        level = int(stage[-1])
+        return self.channels[level]
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes must be multiples of this (four 2x down-samplings)."""
+        return 2 ** (len(self.channels) - 1)
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def preset(cls, name: str, tasks, modalities, domains=(), **overrides) -> "ModelConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        data = {"tasks": list(tasks), "modalities": list(modalities), "domains": list(domains),
+                "base_width": PRESETS[name]}
+        data.update(overrides)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
+        data = dict(data)
+        if "preset" in data:
+            name = data.pop("preset")
+            if name not in PRESETS:
+                raise ConfigError(f"preset: unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            data.setdefault("base_width", PRESETS[name])
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(
+                f"format_version: this config has format {version!r} but this UniversalSeg reads "
+                f"formats up to {FORMAT_VERSION}; upgrade UniversalSeg to use it")
+        _check_keys(data, cls, "")
+        fusion = _nested(data.pop("fusion", {}), FusionConfig, "fusion")
+        harm = _nested(data.pop("harmonization", {}), HarmonizationConfig, "harmonization")
+        for key in ("tasks", "modalities", "domains", "width_multipliers", "encoder_blocks",
+                    "decoder_blocks"):
+            if key in data:
+                data[key] = _as_tuple(data[key], key)
+        cfg = cls(fusion=fusion, harmonization=harm, **data)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+        return {f.name: plain(dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(
+            getattr(self, f.name)) else getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"model config {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # parse errors from json or yaml
+            raise ConfigError(f"model config {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        data = self.to_dict()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            text = yaml.safe_dump(data, sort_keys=False)
+        else:
+            text = json.dumps(data, indent=2)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+    def replace(self, **changes) -> "ModelConfig":
+        data = self.to_dict()
+        data.update(changes)
+        return ModelConfig.from_dict(data)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        _names(self.tasks, "tasks", allow_empty=False)
+        _names(self.modalities, "modalities", allow_empty=False)
+        _names(self.domains, "domains", allow_empty=True)
+        _positive_int(self.base_width, "base_width")
+        _positive_int(self.in_channels, "in_channels")
+        if len(self.width_multipliers) != 5:
+            raise ConfigError("width_multipliers: need 5 entries (levels 1 to 1/16), "
+                              f"got {len(self.width_multipliers)}")
+        for i, m in enumerate(self.width_multipliers):
+            _positive_int(m, f"width_multipliers[{i}]")
+        for key in ("encoder_blocks", "decoder_blocks"):
+            blocks = getattr(self, key)
+            if len(blocks) != 4:
+                raise ConfigError(f"{key}: need 4 entries (one per level), got {len(blocks)}")
+            for i, b in enumerate(blocks):
+                _positive_int(b, f"{key}[{i}]")
+        if self.head not in HEAD_KINDS:
+            raise ConfigError(f"head: {self.head!r} is not one of {list(HEAD_KINDS)}")
+        f = self.fusion
+        if not isinstance(f.sites, dict):
+            raise ConfigError("fusion.sites: must map stage names to block counts, e.g. {'enc2': 2}")
+        for stage, depth in f.sites.items():
+            if stage not in STAGES:
+                raise ConfigError(f"fusion.sites: unknown stage {stage!r}; stages are {list(STAGES)}")
+            _positive_int(depth, f"fusion.sites.{stage}")
+            c = self.stage_channels(stage)
+            if c % f.head_dim:
+                raise ConfigError(f"fusion.head_dim: {f.head_dim} does not divide the {c} channels "
+                                  f"of stage {stage}; pick a divisor of every fused stage's width")
+        _positive_int(f.head_dim, "fusion.head_dim")
+        _positive_int(f.mlp_ratio, "fusion.mlp_ratio")
+        _positive_int(f.modality_tokens, "fusion.modality_tokens")
+        if self.head == "dynamic" and not f.sites:
+            raise ConfigError("head: the dynamic head builds its kernels from fused task priors; "
+                              "with fusion.sites empty use head: static")
+        h = self.harmonization
+        if h.norm not in NORM_KINDS:
+            raise ConfigError(f"harmonization.norm: {h.norm!r} is not one of {list(NORM_KINDS)}")
+        if h.conv not in CONV_KINDS:
+            raise ConfigError(f"harmonization.conv: {h.conv!r} is not one of {list(CONV_KINDS)}")
+        _positive_int(h.polynomial_degree, "harmonization.polynomial_degree")
+        _positive_int(h.class_aware_embedding, "harmonization.class_aware_embedding")
+        for s in h.class_aware_stages:
+            if s not in STAGES:
+                raise ConfigError(f"harmonization.class_aware_stages: unknown stage {s!r}; "
+                                  f"stages are {list(STAGES)}")
+        needs_domains = h.norm in ("domain_batch", "polynomial") or h.conv == "domain_separable"
+        if needs_domains and not self.domains:
+            raise ConfigError(
+                f"domains: harmonization ({h.norm}/{h.conv}) keeps parameters per domain, so the "
+                "config must list the domains (datasets or sites) the model is trained on")
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_keys(data: dict, cls, prefix: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+
+
+def _nested(data, cls, name):
+    if dataclasses.is_dataclass(data):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: must be a mapping, got {type(data).__name__}")
+    _check_keys(data, cls, name + ".")
+    data = dict(data)
+    for key, value in list(data.items()):
+        if isinstance(value, list):
+            data[key] = tuple(value)
+    return cls(**data)
+
+
+def _as_tuple(value, key):
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
+
+
+def _positive_int(value, key):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+
+
+def _names(values, key, allow_empty):
+    if not values and not allow_empty:
+        raise ConfigError(f"{key}: must list at least one name")
+    for v in values:
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{key}: every entry must be a non-empty string, got {v!r}")
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ConfigError(f"{key}: {v!r} is listed twice; names must be unique")
+        seen.add(v)
