@@ -41,7 +41,8 @@ class ResUNetBackbone(nn.Module):
 
     def memory_format(self) -> torch.memory_format:
         """The format the weights were put in (``prepare_model``); activations follow it."""
-        w = self.encoder[0].blocks[0].conv2.weight
+        w = next(m.weight for m in self.modules()
+                 if isinstance(m, nn.Conv3d) and m.weight.shape[1] > 1)
         if w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous():
             return torch.channels_last_3d
         return torch.contiguous_format

@@ -116,7 +116,10 @@ class Vocabulary:
         or one per sample.
         """
         if tasks and isinstance(tasks[0], str):
-            per_sample = [list(tasks)] * (batch or 1)
+            if batch is None:  # one task list shared by every sample named below
+                lists = [v for v in (modalities, domains) if isinstance(v, (list, tuple))]
+                batch = len(lists[0]) if lists else 1
+            per_sample = [list(tasks)] * batch
         else:
             per_sample = [list(t) for t in tasks]
         b = len(per_sample)
