@@ -1,0 +1,47 @@
+"""The ``universalseg`` command line. Each sub-command lives in its own module under ``commands/``
+and registers itself here; this file only dispatches and turns known errors into exit codes.
+
+Exit codes: 0 ok, 1 unexpected error, 2 bad usage or bad input (config, names, images),
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .commands import COMMANDS
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="universalseg",
+        description="Universal 3D medical image segmentation steered by task and modality priors.")
+    parser.add_argument("--version", action="version", version=f"UniversalSeg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        module.register(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .networks import ConfigError, UnknownNameError
+    try:
+        return int(args.run(args) or 0)
+    except (UserError, ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+        print(f"universalseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"universalseg {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
