@@ -27,3 +27,23 @@ def tiny_net():
 def volume():
     torch.manual_seed(1)
     return torch.randn(2, 1, 32, 32, 32)
+
+
+TINY_TRAIN_NET = {"tasks": ["placeholder"], "modalities": ["CT"], "base_width": 8,
+                  "fusion": {"head_dim": 8, "modality_tokens": 4,
+                             "sites": {"enc2": 1, "enc3": 1, "enc4": 1, "dec3": 1, "dec2": 1}}}
+
+
+@pytest.fixture(scope="session")
+def synth_collection(tmp_path_factory):
+    """The synthetic multi-institution collection, small: 4 cases per institution, 32^3."""
+    from UniversalSeg.data.synthetic import generate_collection
+    return generate_collection(tmp_path_factory.mktemp("synth"), cases=4, shape=32, seed=0)
+
+
+@pytest.fixture
+def tiny_train_config():
+    from UniversalSeg.training.config import TrainConfig
+    return TrainConfig(spacing=(5.625,) * 3, patch_size=(32, 32, 32), batch_size=2, epochs=2,
+                       iterations_per_epoch=3, num_workers=0, lr=3e-3, checkpoint_every=1,
+                       warmup_epochs=0.5)

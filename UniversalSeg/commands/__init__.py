@@ -1,4 +1,4 @@
 """Sub-commands of ``universalseg``; each module has HELP, ``register(parser)`` and sets ``run``."""
-from . import network
+from . import evaluate, network, synth, train
 
-COMMANDS = {"network": network}
+COMMANDS = {"synth": synth, "train": train, "evaluate": evaluate, "network": network}

@@ -1,0 +1,170 @@
+"""Dataset catalogs: MSD layout, label maps, reproducible splits, and every bad input stopped early."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import yaml
+
+from UniversalSeg.data.catalog import CatalogError, check_files, load_catalog
+
+
+def write_catalog(tmp_path, data, name="catalog.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_synthetic_catalog_loads_msd_layout_with_partial_labels(synth_collection):
+    cat = load_catalog(synth_collection)
+    assert cat.task_names == ["liver", "spleen", "kidney", "liver-tumor"]
+    assert cat.modality_names == ["CT", "MR-T1", "MR-T2", "PET"]
+    b = cat.dataset("ct-hospital-b")
+    assert b.label_map == {"liver": (1, 2), "liver-tumor": (2,)}  # tumour inside the liver
+    assert cat.dataset("mr-t2-hospital-d").tasks == ["spleen", "kidney"]  # partial labels
+    for ds in cat.datasets:
+        assert len(ds.splits["train"]) == 3 and len(ds.splits["validation"]) == 1
+    assert cat.tasks["liver"].type.value == "10200004"  # SNOMED CT Liver
+    assert cat.tasks["liver-tumor"].category.meaning == "Morphologically Altered Structure"
+    check_files(cat)
+
+
+def test_splits_are_reproducible_and_seeded(synth_collection, tmp_path):
+    data = yaml.safe_load(synth_collection.read_text())
+    root = synth_collection.parent
+    for d in data["datasets"]:
+        d["root"] = str(root / d["root"])
+    ids = lambda cat: [c.id for c in cat.datasets[0].splits["validation"]]
+    a = load_catalog(write_catalog(tmp_path, data, "a.yaml"))
+    b = load_catalog(write_catalog(tmp_path, data, "b.yaml"))
+    assert ids(a) == ids(b)
+    seeds = set()
+    for seed in range(6):
+        data["datasets"][0]["split"] = {"seed": seed, "validation": 0.25}
+        seeds.add(tuple(ids(load_catalog(write_catalog(tmp_path, data, "c.yaml")))))
+    assert len(seeds) > 1
+    data["datasets"][0]["split"] = {"validation": ["ct-hospital-a_002"], "test": ["ct-hospital-a_000"]}
+    cat = load_catalog(write_catalog(tmp_path, data, "d.yaml"))
+    s = cat.datasets[0].splits
+    assert [c.id for c in s["train"]] == ["ct-hospital-a_001", "ct-hospital-a_003"]
+
+
+def test_value_first_label_maps_and_explicit_case_lists(synth_collection, tmp_path):
+    root = synth_collection.parent / "ct-hospital-a"
+    cases = [{"id": f"c{i}", "image": str(root / "imagesTr" / f"ct-hospital-a_00{i}_0000.nii.gz"),
+              "label": str(root / "labelsTr" / f"ct-hospital-a_00{i}.nii.gz")} for i in range(3)]
+    cat = load_catalog(write_catalog(tmp_path, {"datasets": [
+        {"name": "x", "modality": "CT", "cases": cases, "labels": {1: "liver", 3: "spleen", 4: "kidney"},
+         "split": {"validation": 0.34}}],
+        "tasks": {"kidney": {"color": "#102030"}}}))
+    assert cat.datasets[0].label_map == {"liver": (1,), "spleen": (3,), "kidney": (4,)}
+    assert cat.tasks["kidney"].color == (16, 32, 48)
+    check_files(cat)
+
+
+def _one_dataset(tmp_path, synth_collection, **changes):
+    root = synth_collection.parent / "ct-hospital-a"
+    ds = {"name": "x", "modality": "CT", "root": str(root), "labels": {"liver": 1, "spleen": 3, "kidney": 4}}
+    ds.update(changes)
+    return {"datasets": [ds]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"modality": "XRAY"}, "unknown modality 'XRAY'"),
+    ({"labels": {"liver": 0}}, "must be a positive integer"),
+    ({"root": "/nonexistent"}, "dataset.json not found"),
+    ({"weight": -1}, "weight must be a positive number"),
+    ({"colour": "red"}, "unknown keys"),
+    ({"split": {"validation": ["nope"]}}, "names unknown cases"),
+])
+def test_bad_catalogs_name_the_problem(tmp_path, synth_collection, change, message):
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(write_catalog(tmp_path, _one_dataset(tmp_path, synth_collection, **change)))
+
+
+def test_catalog_level_errors(tmp_path, synth_collection):
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_catalog(tmp_path / "none.yaml")
+    data = _one_dataset(tmp_path, synth_collection)
+    data["datasets"].append(dict(data["datasets"][0]))
+    with pytest.raises(CatalogError, match="used twice"):
+        load_catalog(write_catalog(tmp_path, data))
+    with pytest.raises(CatalogError, match="newer"):
+        load_catalog(write_catalog(tmp_path, {"format_version": 99, "datasets": []}))
+
+
+def _copy_dataset(tmp_path, synth_collection):
+    root = tmp_path / "copy"
+    shutil.copytree(synth_collection.parent / "ct-hospital-a", root)
+    return root
+
+
+def _catalog_for(tmp_path, root, labels=None):
+    return load_catalog(write_catalog(tmp_path, {"datasets": [{
+        "name": "copy", "modality": "CT", "root": str(root),
+        "labels": labels or {"liver": 1, "spleen": 3, "kidney": 4}}]}))
+
+
+def _image_path(root, i=0, kind="image"):
+    return (root / "imagesTr" / f"ct-hospital-a_00{i}_0000.nii.gz" if kind == "image"
+            else root / "labelsTr" / f"ct-hospital-a_00{i}.nii.gz")
+
+
+def test_check_files_refuses_missing_image(tmp_path, synth_collection):
+    root = _copy_dataset(tmp_path, synth_collection)
+    _image_path(root, 1).unlink()
+    with pytest.raises(CatalogError, match=r"case 'ct-hospital-a_001': image file .* is missing"):
+        check_files(_catalog_for(tmp_path, root))
+
+
+def test_check_files_refuses_label_values_outside_the_map(tmp_path, synth_collection):
+    root = _copy_dataset(tmp_path, synth_collection)
+    with pytest.raises(CatalogError, match=r"holds values \[4\] that the catalog's label map"):
+        check_files(_catalog_for(tmp_path, root, {"liver": 1, "spleen": 3}))
+
+
+def test_check_files_refuses_label_on_another_grid(tmp_path, synth_collection):
+    root = _copy_dataset(tmp_path, synth_collection)
+    lab = sitk.ReadImage(str(_image_path(root, 2, "label")))
+    lab.SetSpacing([s * 1.1 for s in lab.GetSpacing()])
+    sitk.WriteImage(lab, str(_image_path(root, 2, "label")))
+    with pytest.raises(CatalogError, match=r"ct-hospital-a_002.nii.gz is not on the grid of image"):
+        check_files(_catalog_for(tmp_path, root))
+
+
+@pytest.mark.parametrize("shape, message", [((20, 20), "a 2D image"), ((3, 8, 8, 8), "a 4D image")])
+def test_check_files_refuses_non_3d_images(tmp_path, synth_collection, shape, message):
+    root = _copy_dataset(tmp_path, synth_collection)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.float32), isVector=False), str(_image_path(root, 0)))
+    with pytest.raises(CatalogError, match=message):
+        check_files(_catalog_for(tmp_path, root))
+
+
+def test_check_files_refuses_nans(tmp_path, synth_collection):
+    # NRRD keeps NaNs; note that ITK's NIfTI reader silently turns them into 0.
+    root = synth_collection.parent / "ct-hospital-a"
+    img = sitk.ReadImage(str(_image_path(root, 3)))
+    arr = sitk.GetArrayFromImage(img)
+    arr[5, 5, 5] = np.nan
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(tmp_path / "nan.nrrd"))
+    cat = load_catalog(write_catalog(tmp_path, {"datasets": [{
+        "name": "n", "modality": "CT", "labels": {"liver": 1, "spleen": 3, "kidney": 4},
+        "cases": [{"id": "c0", "image": "nan.nrrd", "label": str(_image_path(root, 3, "label"))},
+                  {"id": "c1", "image": str(_image_path(root, 1)), "label": str(_image_path(root, 1, "label"))}]}]}))
+    with pytest.raises(CatalogError, match=r"nan.nrrd: contains NaN or infinite voxels"):
+        check_files(cat)
+
+
+def test_train_command_stops_on_bad_data_before_training(tmp_path, synth_collection):
+    from UniversalSeg.cli import main
+    root = _copy_dataset(tmp_path, synth_collection)
+    _image_path(root, 0).write_bytes(b"not an image")
+    catalog = write_catalog(tmp_path, {"datasets": [{"name": "copy", "modality": "CT", "root": str(root),
+                                                     "labels": {"liver": 1, "spleen": 3, "kidney": 4}}]})
+    rc = main(["train", "--catalog", str(catalog), "--config", "small", "--out", str(tmp_path / "run"),
+               "--no-progress"])
+    assert rc == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()

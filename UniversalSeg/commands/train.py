@@ -1,0 +1,61 @@
+"""Train one universal model on every dataset of a catalog (partial labels, mixed modalities).
+
+    universalseg train --catalog CATALOG --config MODEL_CONFIG --out RUN [--resume]
+                       [--train-config TRAIN.yaml] [--epochs N] [--iterations N] ...
+
+MODEL_CONFIG is a network config (e.g. Resources/Configs/network-small.yaml) or a preset name
+(small, base, large); its tasks, modalities and domains are replaced by the catalog's. Settings
+come from --train-config, then from the flags. Multi-GPU / multi-process:
+
+    torchrun --nproc_per_node=4 -m UniversalSeg train --catalog C --config small --out RUN
+"""
+HELP = "train a universal model on a dataset catalog (resumable, torchrun DDP)"
+
+
+def register(parser):
+    parser.add_argument("--catalog", required=True, help="dataset catalog (.yaml / .json)")
+    parser.add_argument("--config", required=True, help="network config file or preset name")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, model)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--train-config", help="training settings (.yaml / .json)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--iterations", type=int, dest="iterations_per_epoch", help="iterations per epoch")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--patch", type=int, nargs="+", help="patch size (1 or 3 multiples of 16)")
+    parser.add_argument("--spacing", type=float, nargs="+", help="model spacing in mm (1 or 3 values)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--workers", type=int, dest="num_workers")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (the schedule "
+                        "still spans --epochs; resume later with --resume)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def load_model_config(spec: str):
+    from ..networks import PRESETS, ModelConfig
+    if spec in PRESETS:
+        return ModelConfig.preset(spec, tasks=["placeholder"], modalities=["CT"])
+    return ModelConfig.load(spec)
+
+
+def run(args) -> int:
+    import json
+
+    from ..training.config import TrainConfig
+    from ..training.trainer import run_training
+    cfg = TrainConfig.load(args.train_config) if args.train_config else TrainConfig()
+    patch = args.patch and (args.patch * 3 if len(args.patch) == 1 else args.patch)
+    spacing = args.spacing and (args.spacing * 3 if len(args.spacing) == 1 else args.spacing)
+    cfg = cfg.replace(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
+                      batch_size=args.batch_size, patch_size=patch, spacing=spacing, lr=args.lr,
+                      precision=args.precision, num_workers=args.num_workers, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    result = run_training(args.catalog, load_model_config(args.config), cfg, args.out,
+                          resume=args.resume, device=args.device, max_steps=args.max_steps,
+                          progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
+    return 0

@@ -1,0 +1,345 @@
+"""The dataset catalog: which datasets, where their images are, what they annotate.
+
+A catalog (YAML or JSON) lists datasets, each with one modality and a map from its label values
+to GLOBAL task names: two datasets may share a task, a dataset may label only some tasks (partial
+labels), and a task may be the union of several label values (``liver: [1, 2]`` when the tumour
+label 2 lies inside the liver)::
+
+    format_version: 1
+    tasks:                          # optional metadata; known names get defaults
+      liver-tumor: {display_name: Liver tumor, color: "#ff4040"}
+    modalities:                     # optional: new modalities with their intensity policy
+      MR-DIXON: {kind: percentile, low: 1, high: 99}
+    datasets:
+      - name: hospital-a
+        modality: CT
+        root: hospital-a            # MSD / nnU-Net raw layout: dataset.json, imagesTr/, labelsTr/
+        labels: {liver: [1, 2], liver-tumor: 2}   # or {1: liver, 2: liver-tumor}
+        weight: 1.0                 # sampling weight
+        split: {seed: 0, validation: 0.2, test: 0.0}   # fractions, or {train: [ids], validation: [ids]}
+      - name: hospital-b
+        modality: MR-T1
+        cases: [{id: c1, image: b/c1.nii.gz, label: b/c1-seg.nii.gz}]   # explicit list
+        labels: {1: spleen}
+
+Paths are relative to the catalog file. ``load_catalog`` validates the structure (errors name the
+key); ``check_files`` opens every file and refuses missing files, non-3D images, label grids that
+differ from the image, label values outside the map and NaNs, naming the file, before training.
+"""
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .modalities import KNOWN_MODALITIES, IntensityPolicy, policy_for
+from .terminology import TaskInfo, task_info
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation", "test")
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; the message names the dataset, key or file."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path
+    label: Optional[Path]
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    modality: str
+    label_map: dict[str, tuple[int, ...]]  # global task -> label values (ordered like catalog.tasks)
+    weight: float
+    splits: dict[str, list[Case]]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.label_map)
+
+
+@dataclass
+class Catalog:
+    tasks: dict[str, TaskInfo]
+    modalities: dict[str, IntensityPolicy]
+    datasets: list[DatasetSpec]
+    path: Optional[Path] = None
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.tasks)
+
+    @property
+    def modality_names(self) -> list[str]:
+        used = {d.modality for d in self.datasets}
+        return [m for m in self.modalities if m in used]
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.datasets]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise CatalogError(f"no dataset {name!r} in the catalog; datasets: {self.domain_names}")
+
+
+# ---------------------------------------------------------------------- loading
+def load_catalog(path: str | Path) -> Catalog:
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise CatalogError(f"catalog {path} cannot be parsed: {exc}") from exc
+    try:
+        return catalog_from_dict(data, path.parent, path)
+    except CatalogError as exc:
+        raise CatalogError(f"{path}: {exc}") from None
+
+
+def catalog_from_dict(data, base: Path, path: Optional[Path] = None) -> Catalog:
+    if not isinstance(data, dict):
+        raise CatalogError("a catalog must be a mapping with a 'datasets' list")
+    unknown = set(data) - {"format_version", "tasks", "modalities", "datasets"}
+    if unknown:
+        raise CatalogError(f"unknown top-level keys {sorted(unknown)}; allowed: format_version, "
+                           "tasks, modalities, datasets")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CatalogError(f"format_version {version!r} is newer than this UniversalSeg reads "
+                           f"({FORMAT_VERSION}); upgrade UniversalSeg")
+    modalities = dict(KNOWN_MODALITIES)
+    for name, spec in (data.get("modalities") or {}).items():
+        try:
+            modalities[str(name)] = IntensityPolicy.from_dict(spec)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatalogError(f"modalities.{name}: needs {{kind: window|percentile, low, high}} ({exc})")
+    raw_datasets = data.get("datasets")
+    if not isinstance(raw_datasets, list) or not raw_datasets:
+        raise CatalogError("'datasets' must be a non-empty list")
+    datasets, seen = [], set()
+    for i, raw in enumerate(raw_datasets):
+        ds = _dataset(raw, i, base, modalities)
+        if ds.name in seen:
+            raise CatalogError(f"dataset name {ds.name!r} is used twice")
+        seen.add(ds.name)
+        datasets.append(ds)
+    # global task order: first appearance across datasets (stable, readable)
+    order: list[str] = []
+    for ds in datasets:
+        order += [t for t in ds.label_map if t not in order]
+    overrides = data.get("tasks") or {}
+    extra = set(overrides) - set(order)
+    if extra:
+        raise CatalogError(f"tasks {sorted(extra)} have metadata but no dataset labels them")
+    try:
+        tasks = {t: task_info(t, overrides.get(t), i) for i, t in enumerate(order)}
+    except ValueError as exc:
+        raise CatalogError(f"tasks: {exc}") from None
+    return Catalog(tasks, modalities, datasets, path)
+
+
+def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
+    where = f"datasets[{i}]"
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: must be a mapping")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise CatalogError(f"{where}: needs a 'name'")
+    where = f"dataset {name!r}"
+    allowed = {"name", "modality", "root", "cases", "labels", "weight", "split"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    modality = raw.get("modality")
+    if modality not in modalities:
+        raise CatalogError(f"{where}: unknown modality {modality!r}; known: {sorted(modalities)} "
+                           "(declare new ones under 'modalities')")
+    weight = raw.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise CatalogError(f"{where}: weight must be a positive number, got {weight!r}")
+    msd = None
+    if "root" in raw:
+        root = (base / raw["root"]).resolve()
+        cases, msd = _msd_cases(root, where)
+    elif "cases" in raw:
+        cases = _listed_cases(raw["cases"], base, where)
+    else:
+        raise CatalogError(f"{where}: give 'root' (MSD / nnU-Net layout) or a 'cases' list")
+    labels = raw.get("labels")
+    if labels is None and msd is not None:
+        labels = {str(k).lower(): v for k, v in _msd_labels(msd).items()}
+    if not labels:
+        raise CatalogError(f"{where}: 'labels' must map label values to task names")
+    label_map = _label_map(labels, where)
+    return DatasetSpec(name, modality, label_map, float(weight),
+                       _split(cases, raw.get("split", {}), name, where))
+
+
+def _listed_cases(raw_cases, base: Path, where: str) -> list[Case]:
+    if not isinstance(raw_cases, list) or not raw_cases:
+        raise CatalogError(f"{where}: 'cases' must be a non-empty list of {{id, image, label}}")
+    cases = []
+    for j, c in enumerate(raw_cases):
+        if not isinstance(c, dict) or "image" not in c:
+            raise CatalogError(f"{where}: cases[{j}] needs at least 'image'")
+        image = base / c["image"]
+        cases.append(Case(str(c.get("id", Path(c["image"]).name.split(".")[0])), image,
+                          base / c["label"] if c.get("label") else None))
+    ids = [c.id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise CatalogError(f"{where}: case ids must be unique")
+    return cases
+
+
+def _msd_cases(root: Path, where: str):
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise CatalogError(f"{where}: {meta_path} not found (MSD / nnU-Net raw layout expected: "
+                           "dataset.json, imagesTr/, labelsTr/)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"{where}: {meta_path} is not valid JSON: {exc}") from None
+    cases = []
+    if meta.get("training"):  # MSD: explicit pairs
+        for entry in meta["training"]:
+            image = root / entry["image"]
+            cid = image.name.split(".")[0]
+            cases.append(Case(cid, image, root / entry["label"]))
+    else:  # nnU-Net v2: imagesTr/{case}_0000{ending}, labelsTr/{case}{ending}
+        ending = meta.get("file_ending", ".nii.gz")
+        channels = meta.get("channel_names") or meta.get("modality") or {"0": ""}
+        if len(channels) != 1:
+            raise CatalogError(f"{where}: {len(channels)} input channels in dataset.json; "
+                               "UniversalSeg takes single-channel images")
+        for label in sorted((root / "labelsTr").glob(f"*{ending}")):
+            cid = label.name[: -len(ending)]
+            cases.append(Case(cid, root / "imagesTr" / f"{cid}_0000{ending}", label))
+    if not cases:
+        raise CatalogError(f"{where}: no training cases found under {root}")
+    return cases, meta
+
+
+def _msd_labels(meta: dict) -> dict:
+    labels = meta.get("labels", {})
+    out = {}
+    for k, v in labels.items():
+        if str(k).lstrip("-").isdigit():  # MSD: {"1": "liver"}
+            if int(k) != 0:
+                out[str(v)] = int(k)
+        elif str(k).lower() != "background":  # nnU-Net v2: {"liver": 1}
+            out[str(k)] = v
+    return out
+
+
+def _label_map(labels: dict, where: str) -> dict[str, tuple[int, ...]]:
+    if not isinstance(labels, dict):
+        raise CatalogError(f"{where}: 'labels' must be a mapping")
+    value_first = all(isinstance(k, int) or str(k).isdigit() for k in labels)
+    out: dict[str, list[int]] = {}
+    for k, v in labels.items():
+        if value_first:
+            task, values = str(v), [int(k)]
+        else:
+            task, values = str(k), v if isinstance(v, list) else [v]
+        for value in values:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise CatalogError(f"{where}: label value {value!r} for task {task!r} must be a "
+                                   "positive integer (0 is background)")
+        out.setdefault(task, []).extend(values)
+    return {t: tuple(sorted(set(v))) for t, v in out.items()}
+
+
+def _split(cases: list[Case], spec, name: str, where: str) -> dict[str, list[Case]]:
+    if not isinstance(spec, dict):
+        raise CatalogError(f"{where}: 'split' must be a mapping")
+    by_id = {c.id: c for c in cases}
+    if any(isinstance(spec.get(k), list) for k in SPLITS):  # explicit case lists
+        splits, used = {}, set()
+        for key in SPLITS:
+            ids = spec.get(key, [])
+            missing = [i for i in ids if i not in by_id]
+            if missing:
+                raise CatalogError(f"{where}: split.{key} names unknown cases {missing[:5]}")
+            if used & set(ids):
+                raise CatalogError(f"{where}: a case is in two splits: {sorted(used & set(ids))[:5]}")
+            used |= set(ids)
+            splits[key] = [by_id[i] for i in ids]
+        if "train" not in spec:
+            splits["train"] = [c for c in cases if c.id not in used]
+        return splits
+    seed = spec.get("seed", 0)
+    fractions = {k: float(spec.get(k, d)) for k, d in (("validation", 0.2), ("test", 0.0))}
+    if any(not 0 <= f < 1 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        raise CatalogError(f"{where}: split fractions must be in [0, 1) and leave training cases")
+    order = sorted(by_id)
+    random.Random(zlib.crc32(f"{seed}:{name}".encode())).shuffle(order)
+    n_val = round(fractions["validation"] * len(order)) if fractions["validation"] else 0
+    if fractions["validation"] and n_val == 0 and len(order) > 1:
+        n_val = 1
+    n_test = round(fractions["test"] * len(order))
+    val, test, train = order[:n_val], order[n_val:n_val + n_test], order[n_val + n_test:]
+    if not train:
+        raise CatalogError(f"{where}: the split leaves no training case")
+    return {"train": [by_id[i] for i in train], "validation": [by_id[i] for i in val],
+            "test": [by_id[i] for i in test]}
+
+
+# ---------------------------------------------------------------------- deep checks
+def check_files(catalog: Catalog, splits=SPLITS, progress: bool = False) -> None:
+    """Open every image and label; raise ``CatalogError`` naming the first bad file."""
+    import SimpleITK as sitk
+
+    from .image_io import ImageError, check_image, read_sitk
+
+    work = [(ds, c) for ds in catalog.datasets for s in splits for c in ds.splits.get(s, [])]
+    if progress:
+        from tqdm import tqdm
+        work = tqdm(work, desc="checking files", unit="case")
+    for ds, case in work:
+        for path, what in ((case.image, "image"), (case.label, "label")):
+            if path is not None and not path.exists():
+                raise CatalogError(f"dataset {ds.name!r}, case {case.id!r}: {what} file {path} is missing")
+        try:
+            image = read_sitk(case.image)
+            check_image(image, str(case.image))
+            if case.label is None:
+                continue
+            label = read_sitk(case.label)
+            check_image(label, str(case.label), label=True)
+        except ImageError as exc:
+            raise CatalogError(f"dataset {ds.name!r}: {exc}") from None
+        if label.GetSize() != image.GetSize() or not (
+                np.allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-4)
+                and np.allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-3)
+                and np.allclose(label.GetDirection(), image.GetDirection(), atol=1e-4)):
+            raise CatalogError(
+                f"dataset {ds.name!r}: label {case.label} is not on the grid of image {case.image} "
+                f"(size {label.GetSize()} vs {image.GetSize()}, spacing {label.GetSpacing()} vs "
+                f"{image.GetSpacing()}); resample the label onto the image grid")
+        values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {0}
+        allowed = {v for vs in ds.label_map.values() for v in vs}
+        if values - allowed:
+            raise CatalogError(
+                f"dataset {ds.name!r}: label {case.label} holds values {sorted(values - allowed)} "
+                f"that the catalog's label map {dict(ds.label_map)} does not assign to a task; "
+                "add them to 'labels' (or remove them from the file)")

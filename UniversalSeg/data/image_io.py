@@ -1,0 +1,95 @@
+"""Reading medical images with SimpleITK into MONAI MetaTensors, with checks that name the problem.
+
+SimpleITK reads every format we support (NIfTI, NRRD, MHA, a DICOM series folder). MONAI's own
+ITK reader needs the separate ``itk`` package (hundreds of MB) and its nibabel reader does not read
+DICOM series or NRRD, so this small bridge is written here: it returns a channel-first float32
+``MetaTensor`` whose array axes are (i, j, k) and whose ``affine`` maps voxel indices to RAS
+millimetres, which is what MONAI's ``Orientation`` / ``Spacing`` transforms expect.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ImageError(ValueError):
+    """An image that cannot be segmented as it is; the message names the file and the fix."""
+
+
+def read_sitk(path: str | Path) -> sitk.Image:
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise ImageError(f"{path}: folder holds no DICOM series")
+            if len(series) > 1:
+                raise ImageError(f"{path}: folder holds {len(series)} DICOM series; point to a "
+                                 f"folder with one series")
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise ImageError(f"{path}: cannot read the image ({first})") from None
+
+
+def check_image(image: sitk.Image, name: str, *, label: bool = False) -> None:
+    """Refuse what the network cannot segment: not 3D, several components, NaNs, empty."""
+    if image.GetDimension() != 3:
+        raise ImageError(f"{name}: a {image.GetDimension()}D image; UniversalSeg needs a 3D volume "
+                         "(split a 4D series into 3D frames first)")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "give a single-channel (scalar) volume")
+    size = image.GetSize()
+    if min(size) < 2:
+        raise ImageError(f"{name}: size {size} is a single slice, not a 3D volume")
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
+        raise ImageError(f"{name}: the direction matrix is not orthonormal (sheared acquisition); "
+                         "resample it to an orthogonal grid first")
+    if not label:
+        array = sitk.GetArrayViewFromImage(image)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ImageError(f"{name}: contains NaN or infinite voxels; fix or mask them first")
+
+
+def sitk_affine(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix mapping (i, j, k) voxel indices to RAS millimetres."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.array(image.GetSpacing())[None, :]
+    lps[:3, 3] = image.GetOrigin()
+    return LPS_TO_RAS @ lps
+
+
+def to_metatensor(image: sitk.Image, dtype=np.float32, filename: str = "") -> MetaTensor:
+    array = sitk.GetArrayFromImage(image)  # (k, j, i)
+    array = np.ascontiguousarray(array.transpose(2, 1, 0)).astype(dtype, copy=False)
+    meta = {"filename_or_obj": filename, "original_affine": sitk_affine(image),
+            "spatial_shape": np.array(image.GetSize())}
+    return MetaTensor(torch.from_numpy(array)[None], affine=torch.from_numpy(sitk_affine(image)),
+                      meta=meta)
+
+
+def read_image(path: str | Path, *, label: bool = False) -> MetaTensor:
+    """Read and check ``path``; returns a [1, I, J, K] MetaTensor (float32, or int16 for labels)."""
+    image = read_sitk(path)
+    check_image(image, str(path), label=label)
+    if label:
+        if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+            array = sitk.GetArrayViewFromImage(image)
+            if not np.all(np.equal(np.mod(array, 1), 0)):
+                raise ImageError(f"{path}: a label image must hold whole numbers (label values)")
+        return to_metatensor(image, np.int16, str(path))
+    return to_metatensor(image, np.float32, str(path))

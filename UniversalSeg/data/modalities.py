@@ -1,0 +1,61 @@
+"""Imaging modalities and how each one's intensities are normalized (data, not code paths).
+
+CT intensities are physical (Hounsfield units): clip to a fixed window, then z-score. MR and PET
+intensities are arbitrary per scanner: clip to the volume's own 2nd-98th percentiles, then z-score
+(as the Hermes reference does). A catalog may declare more modalities with either policy. The
+model package stores the policy of every modality, so inference normalizes exactly as training.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class IntensityPolicy:
+    kind: str  # "window" (fixed clip) or "percentile" (per-volume clip)
+    low: float
+    high: float
+
+    def __post_init__(self):
+        if self.kind not in ("window", "percentile"):
+            raise ValueError(f"intensity policy kind {self.kind!r} must be 'window' or 'percentile'")
+        if not self.low < self.high:
+            raise ValueError(f"intensity policy needs low < high, got {self.low} and {self.high}")
+        if self.kind == "percentile" and not (0 <= self.low and self.high <= 100):
+            raise ValueError("percentile limits must lie in [0, 100]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "IntensityPolicy":
+        return cls(str(data["kind"]), float(data["low"]), float(data["high"]))
+
+
+CT_WINDOW = IntensityPolicy("window", -991.0, 500.0)
+PERCENTILE = IntensityPolicy("percentile", 2.0, 98.0)
+
+KNOWN_MODALITIES: dict[str, IntensityPolicy] = {
+    "CT": CT_WINDOW,
+    "MR-T1": PERCENTILE,
+    "MR-T1c": PERCENTILE,
+    "MR-T2": PERCENTILE,
+    "MR-FLAIR": PERCENTILE,
+    "MR-DWI": PERCENTILE,
+    "cine-MR": PERCENTILE,
+    "PET": PERCENTILE,
+}
+
+# DICOM Modality (0008,0060) -> our default modality name (used to preselect in Slicer).
+DICOM_MODALITY = {"CT": "CT", "PT": "PET", "MR": "MR-T1"}
+
+
+def policy_for(modality: str, custom: Optional[dict] = None) -> IntensityPolicy:
+    if custom and modality in custom:
+        return custom[modality]
+    if modality not in KNOWN_MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}: known modalities are "
+                         f"{sorted(KNOWN_MODALITIES)}; declare a new one in the catalog's "
+                         f"'modalities' section with an intensity policy")
+    return KNOWN_MODALITIES[modality]

@@ -1,0 +1,1 @@
+"""Training: partial-label losses, the resumable DDP trainer, evaluation on whole volumes."""

@@ -1,0 +1,47 @@
+"""Atomic, safe checkpoints: never a half-written file, never an unpickled object from outside.
+
+``save_atomic`` writes to a temporary file in the same folder, fsyncs it and renames it over the
+target (``os.replace`` is atomic on POSIX and Windows), so a run killed at any instant leaves
+either the previous checkpoint or the new one. ``load_checkpoint`` uses
+``torch.load(weights_only=True)``: tensors and plain containers only, no code execution.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, kind: str = "UniversalSeg training checkpoint") -> dict:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable {kind} (corrupt, truncated or not a "
+                              f"weights-only torch file): {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "universalseg-checkpoint":
+        raise CheckpointError(f"{path} is not a {kind} (foreign file); start a new run or point "
+                              "--out to the run that wrote it")
+    return ckpt

@@ -1,0 +1,65 @@
+"""The partial-label loss: each sample is supervised only on the tasks its dataset annotates.
+
+Per (sample, task): sigmoid BCE + adaptive Tversky (Hermes: alpha = clamp(FP / (FP + FN), 0.2,
+0.8), detached, so the loss leans against whichever error the model currently makes more).
+MONAI's Dice/Tversky losses take one global alpha and reduce over all channels, so this small
+piece is written here. Entries outside ``supervised`` (padding slots, or tasks a dataset does not
+label) are removed with ``torch.where`` before the mean: their gradients are exactly zero, not
+merely small. Auxiliary terms: modality cross-entropy (0.01, as the reference) and, with domain
+plug-ins, the domain gate's cross-entropy on samples with a known domain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    bce: float = 1.0
+    tversky: float = 1.0
+    modality: float = 0.01
+    domain: float = 0.1
+
+
+def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5):
+    """logits, target [B, T, ...] -> (bce [B, T], tversky [B, T])."""
+    logits = logits.float().flatten(2)
+    target = target.float().flatten(2)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+    p = torch.sigmoid(logits)
+    tp = (p * target).sum(-1)
+    fp = (p * (1 - target)).sum(-1)
+    fn = ((1 - p) * target).sum(-1)
+    alpha = (fp / (fp + fn + smooth)).clamp(0.2, 0.8).detach()
+    tversky = 1 - (tp + smooth) / (tp + alpha * fp + (1 - alpha) * fn + smooth)
+    return bce, tversky
+
+
+class PartialLabelLoss(nn.Module):
+    def __init__(self, weights: LossWeights = LossWeights()):
+        super().__init__()
+        self.w = weights
+
+    def forward(self, outputs: dict, target: torch.Tensor, supervised: torch.Tensor,
+                modality_ids: torch.Tensor, domain_ids: torch.Tensor):
+        bce, tversky = per_task_losses(outputs["logits"], target)
+        per = self.w.bce * bce + self.w.tversky * tversky
+        count = supervised.sum().clamp(min=1)
+        seg = torch.where(supervised, per, torch.zeros_like(per)).sum() / count
+        parts = {"segmentation": seg.detach()}
+        total = seg
+        if "modality_logits" in outputs and self.w.modality:
+            mod = F.cross_entropy(outputs["modality_logits"].float(), modality_ids)
+            total = total + self.w.modality * mod
+            parts["modality"] = mod.detach()
+        if "domain_logits" in outputs and self.w.domain:
+            known = domain_ids >= 0
+            if bool(known.any()):
+                dom = F.cross_entropy(outputs["domain_logits"].float()[known], domain_ids[known])
+                total = total + self.w.domain * dom
+                parts["domain"] = dom.detach()
+        return total, parts

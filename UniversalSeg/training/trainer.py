@@ -1,0 +1,331 @@
+"""The trainer: one universal model on many partially labelled datasets, resumable bit-exactly.
+
+    run_training(catalog_path, model_config, train_config, out_dir, resume=False)
+
+Per step: a batch of patches (datasets mixed by their catalog weights; each sample carries its
+dataset's tasks, modality and domain) -> forward under autocast (bf16 on CUDA; on CPU when asked)
+-> partial-label loss -> backward -> gradient clipping -> AdamW step -> warm-up + poly LR ->
+EMA update (``torch.optim.swa_utils.AveragedModel``). Every ``validate_every`` epochs the EMA
+model is evaluated on WHOLE validation volumes (sliding window): Dice per dataset x task.
+
+Output folder::
+
+    RUN/checkpoints/last.pt, best.pt   atomic; model, optimizer, scheduler, EMA, sampler position,
+                                       RNG states, configs (torch.load(weights_only=True) safe)
+    RUN/tensorboard/                   loss, learning rate, Dice per dataset x task
+    RUN/train.log                      human-readable log
+    RUN/validation.json                latest Dice table
+    RUN/model/                         the model package (EMA weights) written at the end
+
+``resume=True`` continues from ``last.pt``: the same weights as an uninterrupted run of the same
+steps (the sampler plan and every augmentation are functions of the seed and the position).
+Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank reads its own shard
+of the sampling plan, and rank 0 alone validates, logs and writes files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+from ..data.catalog import Catalog, check_files, load_catalog
+from ..data.dataset import AugmentedPatches, PreprocessedCases, case_records, collate_patches
+from ..data.sampler import DatasetWeightedSampler
+from ..model_package import save_package
+from ..networks import (ModelConfig, SegContext, UniversalSegNet, autocast, prepare_input,
+                        prepare_model, resolve_device)
+from ..networks.growable_table import GrowableTable
+from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .config import TrainConfig
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from .evaluation import evaluate_cases, format_dice_table
+from .losses import PartialLabelLoss
+
+log = logging.getLogger("UniversalSeg.train")
+
+
+def fit_config_to_catalog(cfg: ModelConfig, catalog: Catalog) -> ModelConfig:
+    """The network's tasks, modalities and domains are the catalog's (global ids)."""
+    return cfg.replace(tasks=catalog.task_names, modalities=catalog.modality_names,
+                       domains=catalog.domain_names)
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"  # bf16 on CPU only when asked: it is fast with AMX but changes numerics
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA GPU; use bf16 or fp32 on CPU")
+    return requested
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float):
+    """Weight decay on convolution / linear weights only; never on norms, biases or prior tables."""
+    no_decay = set()
+    for module in model.modules():
+        if isinstance(module, GrowableTable):
+            no_decay |= {id(p) for p in module.parameters()}
+    decay, rest = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (rest if p.ndim < 2 or id(p) in no_decay else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, warmup: int, total: int, power: float) -> float:
+    """Linear warm-up to 1, then polynomial decay to 0 at ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (1 - progress) ** power
+
+
+class Trainer:
+    def __init__(self, catalog_path: str | Path, model_config: ModelConfig, cfg: TrainConfig,
+                 out_dir: str | Path, device: str = "auto", progress: bool = True):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.dist: DistInfo = init_distributed(resolve_device(device))
+        self.device = self.dist.device
+        self.precision = training_precision(cfg.precision, self.device)
+        self.progress = progress and self.dist.is_main
+        self.catalog = load_catalog(catalog_path)
+        self.catalog_path = Path(catalog_path)
+        if self.dist.is_main:
+            check_files(self.catalog, progress=self.progress)  # every bad file before training
+        barrier(self.dist)
+        self.model_config = fit_config_to_catalog(model_config, self.catalog)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        net = UniversalSegNet(self.model_config)
+        self.net = prepare_model(net, self.device)
+        self.model = (DistributedDataParallel(self.net, device_ids=[self.device.index]
+                                              if self.device.type == "cuda" else None)
+                      if self.dist.enabled else self.net)
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                 use_buffers=True)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.net, cfg.weight_decay), lr=cfg.lr)
+        warmup = int(round(cfg.warmup_epochs * cfg.iterations_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, cfg.total_steps, cfg.poly_power))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.loss_fn = PartialLabelLoss()
+        self._build_data()
+        self.step, self.best = 0, -1.0
+
+    # ------------------------------------------------------------------ data
+    def _build_data(self):
+        c, m = self.catalog, self.model_config
+        train = case_records(c, "train", m.tasks, m.modalities, m.domains)
+        self.val_records = case_records(c, "validation", m.tasks, m.modalities, m.domains)
+        self.train_cases = PreprocessedCases(train, self.cfg.spacing, c.modalities,
+                                             self.cfg.cache_rate, progress=self.progress)
+        patches = AugmentedPatches(self.train_cases, self.cfg.patch_size, self.cfg.augmentation)
+        dataset_of_case = [c.domain_names.index(r["dataset"]) for r in train]
+        per_epoch = self.cfg.iterations_per_epoch * self.cfg.batch_size * self.dist.world_size
+        self.sampler = DatasetWeightedSampler(dataset_of_case, [d.weight for d in c.datasets],
+                                              per_epoch, self.cfg.seed, self.dist.rank,
+                                              self.dist.world_size)
+        self.loader = DataLoader(patches, batch_size=self.cfg.batch_size, sampler=self.sampler,
+                                 collate_fn=collate_patches, num_workers=self.cfg.num_workers,
+                                 drop_last=True, pin_memory=self.device.type == "cuda",
+                                 persistent_workers=False)
+        self.val_cases = None
+
+    def _validation_cases(self):
+        if self.val_cases is None and self.val_records:
+            self.val_cases = PreprocessedCases(self.val_records, self.cfg.spacing,
+                                               self.catalog.modalities, progress=False)
+        return self.val_cases
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {
+            "format": "universalseg-checkpoint", "version": 1, "step": self.step, "best": self.best,
+            "model": self.net.state_dict(), "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "model_config": self.model_config.to_dict(), "train_config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.dist.is_main:
+            save_atomic(self.state(), self.out / "checkpoints" / name)
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt["model_config"] != self.model_config.to_dict():
+            raise CheckpointError(f"{path} was written for another network or catalog (tasks, "
+                                  "modalities or architecture differ); use a new --out folder")
+        if ckpt["world_size"] != self.dist.world_size or \
+                ckpt["train_config"]["batch_size"] != self.cfg.batch_size:
+            log.warning("resuming with a different number of processes or batch size: the run "
+                        "continues correctly but is no longer bit-identical to an uninterrupted one")
+        self.net.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        self.step, self.best = int(ckpt["step"]), float(ckpt["best"])
+
+    # ------------------------------------------------------------------ loop
+    def train_step(self, batch) -> dict:
+        image = prepare_input(batch["image"], self.device)
+        target = batch["target"].to(self.device, non_blocking=True)
+        ctx = SegContext(batch["task_ids"], batch["modality_ids"], batch["domain_ids"]).to(self.device)
+        with autocast(self.device, self.precision):
+            outputs = self.model(image, ctx)
+        loss, parts = self.loss_fn(outputs, target, ctx.task_mask, ctx.modality_ids, ctx.domain_ids)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower the "
+                                     "learning rate or check the images for extreme values")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update_parameters(self.net)
+        self.step += 1
+        return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+
+    def validate(self) -> Optional[dict]:
+        cases = self._validation_cases()
+        if not cases:
+            return None
+        result = evaluate_cases(self.ema.module, cases, self.cfg.patch_size, self.device,
+                                self.cfg.overlap, self.precision if self.device.type == "cuda" else "fp32",
+                                progress=self.progress)
+        (self.out / "validation.json").write_text(json.dumps({"step": self.step, **result}, indent=2))
+        return result
+
+    def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        last = self.out / "checkpoints" / "last.pt"
+        if resume and last.exists():
+            self.restore(last)
+            log.info("resumed from %s at step %d", last, self.step)
+        elif last.exists() and not resume:
+            raise CheckpointError(f"{self.out} already holds a run (checkpoints/last.pt); pass "
+                                  "--resume to continue it or choose another --out")
+        writer = self._writer()
+        total = self.cfg.total_steps if max_steps is None else min(max_steps, self.cfg.total_steps)
+        ipe = self.cfg.iterations_per_epoch
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=self.step, desc="training", unit="it", dynamic_ncols=True)
+        result, t0 = None, time.time()
+        self.model.train()
+        while self.step < total:
+            epoch, offset = divmod(self.step, ipe)
+            self.sampler.set_epoch(epoch)
+            self.sampler.skip(offset * self.cfg.batch_size)
+            for batch in self.loader:
+                metrics = self.train_step(batch)
+                lr = self.optimizer.param_groups[0]["lr"]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.2e}")
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", v, self.step)
+                    writer.add_scalar("train/lr", lr, self.step)
+                end_of_epoch = self.step % ipe == 0
+                if end_of_epoch or self.step >= total:
+                    if self.dist.is_main and (self.step // ipe) % self.cfg.validate_every == 0 \
+                            or self.step >= total:
+                        result = self._validate_and_keep_best(writer)
+                    barrier(self.dist)
+                    self.save()
+                    break
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.save()
+                if self.step >= total:
+                    break
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        log.info("trained %d steps in %.0f s", self.step, time.time() - t0)
+        return result or {}
+
+    def _validate_and_keep_best(self, writer):
+        if not self.dist.is_main:
+            return None
+        result = self.validate()
+        if result is None:
+            return None
+        log.info("step %d validation (EMA weights, whole volumes):\n%s", self.step,
+                 format_dice_table(result))
+        if writer is not None:
+            for k, v in result["dice"].items():
+                writer.add_scalar(f"val_dice/{k}", v, self.step)
+            writer.add_scalar("val_dice/mean", result["mean_dice"], self.step)
+        if result["mean_dice"] > self.best:
+            self.best = result["mean_dice"]
+            self.save("best.pt")
+        return result
+
+    def _writer(self):
+        if not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is an optional extra
+            log.info("tensorboard is not installed; no TensorBoard logs")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
+
+    def export(self, name: str = "model") -> Optional[Path]:
+        """Write the model package (EMA weights) for inference; rank 0 only."""
+        if not self.dist.is_main:
+            return None
+        net = UniversalSegNet(self.model_config)
+        net.load_state_dict(self.ema.module.state_dict())
+        provenance = {"catalog": str(self.catalog_path), "datasets": self.catalog.domain_names,
+                      "steps": self.step, "seed": self.cfg.seed, "training": self.cfg.to_dict()}
+        val = self.out / "validation.json"
+        if val.exists():
+            provenance["validation"] = json.loads(val.read_text())
+        tasks = [self.catalog.tasks[t] for t in self.model_config.tasks]
+        return save_package(self.out / name, net, tasks, self.catalog.modalities, self.cfg.spacing,
+                            self.cfg.patch_size, provenance)
+
+    def close(self):
+        shutdown(self.dist)
+
+
+def run_training(catalog_path, model_config: ModelConfig, cfg: TrainConfig, out_dir, resume=False,
+                 device="auto", max_steps: Optional[int] = None, progress=True) -> dict:
+    trainer = Trainer(catalog_path, model_config, cfg, out_dir, device, progress)
+    try:
+        _file_log(Path(out_dir), trainer.dist)
+        result = trainer.fit(resume=resume, max_steps=max_steps)
+        package = trainer.export() if trainer.step >= cfg.total_steps else None
+        return {"steps": trainer.step, "validation": result, "package": str(package) if package else None}
+    finally:
+        trainer.close()
+
+
+def _file_log(out: Path, dist: DistInfo):
+    if not dist.is_main:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("UniversalSeg").addHandler(handler)
+    logging.getLogger("UniversalSeg").setLevel(logging.INFO)
