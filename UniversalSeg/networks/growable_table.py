@@ -41,8 +41,8 @@ class GrowableTable(nn.Module):
         return self.weight.shape[0] + self.extra.shape[0]
 
     def table(self) -> torch.Tensor:
-        if self.extra.shape[0] == 0:
-            return self.weight
+        # always through cat, even with no new rows: both parameters stay in the autograd graph,
+        # which DistributedDataParallel requires of every trainable parameter
         return torch.cat([self.weight, self.extra], dim=0)
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:

@@ -215,6 +215,9 @@ class Trainer:
     def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.out / "checkpoints" / "last.pt"
+        if self.dist.is_main:  # a run killed while writing leaves a temporary file: drop it
+            for stale in (self.out / "checkpoints").glob(".*.tmp"):
+                stale.unlink()
         if resume and last.exists():
             self.restore(last)
             log.info("resumed from %s at step %d", last, self.step)
