@@ -1,8 +1,9 @@
 """The ``universalseg`` command line. Each sub-command lives in its own module under ``commands/``
 and registers itself here; this file only dispatches and turns known errors into exit codes.
 
-Exit codes: 0 ok, 1 unexpected error, 2 bad usage or bad input (config, names, images),
-130 interrupted.
+Exit codes: 0 ok, 1 unexpected error, 2 bad usage or bad input (config, catalog, names, images),
+3 model problem (corrupt or foreign package, newer format, failed download or checksum),
+4 out of memory, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 from . import __version__
 from .commands import COMMANDS
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL, EXIT_MEMORY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class UserError(Exception):
@@ -36,12 +37,25 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import torch
+
+    from .model_download import DownloadError
+    from .model_package import PackageError
     from .networks import ConfigError, UnknownNameError
+
+    def fail(exc, code):
+        print(f"universalseg {args.command}: error: {exc}", file=sys.stderr)
+        return code
+
     try:
         return int(args.run(args) or 0)
+    except (PackageError, DownloadError) as exc:
+        return fail(exc, EXIT_MODEL)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
+        return fail(exc or "out of memory; crop with --roi, request fewer tasks or use --device cpu",
+                    EXIT_MEMORY)
     except (UserError, ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
-        print(f"universalseg {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(exc, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print(f"universalseg {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -47,3 +47,19 @@ def tiny_train_config():
     return TrainConfig(spacing=(5.625,) * 3, patch_size=(32, 32, 32), batch_size=2, epochs=2,
                        iterations_per_epoch=3, num_workers=0, lr=3e-3, checkpoint_every=1,
                        warmup_epochs=0.5)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_collection, tmp_path_factory):
+    """One short real training run on the synthetic collection (about a minute on 2 cores),
+    shared by the training, evaluation and inference tests."""
+    from UniversalSeg.networks import ModelConfig
+    from UniversalSeg.training.config import TrainConfig
+    from UniversalSeg.training.trainer import run_training
+    cfg = TrainConfig(spacing=(5.625,) * 3, patch_size=(32, 32, 32), batch_size=2, epochs=3,
+                      iterations_per_epoch=20, validate_every=3, num_workers=0, lr=3e-3,
+                      checkpoint_every=20, warmup_epochs=0.5)
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = run_training(synth_collection, ModelConfig.from_dict(TINY_TRAIN_NET), cfg, out,
+                          device="cpu", progress=False)
+    return {"out": out, **result}

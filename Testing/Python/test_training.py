@@ -24,26 +24,35 @@ def tiny_net_file(tmp_path):
     return path
 
 
-def test_tiny_training_run_learns_and_exports_a_package(synth_collection, tiny_train_config, tmp_path):
-    cfg = tiny_train_config.replace(epochs=3, iterations_per_epoch=20, validate_every=3)
-    result = run_training(synth_collection, ModelConfig.from_dict(TINY_TRAIN_NET), cfg,
-                          tmp_path / "run", device="cpu", progress=False)
-    dice = result["validation"]["dice"]
+def test_tiny_training_run_learns_and_exports_a_package(trained_run):
+    dice = trained_run["validation"]["dice"]
     livers = [v for k, v in dice.items() if k.endswith("/liver")]
     # chance level for the liver (about 3% of the field of view) is a Dice of about 0.03
     assert len(livers) == 4 and sum(livers) / len(livers) > 0.5, dice
     assert set(k.split("/")[1] for k in dice) == {"liver", "spleen", "kidney", "liver-tumor"}
-    package = load_package(result["package"])
+    package = load_package(trained_run["package"])
     assert list(package.config.tasks) == ["liver", "spleen", "kidney", "liver-tumor"]
     assert package.meta["provenance"]["steps"] == 60
     assert package.tasks[0].type.value == "10200004"
     net = package.build("cpu")
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    run = trained_run["out"]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     ema = {k[len("module."):]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
     for k, v in net.state_dict().items():
         assert torch.equal(v, ema[k]), k  # the package carries the EMA weights
-    assert (tmp_path / "run" / "tensorboard").is_dir()
-    assert "validation" in (tmp_path / "run" / "train.log").read_text()
+    assert (run / "checkpoints" / "best.pt").exists()
+    assert (run / "tensorboard").is_dir()
+    assert "validation" in (run / "train.log").read_text()
+
+
+def test_evaluate_command_prints_the_dice_table(trained_run, synth_collection, tmp_path, capsys):
+    from UniversalSeg.cli import main
+    out = tmp_path / "dice.json"
+    assert main(["evaluate", "--model", trained_run["package"], "--catalog", str(synth_collection),
+                 "--json", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert table["dice"] == pytest.approx(trained_run["validation"]["dice"], abs=1e-6)
+    assert "ct-hospital-a/liver" in capsys.readouterr().out
 
 
 def _train_cmd(catalog, net_file, out, *extra):

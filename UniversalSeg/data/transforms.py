@@ -87,7 +87,7 @@ def preprocessing(spacing: Sequence[float], policies: dict[str, IntensityPolicy]
     keys = ["image", "label"] if with_label else ["image"]
     steps = [
         LoadCased(keys),
-        mt.Orientationd(keys, axcodes="RAS"),
+        mt.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         mt.Spacingd(keys, pixdim=tuple(spacing), mode=["bilinear", "nearest"][:len(keys)]),
         ModalityIntensityd(policies),
     ]

@@ -1,0 +1,39 @@
+"""Print what a model segments: tasks (with colors and codes), modalities, spacing, provenance.
+
+    universalseg info MODEL [--json]
+"""
+HELP = "show a model's tasks, modalities and provenance"
+
+
+def register(parser):
+    parser.add_argument("model", help="package folder, .zip or catalog id")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..model_download import resolve_model
+    package = resolve_model(args.model, progress=False)
+    cfg = package.config
+    if args.json:
+        print(json.dumps({"tasks": [t.to_dict() for t in package.tasks], "modalities": list(cfg.modalities),
+                          "domains": list(cfg.domains), "spacing": list(package.spacing),
+                          "patch_size": list(package.patch_size),
+                          "provenance": package.meta.get("provenance", {})}, indent=2))
+        return 0
+    print(f"model       {args.model}")
+    print(f"network     base width {cfg.base_width}, fusion sites {list(cfg.fusion.sites)}, "
+          f"norm {cfg.harmonization.norm}, conv {cfg.harmonization.conv}")
+    print(f"spacing     {package.spacing} mm, patch {package.patch_size}")
+    print(f"modalities  {', '.join(cfg.modalities)}")
+    print(f"tasks ({len(package.tasks)}):")
+    for t in package.tasks:
+        code = f"{t.type.scheme} {t.type.value} {t.type.meaning}" if t.type else "no standard code"
+        print(f"  {t.name:20s} {t.display_name:20s} rgb{tuple(t.color)}  {code}")
+    prov = package.meta.get("provenance", {})
+    if prov:
+        print(f"trained     {prov.get('created', '?')}, {prov.get('steps', '?')} steps on "
+              f"{', '.join(prov.get('datasets', [])) or '?'}")
+    return 0

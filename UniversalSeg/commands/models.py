@@ -1,0 +1,39 @@
+"""Published models and the local cache: list them, download one, import a local zip.
+
+    universalseg models list
+    universalseg models download MODEL_ID
+    universalseg models import FILE.zip [--name NAME.zip]
+"""
+HELP = "list, download or import model packages (cache: $UNIVERSALSEG_CACHE or ~/.cache/universalseg)"
+
+
+def register(parser):
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="catalog models and cached packages")
+    d = sub.add_parser("download", help="download a catalog model into the cache")
+    d.add_argument("id")
+    i = sub.add_parser("import", help="validate a local model zip and copy it into the cache")
+    i.add_argument("zip")
+    i.add_argument("--name", help="file name in the cache (default: the zip's name)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..model_download import cache_dir, fetch_model, import_model, load_model_catalog
+    if args.action == "list":
+        entries = load_model_catalog()
+        print(f"catalog ({len(entries)}):")
+        for e in entries:
+            print(f"  {e.id} {e.version}  {', '.join(e.modalities)}  {len(e.tasks)} tasks  {e.license}")
+        cached = sorted((cache_dir() / "models").glob("*.zip"))
+        print(f"cached in {cache_dir() / 'models'} ({len(cached)}):")
+        for p in cached:
+            print(f"  {p.name}")
+    elif args.action == "download":
+        entries = {e.id: e for e in load_model_catalog()}
+        if args.id not in entries:
+            raise ValueError(f"no model {args.id!r} in the catalog; known: {sorted(entries)}")
+        print(fetch_model(entries[args.id]))
+    else:
+        print(import_model(args.zip, name=args.name))
+    return 0

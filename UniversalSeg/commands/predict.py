@@ -1,0 +1,127 @@
+"""Segment images with a model package: every requested task in one pass.
+
+    universalseg predict --model MODEL --input IMAGE --modality CT --output OUT.seg.nrrd
+                         [--tasks liver,spleen] [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16]
+                         [--overlap 0.5] [--roi x0 x1 y0 y1 z0 z1] [--fast] [--largest-component]
+                         [--probabilities DIR] [--progress bar|json|none]
+
+MODEL is a package folder, a .zip, or a model id from Resources/Models.json (downloaded once,
+checksum verified, cached). IMAGE is any file SimpleITK reads or a DICOM series folder; a folder
+of image files runs a batch into the --output folder. OUT ending in .seg.nrrd gives a Slicer
+segmentation (one segment per task, overlaps kept); .nii.gz / .nrrd / .mha gives a labelmap.
+Exit codes: 0 done, 2 bad input (image, names, options), 3 model problem (corrupt, newer format,
+checksum), 4 out of memory, 1 anything else.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HELP = "segment images with a model (one pass for all requested tasks)"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def register(parser):
+    parser.add_argument("--model", required=True, help="package folder, .zip or catalog id")
+    parser.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
+    parser.add_argument("--modality", required=True, help="imaging modality, e.g. CT, MR-T1, PET")
+    parser.add_argument("--tasks", help="comma-separated task names (default: every task of the model)")
+    parser.add_argument("--output", required=True, help="OUT.seg.nrrd, OUT.nii.gz, or a folder for batches")
+    parser.add_argument("--format", choices=["seg", "labelmap"], default="seg",
+                        help="file type written into an output folder (default seg)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default 0.5)")
+    parser.add_argument("--sw-batch", type=int, default=2, help="windows per forward pass")
+    parser.add_argument("--roi", type=float, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
+                        help="crop to this box, RAS millimetres")
+    parser.add_argument("--no-crop", action="store_true", help="do not crop to the body/foreground")
+    parser.add_argument("--fast", action="store_true", help="overlap 0.25 (fewer windows)")
+    parser.add_argument("--largest-component", action="store_true", help="keep each task's largest component")
+    parser.add_argument("--threshold", default=None,
+                        help="probability threshold: one number, or task=value,task=value")
+    parser.add_argument("--overlap-policy", choices=["order", "probability"], default="order",
+                        help="labelmaps only: who wins where tasks overlap")
+    parser.add_argument("--probabilities", help="also write one probability map per task here")
+    parser.add_argument("--domain", help="training domain (site) of the image, if the model has plug-ins")
+    parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
+    parser.set_defaults(run=run)
+
+
+def parse_thresholds(text, tasks):
+    if not text:
+        return {}
+    if "=" not in text:
+        return {t: float(text) for t in tasks}
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        out[name.strip()] = float(value)
+    return out
+
+
+def _inputs(path: Path, output: Path, fmt: str):
+    """(input, output) pairs: one image, or every image file of a folder into an output folder."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+        if files:
+            suffix = ".seg.nrrd" if fmt == "seg" else ".nii.gz"
+            if output.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
+                raise ValueError(f"--input {path} is a folder of {len(files)} images: --output must be a folder")
+            return [(f, output / (_stem(f) + suffix)) for f in files]
+    return [(path, output)]  # a file, or a DICOM series folder
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for s in IMAGE_SUFFIXES:
+        if name.lower().endswith(s):
+            return name[: -len(s)]
+    return path.stem
+
+
+def run(args) -> int:
+    from ..inference import PredictOptions, Predictor, write_labelmap, write_probabilities, write_seg_nrrd
+    from ..inference.progress import make_reporter, scaled
+    from ..model_download import resolve_model
+
+    report = make_reporter(args.progress)
+    package = resolve_model(args.model, progress=args.progress != "none")
+    predictor = Predictor(package, device=args.device, precision=args.precision)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(package.config.tasks)
+    for t in tasks:
+        predictor.vocab.task_id(t)
+    predictor.vocab.modality_id(args.modality)
+    overlap = args.overlap if args.overlap is not None else (0.25 if args.fast else 0.5)
+    options = PredictOptions(overlap=overlap, sw_batch_size=args.sw_batch,
+                             thresholds=parse_thresholds(args.threshold, tasks),
+                             largest_component=args.largest_component, roi=args.roi,
+                             crop_foreground=not args.no_crop,
+                             keep_probabilities=bool(args.probabilities) or args.overlap_policy == "probability")
+    infos = {t.name: t for t in package.tasks}
+    jobs = _inputs(Path(args.input), Path(args.output), args.format)
+    written = []
+    for n, (src, dst) in enumerate(jobs):
+        case_report = lambda stage, f, msg="", n=n: report(stage, (n + f) / len(jobs),
+                                                           f"{src.name}: {msg}" if len(jobs) > 1 else msg)
+        result = predictor.predict(src, args.modality, tasks, options, case_report, domain=args.domain)
+        if dst.name.lower().endswith(".seg.nrrd"):
+            write_seg_nrrd(dst, result.reference, result.masks, infos)
+        elif dst.name.lower().endswith(IMAGE_SUFFIXES):
+            write_labelmap(dst, result.masks, args.overlap_policy, result.probabilities)
+        else:
+            raise ValueError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+        written.append(str(dst))
+        if args.probabilities:
+            folder = Path(args.probabilities) / (_stem(src) if len(jobs) > 1 else "")
+            write_probabilities(folder, result.probabilities)
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        summary = {"input": str(src), "output": str(dst), "tasks": tasks, "device": result.device,
+                   "precision": result.precision, "seconds": {k: round(v, 3) for k, v in result.timings.items()}}
+        if args.progress == "json":
+            report("written", (n + 1) / len(jobs), str(dst), result=summary)
+        else:
+            print(json.dumps(summary))
+    return 0

@@ -1,0 +1,292 @@
+"""The predictor: any 3D image in, one mask per requested task out, on the EXACT input grid.
+
+    predictor = Predictor(load_package("model.zip"), device="auto", precision="auto")
+    result = predictor.predict("ct.nii.gz", modality="CT", tasks=["liver", "spleen"])
+    result.masks["liver"]        # SimpleITK uint8 image with the input's origin/spacing/direction/size
+
+Steps (one direction only):
+1. read with SimpleITK (NIfTI, NRRD, MHA, a DICOM series folder) and refuse what cannot be
+   segmented (not 3D, several components, sheared grid, NaN, constant image);
+2. the training preprocessing itself (``data.transforms.preprocessing``): RAS orientation,
+   resampling to the model spacing, the modality's intensity policy;
+3. optional crops: a user ROI (RAS millimetres) and the foreground (body) bounding box;
+4. MONAI ``sliding_window_inference`` with Gaussian weighting, the chosen overlap and window
+   batch, ONE pass for all requested tasks (only those are computed), sigmoid probabilities
+   aggregated in half precision on the device when running in bf16/fp16; CUDA out-of-memory
+   retries with smaller window batches, then aggregates on the CPU, then runs on the CPU;
+5. per task: SimpleITK linear resampling of the probabilities back onto the input grid (origin,
+   spacing, direction, size copied from the input), threshold, optional largest connected
+   component. One task at a time, so memory holds a single float32 full-resolution array.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+
+from ..data.image_io import ImageError, check_image, read_sitk, to_metatensor
+from ..data.transforms import preprocessing
+from ..model_package import ModelPackage
+from ..networks import SegContext, autocast, prepare_input, resolve_device, resolve_precision
+from ..networks.context import UnknownNameError
+from .progress import Reporter, scaled, silent
+
+log = logging.getLogger("UniversalSeg.predict")
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class InferenceMemoryError(MemoryError):
+    """The job does not fit in memory; the message says what to change."""
+
+
+@dataclass
+class PredictOptions:
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    thresholds: dict = field(default_factory=dict)  # task -> threshold (default from the package)
+    largest_component: bool = False
+    roi: Optional[Sequence[float]] = None  # RAS mm: (x0, x1, y0, y1, z0, z1)
+    crop_foreground: bool = True
+    keep_probabilities: bool = False
+
+    def validate(self):
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ValueError("the window batch must be at least 1")
+        if self.roi is not None and (len(self.roi) != 6 or any(self.roi[2 * i] >= self.roi[2 * i + 1]
+                                                              for i in range(3))):
+            raise ValueError("roi must be six numbers x0 x1 y0 y1 z0 z1 (RAS mm) with x0 < x1 etc.")
+
+
+@dataclass
+class Prediction:
+    reference: sitk.Image  # the input image (geometry reference)
+    tasks: list[str]
+    masks: dict[str, sitk.Image]  # uint8 0/1 on the input grid
+    probabilities: dict[str, sitk.Image]  # float32 on the input grid (only when asked)
+    timings: dict[str, float]
+    device: str
+    precision: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def metatensor_affine_to_lps(affine: np.ndarray):
+    """RAS affine of (i, j, k) -> (origin, spacing, direction) as SimpleITK (LPS) wants them."""
+    lps = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing
+    return tuple(lps[:3, 3]), tuple(spacing), tuple(direction.ravel())
+
+
+def _window_count(shape, roi, overlap) -> int:
+    n = 1
+    for size, r in zip(shape, roi):
+        if size <= r:
+            continue
+        interval = max(int(r * (1 - overlap)), 1)
+        n *= math.ceil((size - r) / interval) + 1
+    return n
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class Predictor:
+    def __init__(self, package: ModelPackage, device: str = "auto", precision: str = "auto"):
+        self.package = package
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.net = package.build(self.device)
+        self.vocab = self.net.vocab
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ public
+    def predict(self, image, modality: str, tasks: Optional[Sequence[str]] = None,
+                options: Optional[PredictOptions] = None, report: Reporter = silent,
+                domain: Optional[str] = None) -> Prediction:
+        options = options or PredictOptions()
+        options.validate()
+        tasks = list(tasks) if tasks else list(self.package.config.tasks)
+        task_ids = [self.vocab.task_id(t) for t in tasks]  # unknown names: clear error first
+        modality_id = self.vocab.modality_id(modality)
+        domain_id = self.vocab.domain_id(domain)
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"a task is requested twice: {tasks}")
+        self.warnings = []
+        timings, t0 = {}, time.perf_counter()
+
+        report("read", 0.0, "reading the image")
+        reference = image if isinstance(image, sitk.Image) else read_sitk(image)
+        name = "image" if isinstance(image, sitk.Image) else str(image)
+        check_image(reference, name)
+        self._check_not_constant(reference, name)
+        timings["read"] = time.perf_counter() - t0
+
+        report("preprocess", 0.05, f"resampling to {self.package.spacing} mm, {modality} intensities")
+        t = time.perf_counter()
+        pre = preprocessing(self.package.spacing, self.package.modalities, with_label=False)(
+            {"image": to_metatensor(reference, filename=name), "modality": modality})["image"]
+        affine = np.asarray(pre.affine, dtype=np.float64)
+        volume = pre.as_tensor()  # [1, X, Y, Z] float32
+        box = self._crop_box(volume, affine, options)
+        cropped = volume[(slice(None),) + tuple(slice(a, b) for a, b in box)]
+        timings["preprocess"] = time.perf_counter() - t
+        self._check_memory(cropped.shape[1:], len(tasks))
+
+        t = time.perf_counter()
+        probs = self._infer(cropped, task_ids, modality_id, domain_id, options,
+                            scaled(report, 0.15, 0.85, "infer"))
+        timings["infer"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        crop_affine = affine.copy()
+        crop_affine[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
+        origin, spacing, direction = metatensor_affine_to_lps(crop_affine)
+        masks, kept = {}, {}
+        step = scaled(report, 0.85, 1.0, "resample")
+        for i, task in enumerate(tasks):
+            step(i / len(tasks), f"{task}: back to the input grid")
+            prob = sitk.GetImageFromArray(probs[i].float().numpy().transpose(2, 1, 0))
+            prob.SetOrigin(origin)
+            prob.SetSpacing(spacing)
+            prob.SetDirection(direction)
+            on_input = sitk.Resample(prob, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                     sitk.sitkFloat32)
+            threshold = float(options.thresholds.get(task, self.package.meta["inference"].get("threshold", 0.5)))
+            mask = sitk.BinaryThreshold(on_input, threshold, 2.0, 1, 0)  # prob >= threshold
+            if options.largest_component:
+                mask = largest_component(mask)
+            masks[task] = mask
+            if options.keep_probabilities:
+                kept[task] = on_input
+            del on_input
+        del probs
+        timings["resample"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report("done", 1.0, f"{len(tasks)} task(s) in {timings['total']:.1f} s")
+        return Prediction(reference, tasks, masks, kept, timings, str(self.device), self.precision,
+                          list(self.warnings))
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _check_not_constant(image: sitk.Image, name: str) -> None:
+        stats = sitk.MinimumMaximumImageFilter()
+        stats.Execute(image)
+        if stats.GetMinimum() == stats.GetMaximum():
+            raise ImageError(f"{name}: every voxel has the value {stats.GetMinimum()} (empty or "
+                             "constant image); there is nothing to segment")
+
+    def _crop_box(self, volume: torch.Tensor, affine: np.ndarray, options: PredictOptions):
+        shape = np.array(volume.shape[1:])
+        lo, hi = np.zeros(3, int), shape.copy()
+        if options.roi is not None:
+            corners = np.array([[options.roi[0 + a], options.roi[2 + b], options.roi[4 + c], 1.0]
+                                for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+            ijk = (np.linalg.inv(affine) @ corners.T)[:3].T
+            lo = np.maximum(lo, np.floor(ijk.min(0)).astype(int))
+            hi = np.minimum(hi, np.ceil(ijk.max(0)).astype(int) + 1)
+            if np.any(hi <= lo):
+                raise ValueError(f"the ROI {list(options.roi)} (RAS mm) does not overlap the image")
+        if options.crop_foreground:
+            sub = volume[0, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            fg = sub > sub.min() + 0.1 * (sub.max() - sub.min())
+            if bool(fg.any()):
+                idx = [torch.nonzero(fg.any(dim=tuple(d for d in range(3) if d != a))).flatten()
+                       for a in range(3)]
+                margin = 4
+                new_lo = np.array([int(i[0]) for i in idx]) + lo - margin
+                new_hi = np.array([int(i[-1]) + 1 for i in idx]) + lo + margin
+                lo, hi = np.maximum(lo, new_lo), np.minimum(hi, new_hi)
+        return [(int(a), int(b)) for a, b in zip(lo, hi)]
+
+    def _check_memory(self, spatial, n_tasks: int) -> None:
+        voxels = int(np.prod(spatial))
+        need = voxels * (n_tasks * 2 * 4 + 8)  # aggregation (output + weights) in fp32, worst case
+        available = _available_memory()
+        if available is not None and self.device.type == "cpu" and need > 0.8 * available:
+            raise InferenceMemoryError(
+                f"the resampled volume ({'x'.join(map(str, spatial))} voxels at "
+                f"{self.package.spacing} mm) with {n_tasks} task(s) needs about {need / 2**30:.1f} GiB "
+                f"but {available / 2**30:.1f} GiB are available; crop it with --roi or request "
+                "fewer tasks")
+
+    def _infer(self, volume, task_ids, modality_id, domain_id, options, report):
+        attempts = [(self.device, options.sw_batch_size, self.device)]
+        if self.device.type == "cuda":
+            b = options.sw_batch_size
+            while b > 1:
+                b //= 2
+                attempts.append((self.device, b, self.device))
+            attempts.append((self.device, 1, torch.device("cpu")))  # aggregate on the CPU
+            attempts.append((torch.device("cpu"), 1, torch.device("cpu")))  # give up the GPU
+        for i, (device, batch, out_device) in enumerate(attempts):
+            try:
+                return self._sliding_window(volume, task_ids, modality_id, domain_id, options,
+                                            device, batch, out_device, report)
+            except torch.cuda.OutOfMemoryError:
+                if i + 1 == len(attempts):
+                    raise
+                torch.cuda.empty_cache()
+                nxt = attempts[i + 1]
+                msg = (f"GPU out of memory with a window batch of {batch}; retrying with "
+                       f"{nxt[1]} window(s), {'aggregating on the CPU' if nxt[2].type == 'cpu' else 'on the GPU'}"
+                       f"{' and running on the CPU' if nxt[0].type == 'cpu' else ''}")
+                log.warning(msg)
+                self.warnings.append(msg)
+                if nxt[0].type == "cpu":
+                    self.net = self.net.to("cpu")
+                    self.device, self.precision = torch.device("cpu"), resolve_precision("auto", torch.device("cpu"))
+
+    @torch.inference_mode()
+    def _sliding_window(self, volume, task_ids, modality_id, domain_id, options, device, batch,
+                        out_device, report):
+        patch = self.package.patch_size
+        ids = torch.tensor(task_ids, device=device)[None]
+        total = max(1, math.ceil(_window_count(volume.shape[1:], patch, options.overlap) / batch))
+        done = [0]
+        precision = self.precision if device.type == self.device.type else "fp32"
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        out_dtype = half if half is not None and out_device.type == device.type else torch.float32
+        # MONAI aggregates in the input's dtype: a half-precision input means half-precision
+        # aggregation buffers (the network casts to the same precision under autocast anyway)
+        x = prepare_input(volume[None].to(out_dtype), device)
+
+        def predictor(window):
+            n = window.shape[0]
+            ctx = SegContext(ids.expand(n, -1), torch.full((n,), modality_id, device=device),
+                             torch.full((n,), domain_id, device=device))
+            with autocast(device, precision):
+                logits = self.net(window, ctx)["logits"]
+            done[0] += 1
+            report(done[0] / total, f"window batch {done[0]}/{total}")
+            return torch.sigmoid(logits.float()).to(out_dtype)
+
+        probs = sliding_window_inference(x, tuple(patch), batch, predictor, overlap=options.overlap,
+                                         mode="gaussian", sw_device=device, device=out_device)
+        return probs[0].to("cpu")
+
+
+def largest_component(mask: sitk.Image) -> sitk.Image:
+    """Keep the largest 26-connected component of a binary mask (nothing if empty)."""
+    components = sitk.ConnectedComponent(mask, True)
+    relabeled = sitk.RelabelComponent(components, sortByObjectSize=True)
+    return sitk.Cast(relabeled == 1, sitk.sitkUInt8)

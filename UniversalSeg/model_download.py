@@ -1,0 +1,182 @@
+"""Model catalog and downloads: streaming, resumable, checksum-verified, cached; offline import.
+
+The catalog (``Resources/Models.json``) lists published packages: id, version, url, sha256, size,
+license, tasks, modalities. ``fetch_model`` streams the zip into the user cache
+(``$UNIVERSALSEG_CACHE`` or ``~/.cache/universalseg``) as ``<id>-<version>.zip.part``, continuing
+a partial download with an HTTP Range request, hashes it while it arrives, and only renames it
+into place when the SHA-256 matches; on a mismatch the partial file is deleted, so the cache never
+holds a wrong model. ``import_model`` copies a local zip (offline sites, proxies) into the cache
+after validating it. ``resolve_model`` turns what a user typed (folder, zip, or catalog id) into
+a loaded, validated ``ModelPackage``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .model_package import ModelPackage, PackageError, load_package
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download that failed or did not match its checksum; nothing is left in the cache."""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: str
+    version: str
+    url: str
+    sha256: str
+    size: Optional[int] = None
+    license: str = ""
+    tasks: tuple = ()
+    modalities: tuple = ()
+    description: str = ""
+
+    @property
+    def filename(self) -> str:
+        return f"{self.id}-{self.version}.zip"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("UNIVERSALSEG_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "universalseg"
+
+
+def default_catalog_path() -> Path:
+    env = os.environ.get("UNIVERSALSEG_MODEL_CATALOG")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "Resources" / "Models.json",
+                      here.parent / "UniversalSegResources" / "Models.json"):
+        if candidate.is_file():
+            return candidate
+    return here.parent / "Resources" / "Models.json"
+
+
+def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
+    path = Path(path) if path else default_catalog_path()
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    entries = []
+    for i, raw in enumerate(data.get("models", [])):
+        try:
+            entry = CatalogEntry(**{**raw, "tasks": tuple(raw.get("tasks", ())),
+                                    "modalities": tuple(raw.get("modalities", ()))})
+        except TypeError as exc:
+            raise PackageError(f"{path}: models[{i}] is malformed ({exc})") from None
+        if len(entry.sha256) != 64:
+            raise PackageError(f"{path}: models[{i}] ({entry.id}) needs a 64-hex-digit sha256")
+        entries.append(entry)
+    return entries
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: bool = True,
+                timeout: float = 60.0) -> Path:
+    """Download (or reuse) ``entry`` into the cache; returns the verified zip's path."""
+    folder = (cache or cache_dir()) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / entry.filename
+    if dest.exists():
+        if sha256_of(dest) == entry.sha256.lower():
+            return dest
+        dest.unlink()  # a changed or damaged cached file is never used
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(entry.url, headers={"User-Agent": "UniversalSeg"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DownloadError(f"cannot download {entry.id} from {entry.url}: {exc}; check the network "
+                            "or proxy (https_proxy), or import a local copy with "
+                            "`universalseg models import FILE.zip`") from None
+    with response:
+        status = getattr(response, "status", None)
+        resumed = have and status == 206
+        h = hashlib.sha256()
+        if resumed:
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    h.update(chunk)
+        else:
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = (int(length) + have) if length else entry.size
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=f"downloading {entry.id}")
+        try:
+            with open(part, "ab" if resumed else "wb") as f:
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    f.write(chunk)
+                    h.update(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as exc:
+            raise DownloadError(f"the download of {entry.id} broke off ({exc}); run the same "
+                                "command again to continue where it stopped") from None
+        finally:
+            if bar is not None:
+                bar.close()
+    digest = h.hexdigest()
+    if digest != entry.sha256.lower():
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"checksum mismatch for {entry.id} from {entry.url}: expected "
+                            f"{entry.sha256}, got {digest}; the file was deleted (a damaged or "
+                            "tampered download); try again or ask the model's publisher")
+    os.replace(part, dest)
+    return dest
+
+
+def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optional[str] = None) -> Path:
+    """Validate a local model zip and copy it into the cache (offline installation)."""
+    zip_path = Path(zip_path)
+    load_package(zip_path)  # refuses corrupt, foreign or newer packages before copying
+    folder = (cache or cache_dir()) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / (name or zip_path.name)
+    tmp = dest.with_name(dest.name + ".part")
+    shutil.copyfile(zip_path, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+def resolve_model(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> ModelPackage:
+    """A package folder, a .zip, a cached name, or a catalog id -> a validated ModelPackage."""
+    path = Path(spec)
+    if path.exists():
+        return load_package(path)
+    cached = cache_dir() / "models" / spec
+    if cached.exists():
+        return load_package(cached)
+    entries = {e.id: e for e in load_model_catalog(catalog)}
+    if spec in entries:
+        return load_package(fetch_model(entries[spec], progress=progress))
+    known = sorted(entries) + sorted(p.name for p in (cache_dir() / "models").glob("*.zip"))
+    raise PackageError(f"model {spec!r} is neither a package folder, a .zip file, nor a known "
+                       f"model id; known: {known or 'none (import one with universalseg models import)'}")
