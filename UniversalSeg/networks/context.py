@@ -94,8 +94,9 @@ class Vocabulary:
         except ValueError:
             close = difflib.get_close_matches(name, names, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            plural = {"modality": "modalities"}.get(kind, kind + "s")
             raise UnknownNameError(
-                f"unknown {kind} {name!r}: this model knows the {kind}s {names}.{hint}") from None
+                f"unknown {kind} {name!r}: this model knows the {plural} {names}.{hint}") from None
 
     def task_id(self, name: str) -> int:
         return self._index("task", self.tasks, name)

@@ -1,0 +1,186 @@
+"""`universalseg predict` / `info` end to end with a trained package, and every bad input."""
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+from UniversalSeg.cli import main
+from UniversalSeg.model_package import PackageError, load_package
+
+
+@pytest.fixture(scope="module")
+def package_zip(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zip") / "synthetic.zip"
+    shutil.make_archive(str(out.with_suffix("")), "zip", trained_run["package"])
+    return out
+
+
+def case(collection, institution="ct-hospital-b", i=0):
+    root = collection.parent / institution
+    return (root / "imagesTr" / f"{institution}_{i:03d}_0000.nii.gz", root / "labelsTr" / f"{institution}_{i:03d}.nii.gz")
+
+
+def test_predict_writes_a_seg_nrrd_that_slicerio_reads_back(trained_run, synth_collection, tmp_path):
+    image, label = case(synth_collection, "ct-hospital-a", 0)
+    out = tmp_path / "pred.seg.nrrd"
+    assert main(["predict", "--model", trained_run["package"], "--input", str(image), "--modality", "CT",
+                 "--tasks", "liver,spleen,liver-tumor", "--output", str(out), "--progress", "none"]) == 0
+    seg = slicerio.read_segmentation(str(out))
+    names = [s["name"] for s in seg["segments"]]
+    assert names == ["Liver", "Spleen", "Liver tumor"]
+    liver = slicerio.segment_from_name(seg, "Liver")
+    assert liver["color"] == pytest.approx([221 / 255, 130 / 255, 101 / 255], abs=1e-4)
+    assert liver["terminology"]["type"] == ["SCT", "10200004", "Liver"]
+    assert slicerio.segment_from_name(seg, "Liver tumor")["terminology"]["category"][1] == "49755003"
+    reference = sitk.ReadImage(str(image))
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(reference.GetDirection()).reshape(3, 3) * reference.GetSpacing()
+    lps[:3, 3] = reference.GetOrigin()
+    np.testing.assert_allclose(seg["ijkToLPS"], lps, atol=1e-5)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label))).transpose(2, 1, 0) == 1
+    mask = slicerio.segment_mask(seg, liver)
+    assert mask.shape == reference.GetSize()
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.6
+
+
+def test_overlapping_tasks_survive_in_layers_and_labelmap_policies(trained_run, synth_collection, tmp_path):
+    image, _ = case(synth_collection, "ct-hospital-b", 1)
+    seg_path, lab_path = tmp_path / "o.seg.nrrd", tmp_path / "o.nii.gz"
+    args = ["predict", "--model", trained_run["package"], "--input", str(image), "--modality", "CT",
+            "--tasks", "liver,liver-tumor", "--threshold", "liver=0.5,liver-tumor=0.0001", "--progress", "none"]
+    assert main(args + ["--output", str(seg_path)]) == 0
+    seg = slicerio.read_segmentation(str(seg_path))
+    liver = slicerio.segment_mask(seg, slicerio.segment_from_name(seg, "Liver"))
+    tumor = slicerio.segment_mask(seg, slicerio.segment_from_name(seg, "Liver tumor"))
+    assert (liver & tumor).any(), "an almost-zero threshold makes the tumour overlap the liver"
+    assert seg["voxels"].ndim == 4  # overlapping segments live in separate layers
+    assert main(args + ["--output", str(lab_path)]) == 0
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(lab_path))).transpose(2, 1, 0)
+    assert set(np.unique(lab)) <= {0, 1, 2}
+    assert (lab[liver & tumor] == 2).all()  # 'order' policy: the later task wins
+
+
+def test_json_progress_and_batch_folders(trained_run, synth_collection, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in (0, 1):
+        shutil.copy(case(synth_collection, "mr-t1-hospital-c", i)[0], folder)
+    proc = subprocess.run([sys.executable, "-m", "UniversalSeg", "predict", "--model", trained_run["package"],
+                           "--input", str(folder), "--modality", "MR-T1", "--output", str(tmp_path / "out"),
+                           "--progress", "json", "--fast"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all({"stage", "fraction", "message"} <= set(r) for r in lines)
+    fractions = [r["fraction"] for r in lines]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"read", "preprocess", "infer", "resample", "written"} <= {r["stage"] for r in lines}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "mr-t1-hospital-c_000_0000.seg.nrrd", "mr-t1-hospital-c_001_0000.seg.nrrd"]
+
+
+def test_info_lists_tasks_and_modalities(trained_run, capsys):
+    assert main(["info", trained_run["package"], "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in info["tasks"]] == ["liver", "spleen", "kidney", "liver-tumor"]
+    assert info["modalities"] == ["CT", "MR-T1", "MR-T2", "PET"]
+
+
+def write(tmp_path, name, array, spacing=(2.0, 2.0, 2.0), direction=None, vector=False):
+    img = sitk.GetImageFromArray(array, isVector=vector)
+    if img.GetDimension() == 3:
+        img.SetSpacing(spacing)
+        if direction is not None:
+            img.SetDirection(direction)
+    path = tmp_path / name
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def run_cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "UniversalSeg", *args], capture_output=True, text=True)
+    return proc.returncode, proc.stderr
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(24, 24, 24)).astype(np.float32)
+    nan = noise.copy()
+    nan[3, 3, 3] = np.nan
+    return {
+        "2d": write(tmp_path, "flat.nrrd", noise[0]),
+        "4d": write(tmp_path, "series.nrrd", np.stack([noise, noise])),
+        "sheared": write(tmp_path, "sheared.nrrd", noise, direction=(1, 0.3, 0, 0, 1, 0, 0, 0, 1)),
+        "nan": write(tmp_path, "nan.nrrd", nan),
+        "constant": write(tmp_path, "constant.nrrd", np.full((24, 24, 24), 7, np.float32)),
+        "ok": write(tmp_path, "ok.nrrd", noise),
+    }
+
+
+@pytest.mark.parametrize("which, message", [
+    ("2d", "a 2D image"), ("4d", "a 4D image"), ("sheared", "not orthonormal"),
+    ("nan", "NaN"), ("constant", "constant image"),
+])
+def test_bad_images_exit_2_with_a_clear_message_and_no_output(trained_run, bad_inputs, tmp_path, which, message):
+    out = tmp_path / "result.seg.nrrd"
+    code, err = run_cli("predict", "--model", trained_run["package"], "--input", str(bad_inputs[which]),
+                        "--modality", "CT", "--output", str(out), "--progress", "none")
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".result*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--modality", "MRI"], "unknown modality 'MRI': this model knows the modalities"),
+    (["--modality", "CT", "--tasks", "livr"], "unknown task 'livr'"),
+    (["--modality", "CT", "--overlap", "1.5"], "overlap must be in [0, 1)"),
+])
+def test_bad_names_and_options_exit_2(trained_run, bad_inputs, tmp_path, args, message):
+    code, err = run_cli("predict", "--model", trained_run["package"], "--input", str(bad_inputs["ok"]),
+                        "--output", str(tmp_path / "x.seg.nrrd"), "--progress", "none", *args)
+    assert code == 2 and message in err
+    assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_broken_models_exit_3(trained_run, package_zip, bad_inputs, tmp_path):
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(package_zip.read_bytes()[:2000])
+    newer = tmp_path / "newer"
+    shutil.copytree(trained_run["package"], newer)
+    meta = json.loads((newer / "model.json").read_text())
+    meta["format_version"] = 99
+    (newer / "model.json").write_text(json.dumps(meta))
+    for model, message in ((corrupt, "neither a model package folder nor a valid zip"),
+                           (newer, "newer than this UniversalSeg understands"),
+                           (tmp_path / "missing.zip", "neither a package folder")):
+        code, err = run_cli("predict", "--model", str(model), "--input", str(bad_inputs["ok"]),
+                            "--modality", "CT", "--output", str(tmp_path / "y.seg.nrrd"), "--progress", "none")
+        assert code == 3 and message in err, err
+    assert not (tmp_path / "y.seg.nrrd").exists()
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_pickle_disguised_as_a_model_is_refused_without_running_it(trained_run, tmp_path, monkeypatch):
+    import torch
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.write(trained_run["package"] + "/model.json", "model.json")
+        pickled = tmp_path / "weights.pt"
+        torch.save({"x": Exploit()}, pickled)
+        z.write(pickled, "model.safetensors")
+    with pytest.raises(PackageError, match="not a safetensors file"):
+        load_package(evil)
+    with pytest.raises(PackageError):
+        load_package(pickled)
+    assert not (tmp_path / "PWNED").exists()

@@ -1,0 +1,137 @@
+"""Downloads from a local HTTP server (127.0.0.1) and file:// URLs: checksum, cache, resume."""
+import hashlib
+import http.server
+import shutil
+import threading
+
+import pytest
+
+from UniversalSeg.model_download import (CatalogEntry, DownloadError, fetch_model, import_model,
+                                         load_model_catalog, resolve_model)
+from UniversalSeg.model_package import PackageError
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files and honours 'Range: bytes=N-' (SimpleHTTPRequestHandler does not)."""
+    ranges = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = self.translate_path(self.path)
+        try:
+            data = open(path, "rb").read()
+        except OSError:
+            self.send_error(404)
+            return
+        start = 0
+        header = self.headers.get("Range")
+        if header:
+            start = int(header.split("=")[1].split("-")[0])
+            RangeHandler.ranges.append(start)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(root), **k)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    RangeHandler.ranges = []
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_zip(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zip") / "model.zip"
+    shutil.make_archive(str(out.with_suffix("")), "zip", trained_run["package"])
+    return out
+
+
+def entry(url, data, **kw):
+    return CatalogEntry(id="synthetic", version="1.0", url=url, sha256=hashlib.sha256(data).hexdigest(),
+                        size=len(data), **kw)
+
+
+def test_download_verifies_and_caches(server, model_zip, tmp_path):
+    root, base = server
+    shutil.copy(model_zip, root / "m.zip")
+    data = model_zip.read_bytes()
+    path = fetch_model(entry(f"{base}/m.zip", data), cache=tmp_path / "cache", progress=False)
+    assert path.read_bytes() == data
+    (root / "m.zip").unlink()  # the second call is served from the cache
+    assert fetch_model(entry(f"{base}/m.zip", data), cache=tmp_path / "cache", progress=False) == path
+
+
+def test_wrong_checksum_fails_and_leaves_nothing_cached(server, model_zip, tmp_path):
+    root, base = server
+    shutil.copy(model_zip, root / "m.zip")
+    bad = entry(f"{base}/m.zip", b"something else")
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        fetch_model(bad, cache=tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def test_interrupted_download_resumes_with_a_range_request(server, model_zip, tmp_path):
+    root, base = server
+    shutil.copy(model_zip, root / "m.zip")
+    data = model_zip.read_bytes()
+    folder = tmp_path / "cache" / "models"
+    folder.mkdir(parents=True)
+    half = len(data) // 2
+    (folder / "synthetic-1.0.zip.part").write_bytes(data[:half])
+    path = fetch_model(entry(f"{base}/m.zip", data), cache=tmp_path / "cache", progress=False)
+    assert RangeHandler.ranges == [half]
+    assert path.read_bytes() == data
+    assert not (folder / "synthetic-1.0.zip.part").exists()
+
+
+def test_file_urls_and_missing_servers(model_zip, tmp_path):
+    data = model_zip.read_bytes()
+    path = fetch_model(entry(model_zip.as_uri(), data), cache=tmp_path / "c1", progress=False)
+    assert path.read_bytes() == data
+    with pytest.raises(DownloadError, match="cannot download"):
+        fetch_model(entry("http://127.0.0.1:9/none.zip", data), cache=tmp_path / "c2", progress=False)
+
+
+def test_offline_import_validates_and_resolves_by_name(model_zip, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIVERSALSEG_CACHE", str(tmp_path / "cache"))
+    path = import_model(model_zip, name="synthetic.zip")
+    assert path == tmp_path / "cache" / "models" / "synthetic.zip"
+    assert list(resolve_model("synthetic.zip").config.tasks) == ["liver", "spleen", "kidney", "liver-tumor"]
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(PackageError):
+        import_model(junk)
+    assert not (tmp_path / "cache" / "models" / "junk.zip").exists()
+
+
+def test_catalog_ids_resolve_through_the_download(server, model_zip, tmp_path, monkeypatch):
+    root, base = server
+    shutil.copy(model_zip, root / "m.zip")
+    data = model_zip.read_bytes()
+    catalog = tmp_path / "Models.json"
+    e = entry(f"{base}/m.zip", data)
+    import json
+    catalog.write_text(json.dumps({"models": [{**e.__dict__, "tasks": list(e.tasks), "modalities": []}]}))
+    monkeypatch.setenv("UNIVERSALSEG_CACHE", str(tmp_path / "cache"))
+    assert load_model_catalog(catalog)[0].id == "synthetic"
+    package = resolve_model("synthetic", progress=False, catalog=catalog)
+    assert package.spacing == (5.625, 5.625, 5.625)
+    with pytest.raises(PackageError, match="known model id"):
+        resolve_model("nope", catalog=catalog)
+
+
+def test_shipped_model_catalog_is_valid():
+    load_model_catalog()
