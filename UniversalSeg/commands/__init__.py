@@ -1,5 +1,5 @@
 """Sub-commands of ``universalseg``; each module has HELP, ``register(parser)`` and sets ``run``."""
-from . import evaluate, info, models, network, predict, synth, train
+from . import demo, evaluate, info, models, network, predict, synth, train
 
-COMMANDS = {"synth": synth, "train": train, "evaluate": evaluate, "predict": predict, "info": info, "models": models,
-            "network": network}
+COMMANDS = {"demo": demo, "synth": synth, "train": train, "evaluate": evaluate, "predict": predict,
+            "info": info, "models": models, "network": network}

@@ -1,0 +1,169 @@
+"""The Slicer module's logic against the real Slicer core (``slicer-core`` from PyPI): real MRML
+scene, volume and segmentation nodes, storage nodes and Segmentations logic. No fake MRML."""
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+sys.path.insert(0, str(Path(__file__).parents[2] / "scripted_modules"))
+
+from UniversalSegLib.command import PredictRequest, predict_command  # noqa: E402
+from UniversalSegLib.logic import UniversalSegLogic  # noqa: E402
+from UniversalSegLib.process_runner import ProcessRunner  # noqa: E402
+from UniversalSegLib.segmentation_import import FINGERPRINT_TAG, segment_tag  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    scene.SetUndoOn()
+    seg_logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    seg_logic.SetMRMLScene(scene)
+    vol_logic = slicer.vtkSlicerVolumesLogic()
+    vol_logic.SetMRMLScene(scene)
+    slicer.mrmlScene = scene
+    slicer.modules = SimpleNamespace(segmentations=SimpleNamespace(logic=lambda: seg_logic),
+                                     volumes=SimpleNamespace(logic=lambda: vol_logic))
+    yield scene
+    scene.Clear(True)
+
+
+def volume_from_case(image_path, scene):
+    """A scalar volume node with the case's non-identity IJK-to-RAS (flipped, thick slices)."""
+    img = sitk.ReadImage(str(image_path))
+    node = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(img), name="abdomen CT")
+    m = vtk.vtkMatrix4x4()
+    d = np.array(img.GetDirection()).reshape(3, 3) * img.GetSpacing()
+    lps_to_ras = np.diag([-1, -1, 1])
+    ras = lps_to_ras @ d
+    origin = lps_to_ras @ np.array(img.GetOrigin())
+    for r in range(3):
+        for c in range(3):
+            m.SetElement(r, c, ras[r, c])
+        m.SetElement(r, 3, origin[r])
+    node.SetIJKToRASMatrix(m)
+    return node, img
+
+
+def ras_of_voxels(node, kji):
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    a = slicer.util.arrayFromVTKMatrix(m)
+    ijk1 = np.c_[kji[:, ::-1], np.ones(len(kji))]
+    return (a @ ijk1.T)[:3].T
+
+
+def test_logic_creates_named_segments_in_the_right_place(scene, trained_run, synth_collection):
+    root = synth_collection.parent / "ct-hospital-b"
+    volume, img = volume_from_case(root / "imagesTr" / "ct-hospital-b_002_0000.nii.gz", scene)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
+    sh.CreateItem(study, volume)  # the Slicer application's DICOM / SH plugins do this on load
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "UniversalSeg")
+    job = UniversalSegLogic(python=sys.executable).run(volume, trained_run["package"], "CT",
+                                                       ["liver", "liver-tumor"], seg)
+    assert job.succeeded, job.message + "\n".join(job.runner.stderr_lines[-10:])
+    segmentation = seg.GetSegmentation()
+    assert list(segmentation.GetSegmentIDs()) == ["liver", "liver-tumor"]
+    liver = segmentation.GetSegment("liver")
+    assert liver.GetName() == "Liver"
+    np.testing.assert_allclose(liver.GetColor(), np.array([221, 130, 101]) / 255, atol=1e-3)
+    assert "SCT^10200004^Liver" in segment_tag(liver, slicer.vtkSegment.GetTerminologyEntryTagName())
+    assert "SCT^108369006^Neoplasm" in segment_tag(segmentation.GetSegment("liver-tumor"),
+                                                   "TerminologyEntry")
+    assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
+    assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is not None or \
+        seg.GetSegmentation().GetConversionParameter("Reference image geometry")
+    # voxels where they should be, in RAS: compare with the reference label of the case
+    got = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume) > 0
+    truth = np.isin(sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / "ct-hospital-b_002.nii.gz"))), [1, 2])
+    assert got.shape == truth.shape
+    assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.6
+    centroid_got = ras_of_voxels(volume, np.argwhere(got)).mean(0)
+    centroid_truth = ras_of_voxels(volume, np.argwhere(truth)).mean(0)
+    assert np.linalg.norm(centroid_got - centroid_truth) < 6.0  # within a voxel (5.6 x 5.6 x 11 mm)
+    assert segment_tag(liver, FINGERPRINT_TAG)
+    assert not Path(job.workdir).exists()
+
+
+def test_rerun_replaces_only_the_tasks_run_and_keeps_user_edits(scene, trained_run, synth_collection):
+    root = synth_collection.parent / "ct-hospital-a"
+    volume, _ = volume_from_case(root / "imagesTr" / "ct-hospital-a_001_0000.nii.gz", scene)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    mine = seg.GetSegmentation().AddEmptySegment("my-notes", "My notes", [0, 1, 0])
+    arr = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)
+    arr[2:4, 2:4, 2:4] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(arr, seg, mine, volume)
+    logic = UniversalSegLogic(python=sys.executable)
+    assert logic.run(volume, trained_run["package"], "CT", ["liver", "spleen"], seg).succeeded
+    # the user edits the spleen
+    spleen = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume)
+    spleen[:] = 0
+    spleen[5:8, 5:8, 5:8] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(spleen, seg, "spleen", volume)
+    undo_levels = scene.GetNumberOfUndoLevels()
+    job = logic.run(volume, trained_run["package"], "CT", ["liver", "spleen", "kidney"], seg)
+    assert job.outcome == {"added": ["kidney"], "replaced": ["liver"], "kept": ["spleen"]}
+    ids = list(seg.GetSegmentation().GetSegmentIDs())
+    assert sorted(ids) == sorted([mine, "liver", "spleen", "kidney"])
+    assert slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, volume).sum() == 8
+    assert slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume).sum() == 27
+    assert scene.GetNumberOfUndoLevels() > undo_levels  # state saved for undo before the change
+
+
+def test_cancel_kills_the_process_tree_and_leaves_the_scene_unchanged(scene, tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open(r'{tmp_path / 'child.pid'}', 'w').write(str(child.pid))\n"
+        "print('{\"stage\": \"infer\", \"fraction\": 0.3, \"message\": \"working\"}', flush=True)\n"
+        "time.sleep(300)\n")
+    runner = ProcessRunner()
+    runner.start([sys.executable, str(script)])
+    deadline = time.time() + 30
+    lines = []
+    while time.time() < deadline and not (tmp_path / "child.pid").exists():
+        time.sleep(0.05)
+    while time.time() < deadline and not lines:
+        lines = runner.poll()
+        time.sleep(0.05)
+    assert "infer" in lines[0]
+    child = int((tmp_path / "child.pid").read_text())
+    n_nodes = scene.GetNumberOfNodes()
+    runner.cancel()
+    assert not runner.running and runner.cancelled
+    assert not alive(child, wait=10), "the grandchild process survived the cancel"
+    assert scene.GetNumberOfNodes() == n_nodes
+
+
+def alive(pid, wait=0.0):
+    """True while the process exists and is not a zombie (killed, waiting to be reaped)."""
+    deadline = time.time() + wait
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+            running = state != "Z"
+        except FileNotFoundError:
+            running = False
+        if not running or time.time() > deadline:
+            return running
+        time.sleep(0.1)
+
+
+def test_predict_command_is_an_argument_list_not_a_shell_string():
+    req = PredictRequest(model="/models/a b.zip", input_path="/tmp/in put.nrrd", modality="CT",
+                         output_path="/tmp/out.seg.nrrd", tasks=["liver", "liver-tumor"], fast=True,
+                         roi=(-10, 10, -5, 5, 0, 20.5))
+    cmd = predict_command(req, python="/opt/Slicer/bin/PythonSlicer")
+    assert cmd[:4] == ["/opt/Slicer/bin/PythonSlicer", "-m", "UniversalSeg", "predict"]
+    assert cmd[cmd.index("--model") + 1] == "/models/a b.zip"
+    assert cmd[cmd.index("--tasks") + 1] == "liver,liver-tumor"
+    assert cmd[cmd.index("--roi") + 1:cmd.index("--roi") + 7] == ["-10", "10", "-5", "5", "0", "20.5"]
+    assert "--fast" in cmd and cmd[cmd.index("--progress") + 1] == "json"
