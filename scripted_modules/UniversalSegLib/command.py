@@ -61,10 +61,20 @@ def train_command(catalog: str, config: str, out: str, python: Optional[str] = N
     return cmd + list(extra)
 
 
-def cpu_only_environment(env: Optional[dict] = None) -> dict:
-    """Environment that hides every GPU from the child (forced CPU, or the GPU-error fallback)."""
+def child_environment(cpu_only: bool = False, env: Optional[dict] = None) -> dict:
+    """Environment of the child process: the core package importable (PYTHONPATH), and with
+    ``cpu_only`` every GPU hidden (forced CPU, or the fallback after a GPU error)."""
     env = dict(os.environ if env is None else env)
-    env["CUDA_VISIBLE_DEVICES"] = "-1"
+    try:
+        import UniversalSeg
+        core_parent = str(Path(UniversalSeg.__file__).resolve().parents[1])
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if core_parent not in paths:
+            env["PYTHONPATH"] = os.pathsep.join([core_parent] + paths)
+    except ImportError:
+        pass
+    if cpu_only:
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .command import PredictRequest, cpu_only_environment, parse_progress_line, predict_command, train_command
+from .command import PredictRequest, child_environment, parse_progress_line, predict_command, train_command
 from .process_runner import ProcessRunner
 from .segmentation_import import import_result, write_volume
 
@@ -77,7 +77,7 @@ class PredictionJob:
             self.log.append("GPU error; running again on the CPU:\n" + errors)
             self.retried_on_cpu = True
             self.request.device = "cpu"
-            self.runner.start(predict_command(self.request, self.logic.python), env=cpu_only_environment())
+            self.runner.start(predict_command(self.request, self.logic.python), env=child_environment(cpu_only=True))
             self.stage, self.message = "restarting", "GPU error: running on the CPU instead"
             return False
         else:
@@ -125,8 +125,7 @@ class UniversalSegLogic:
                                  output_path=str(workdir / "result.seg.nrrd"), tasks=list(tasks),
                                  device=device, precision=precision, overlap=overlap, fast=fast, roi=roi)
         runner = self.runner_factory()
-        runner.start(predict_command(request, self.python),
-                     env=cpu_only_environment() if device == "cpu" else None)
+        runner.start(predict_command(request, self.python), env=child_environment(cpu_only=device == "cpu"))
         return PredictionJob(self, request, volume_node, segmentation_node, keep_edited, workdir,
                              runner, on_progress)
 
@@ -144,5 +143,5 @@ class UniversalSegLogic:
     def start_training(self, catalog: str, config: str, out: str, resume: bool = False):
         """Fine-tune / train in a background process; the caller polls ``runner.running``."""
         runner = self.runner_factory()
-        runner.start(train_command(catalog, config, out, self.python, resume))
+        runner.start(train_command(catalog, config, out, self.python, resume), env=child_environment())
         return runner

@@ -1,0 +1,108 @@
+"""The module's .ui: loads with PySide6's QUiLoader offscreen, has every widget the module uses,
+binds every parameter, and a screenshot of the panel is written for people to look at."""
+import ast
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+QtWidgets = pytest.importorskip("PySide6.QtWidgets")
+from PySide6.QtCore import Property, QFile  # noqa: E402
+from PySide6.QtUiTools import QUiLoader  # noqa: E402
+
+ROOT = Path(__file__).parents[2]
+UI = ROOT / "Resources" / "UI" / "UniversalSeg.ui"
+MODULE = ROOT / "scripted_modules" / "UniversalSeg.py"
+SCREENSHOT = ROOT / "Testing" / "Screenshots" / "panel.png"
+
+
+class ctkCollapsibleButton(QtWidgets.QGroupBox):
+    """Stand-in for CTK's collapsible button (a titled container) so the screenshot reads well."""
+
+    def _get(self):
+        return self.title()
+
+    def _set(self, value):
+        self.setTitle(("▸ " if getattr(self, "_collapsed", False) else "▾ ") + value)
+
+    text = Property(str, _get, _set)
+
+    def _get_c(self):
+        return getattr(self, "_collapsed", False)
+
+    def _set_c(self, value):
+        self._collapsed = value
+
+    collapsed = Property(bool, _get_c, _set_c)
+
+
+class qMRMLNodeComboBox(QtWidgets.QComboBox):
+    pass
+
+
+class ctkPathLineEdit(QtWidgets.QLineEdit):
+    pass
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+def load(app):
+    loader = QUiLoader()
+    for cls in (ctkCollapsibleButton, qMRMLNodeComboBox, ctkPathLineEdit):
+        loader.registerCustomWidget(cls)
+    f = QFile(str(UI))
+    f.open(QFile.ReadOnly)
+    widget = loader.load(f)
+    f.close()
+    assert widget is not None, loader.errorString()
+    return widget
+
+
+def names_used_by_module():
+    return set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+
+
+def test_every_widget_the_module_uses_exists(app):
+    widget = load(app)
+    present = {w.objectName() for w in widget.findChildren(QtWidgets.QWidget)}
+    missing = names_used_by_module() - present
+    assert not missing, f"widgets used by UniversalSeg.py but not in the .ui: {sorted(missing)}"
+
+
+def test_parameter_bindings_match_the_parameter_node(app):
+    widget = load(app)
+    bound = {w.property("SlicerParameterName") for w in widget.findChildren(QtWidgets.QWidget)} - {None}
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "UniversalSegParameterNode")
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    assert bound == fields
+
+
+def test_panel_screenshot(app):
+    widget = load(app)
+    widget.findChild(qMRMLNodeComboBox, "inputVolumeSelector").addItem("abdomen CT")
+    widget.findChild(QtWidgets.QComboBox, "modelSelector").addItem("synthetic-demo (imported)")
+    for name, items in (("modalitySelector", ["CT", "MR-T1", "MR-T2", "PET"]), ("deviceSelector", ["auto"])):
+        widget.findChild(QtWidgets.QComboBox, name).addItems(items)
+    tasks = widget.findChild(QtWidgets.QListWidget, "taskListWidget")
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QBrush, QColor
+    for name, color in (("Liver", (221, 130, 101)), ("Spleen", (157, 108, 162)), ("Kidney", (185, 102, 83)),
+                        ("Liver tumor", (255, 64, 64))):
+        item = QtWidgets.QListWidgetItem(name)
+        item.setForeground(QBrush(QColor(*color)))
+        item.setCheckState(Qt.Checked)
+        tasks.addItem(item)
+    widget.findChild(qMRMLNodeComboBox, "outputSegmentationSelector").addItem("Create new segmentation")
+    widget.resize(440, 820)
+    widget.show()
+    app.processEvents()
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert widget.grab().save(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 5000
+    widget.close()
