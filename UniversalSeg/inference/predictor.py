@@ -165,7 +165,9 @@ class Predictor:
         step = scaled(report, 0.85, 1.0, "resample")
         for i, task in enumerate(tasks):
             step(i / len(tasks), f"{task}: back to the input grid")
-            prob = sitk.GetImageFromArray(probs[i].float().numpy().transpose(2, 1, 0))
+            # torch reorders to SimpleITK's (k, j, i) order in float32, one task at a time
+            # (multi-threaded; SimpleITK would otherwise copy a strided array element by element)
+            prob = sitk.GetImageFromArray(probs[i].permute(2, 1, 0).to(torch.float32).contiguous().numpy())
             prob.SetOrigin(origin)
             prob.SetSpacing(spacing)
             prob.SetDirection(direction)

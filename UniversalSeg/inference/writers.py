@@ -64,15 +64,55 @@ def segment_fields(info: TaskInfo) -> dict:
     return seg
 
 
+def pack_layers(masks: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Pack binary masks into as few uint8 layers as possible, as Slicer stores segments: a
+    mask goes to the first layer it does not overlap. Returns (layers [L, ...], (layer, label))."""
+    layers, occupied, counts, places = [], [], [], []
+    scratch = np.empty(masks[0].shape, bool)
+    for m in masks:
+        for index, occ in enumerate(occupied):
+            if counts[index] < 255 and not np.logical_and(occ, m, out=scratch).any():
+                break
+        else:
+            layers.append(np.zeros(m.shape, np.uint8))
+            occupied.append(np.zeros(m.shape, bool))
+            counts.append(0)
+            index = len(layers) - 1
+        counts[index] += 1
+        layers[index] += m.view(np.uint8) * np.uint8(counts[index])
+        occupied[index] |= m
+        places.append((index, counts[index]))
+    return np.stack(layers), places
+
+
+def _extent(mask_kji: np.ndarray) -> list[int]:
+    """[i0, i1, j0, j1, k0, k1] of a (k, j, i) mask; empty -> [0, -1, 0, -1, 0, -1]."""
+    out = []
+    for axis in (2, 1, 0):
+        hit = np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != axis)))
+        out += [int(hit[0]), int(hit[-1])] if hit.size else [0, -1]
+    return out
+
+
 def write_seg_nrrd(path, reference: sitk.Image, masks: dict[str, sitk.Image],
-                   infos: dict[str, TaskInfo]) -> Path:
+                   infos: dict[str, TaskInfo], compression_level: int = 1) -> Path:
+    """One segment per task (overlapping tasks in separate layers), read by Slicer and slicerio.
+    Layers are packed here rather than with ``slicerio.add_segment`` (4x faster on 20 large
+    overlapping masks); slicerio writes the file with Slicer's header fields."""
     import slicerio
 
-    segmentation = slicerio.create_segmentation(reference.GetSize(), ijk_to_lps(reference))
-    for task, mask in masks.items():
-        voxels = sitk.GetArrayViewFromImage(mask).transpose(2, 1, 0) > 0  # (i, j, k)
-        slicerio.add_segment(segmentation, voxels, segment_fields(infos[task]))
-    return atomic_write(path, lambda tmp: slicerio.write_segmentation(str(tmp), segmentation))
+    arrays = [sitk.GetArrayViewFromImage(m) > 0 for m in masks.values()]  # (k, j, i)
+    layers, places = pack_layers(arrays)
+    voxels = layers.transpose(0, 3, 2, 1)  # (layer, i, j, k) view, Fortran order for NRRD
+    segments = []
+    for (task, _), mask, (layer, label) in zip(masks.items(), arrays, places):
+        seg = segment_fields(infos[task])
+        seg.update({"labelValue": label, "layer": layer, "extent": _extent(mask)})
+        segments.append(seg)
+    segmentation = {"voxels": voxels if len(layers) > 1 else voxels[0], "ijkToLPS": ijk_to_lps(reference),
+                    "segments": segments}
+    return atomic_write(path, lambda tmp: slicerio.write_segmentation(
+        str(tmp), segmentation, compression_level=compression_level))
 
 
 def labelmap(masks: dict[str, sitk.Image], policy: str = "order",
