@@ -161,23 +161,3 @@ def load_package(path: str | Path) -> ModelPackage:
                            f"unpickling anything): {str(exc)[:160]}") from None
     return ModelPackage(config, tasks, modalities, spacing, patch, meta, state)
 
-
-def package_metadata(path: str | Path) -> dict:
-    """``model.json`` of a package (folder or zip) without reading the weights: what a GUI needs
-    to list tasks and modalities. Validates the format like ``load_package``."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            text = (path / META_FILE).read_bytes()
-        else:
-            with zipfile.ZipFile(path) as z:
-                text = z.read(META_FILE)
-        meta = json.loads(text)
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path} is not a readable model package ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != PACKAGE_FORMAT:
-        raise PackageError(f"{path}: {META_FILE} is not a UniversalSeg model description")
-    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > PACKAGE_VERSION:
-        raise PackageError(f"{path}: package format {meta.get('format_version')!r} is newer than this "
-                           f"UniversalSeg understands ({PACKAGE_VERSION}); upgrade UniversalSeg")
-    return meta

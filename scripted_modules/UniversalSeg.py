@@ -5,7 +5,6 @@ process) and in ``UniversalSegLib`` (command lines, process runner, MRML import)
 binds the panel to them.
 """
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,13 +16,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-_here = Path(__file__).resolve().parent
-for _core in (_here, _here.parent):  # installed side by side, or a source checkout
-    if (_core / "UniversalSeg" / "__init__.py").exists() and str(_core) not in sys.path:
-        sys.path.insert(0, str(_core))
+from UniversalSegLib import models
+from UniversalSegLib.command import child_environment, filter_tasks, guess_modality, python_executable
+from UniversalSegLib.logic import UniversalSegLogic as CoreLogic
 
-from UniversalSegLib.command import filter_tasks, guess_modality  # noqa: E402
-from UniversalSegLib.logic import UniversalSegLogic as CoreLogic  # noqa: E402
+# NB: inside Slicer the name "UniversalSeg" is this file, so the core package is never imported
+# here; it runs in child PythonSlicer processes (UniversalSegLib.models explains).
+_here = Path(__file__).resolve().parent
 
 
 class UniversalSeg(ScriptedLoadableModule):
@@ -237,11 +236,11 @@ class UniversalSegLogic(ScriptedLoadableModuleLogic):
         return UniversalSegParameterNode(super().getParameterNode())
 
     def availableModels(self):
-        from UniversalSeg.model_download import cache_dir, load_model_catalog
-        models = [(f"{p.stem} (imported)", str(p)) for p in sorted((cache_dir() / "models").glob("*.zip"))]
-        models += [(f"{Path(f).parent.name}/{Path(f).name} (folder)", f) for f in self.modelFolders()]
-        models += [(f"{e.id} {e.version} (download {e.size or 0:,} bytes)", e.id) for e in load_model_catalog()]
-        return models
+        resources = next(p for p in (_here / "Resources", _here.parent / "Resources") if p.exists())
+        found = [(f"{p.stem} (imported)", str(p)) for p in models.cached_packages()]
+        found += [(f"{Path(f).parent.name}/{Path(f).name} (folder)", f) for f in self.modelFolders()]
+        found += [(f"{e['id']} {e['version']} (download)", e["id"]) for e in models.catalog_entries(resources)]
+        return found
 
     def modelFolders(self):
         return [f for f in slicer.app.settings().value("UniversalSeg/ModelFolders", []) or [] if os.path.isdir(f)]
@@ -251,8 +250,7 @@ class UniversalSegLogic(ScriptedLoadableModuleLogic):
         slicer.app.settings().setValue("UniversalSeg/ModelFolders", folders)
 
     def importModel(self, path):
-        from UniversalSeg.model_download import import_model
-        return str(import_model(path))
+        return str(models.import_package(path))
 
     @staticmethod
     def dicomModality(volume):
@@ -292,25 +290,28 @@ class UniversalSegTest(ScriptedLoadableModuleTest):
         self.test_segment_names_and_geometry()
 
     def test_segment_names_and_geometry(self):
+        import subprocess
         import tempfile
 
         import numpy as np
-        from UniversalSeg.data.modalities import KNOWN_MODALITIES
-        from UniversalSeg.data.terminology import task_info
-        from UniversalSeg.model_package import save_package
-        from UniversalSeg.networks import ModelConfig, UniversalSegNet
 
-        self.delayDisplay("Tiny model and a 48^3 volume with an oblique IJK-to-RAS")
-        cfg = ModelConfig.from_dict({"tasks": ["liver", "spleen"], "modalities": ["CT"], "base_width": 4,
-                                     "fusion": {"head_dim": 4, "modality_tokens": 2}})
-        model = save_package(Path(tempfile.mkdtemp()) / "tiny", UniversalSegNet(cfg),
-                             [task_info(t) for t in cfg.tasks], dict(KNOWN_MODALITIES), (3.0, 3.0, 3.0), (32, 32, 32))
+        self.delayDisplay("Tiny random model (written by the core in a child process)")
+        model = Path(tempfile.mkdtemp()) / "tiny"
+        subprocess.run([python_executable(), "-c",
+                        "import sys; from UniversalSeg.model_package import save_package;"
+                        "from UniversalSeg.networks import ModelConfig, UniversalSegNet;"
+                        "from UniversalSeg.data.terminology import task_info;"
+                        "from UniversalSeg.data.modalities import KNOWN_MODALITIES;"
+                        "c = ModelConfig.from_dict({'tasks': ['liver', 'spleen'], 'modalities': ['CT'],"
+                        " 'base_width': 4, 'fusion': {'head_dim': 4, 'modality_tokens': 2}});"
+                        "save_package(sys.argv[1], UniversalSegNet(c), [task_info(t) for t in c.tasks],"
+                        " dict(KNOWN_MODALITIES), (3.0, 3.0, 3.0), (32, 32, 32))", str(model)],
+                       check=True, env=child_environment())
+        self.delayDisplay("48^3 volume with an oblique IJK-to-RAS, segmented on the CPU")
         volume = slicer.util.addVolumeFromArray((np.random.rand(48, 48, 48) * 400 - 100).astype(np.float32))
         m = vtk.vtkMatrix4x4()
-        for r, c, v in ((0, 0, -2.5), (1, 2, 3.0), (2, 1, 2.0), (0, 3, 40.0)):
+        for r, c, v in ((0, 0, -2.5), (1, 1, 0.0), (1, 2, 3.0), (2, 2, 0.0), (2, 1, 2.0), (0, 3, 40.0)):
             m.SetElement(r, c, v)
-        m.SetElement(1, 1, 0.0)
-        m.SetElement(2, 2, 0.0)
         volume.SetIJKToRASMatrix(m)
         seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         job = CoreLogic().run(volume, str(model), "CT", ["liver", "spleen"], seg, device="cpu")

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
-sys.path.insert(0, str(Path(__file__).parents[2] / "scripted_modules"))
+sys.path.append(str(Path(__file__).parents[2] / "scripted_modules"))  # after the core package
 
 from UniversalSegLib.command import PredictRequest, predict_command  # noqa: E402
 from UniversalSegLib.logic import UniversalSegLogic  # noqa: E402

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "scripted_modules"))
+sys.path.append(str(Path(__file__).parents[2] / "scripted_modules"))  # after the core package
 
 from UniversalSegLib.command import (child_environment, filter_tasks, guess_modality,  # noqa: E402
                                      parse_progress_line, train_command)
@@ -43,3 +43,14 @@ def test_child_environment_and_train_command():
     cmd = train_command("c.yaml", "small", "/runs/a", python="py", resume=True)
     assert cmd == ["py", "-m", "UniversalSeg", "train", "--catalog", "c.yaml", "--config", "small",
                    "--out", "/runs/a", "--no-progress", "--resume"]
+
+
+def test_child_processes_import_the_core_package_not_the_module_file(tmp_path):
+    """Inside Slicer the module file UniversalSeg.py shadows the core package of the same name;
+    the child environment must put the core first."""
+    import subprocess
+    modules = str(Path(__file__).parents[2] / "scripted_modules")
+    env = child_environment(env={"PYTHONPATH": modules, "PATH": "/usr/bin:/bin"})
+    out = subprocess.run([sys.executable, "-c", "import UniversalSeg; print(UniversalSeg.__file__)"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith(str(Path("UniversalSeg") / "__init__.py"))

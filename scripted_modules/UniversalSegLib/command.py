@@ -61,18 +61,24 @@ def train_command(catalog: str, config: str, out: str, python: Optional[str] = N
     return cmd + list(extra)
 
 
+def core_location() -> Optional[Path]:
+    """The folder that holds the core package ``UniversalSeg/``: next to this library when
+    installed as an extension, the repository root in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent, here.parent.parent):
+        if (candidate / "UniversalSeg" / "__init__.py").exists():
+            return candidate
+    return None
+
+
 def child_environment(cpu_only: bool = False, env: Optional[dict] = None) -> dict:
-    """Environment of the child process: the core package importable (PYTHONPATH), and with
-    ``cpu_only`` every GPU hidden (forced CPU, or the fallback after a GPU error)."""
+    """Environment of the child process: the core package first on PYTHONPATH (ahead of the
+    Slicer module file of the same name), and with ``cpu_only`` every GPU hidden."""
     env = dict(os.environ if env is None else env)
-    try:
-        import UniversalSeg
-        core_parent = str(Path(UniversalSeg.__file__).resolve().parents[1])
-        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if core_parent not in paths:
-            env["PYTHONPATH"] = os.pathsep.join([core_parent] + paths)
-    except ImportError:
-        pass
+    core = core_location()
+    if core is not None:
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(core)]
+        env["PYTHONPATH"] = os.pathsep.join([str(core)] + paths)
     if cpu_only:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env

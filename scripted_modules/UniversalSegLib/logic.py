@@ -77,7 +77,8 @@ class PredictionJob:
             self.log.append("GPU error; running again on the CPU:\n" + errors)
             self.retried_on_cpu = True
             self.request.device = "cpu"
-            self.runner.start(predict_command(self.request, self.logic.python), env=child_environment(cpu_only=True))
+            self.runner.start(predict_command(self.request, self.logic.python),
+                              env=child_environment(cpu_only=True), cwd=str(self.workdir))
             self.stage, self.message = "restarting", "GPU error: running on the CPU instead"
             return False
         else:
@@ -106,10 +107,8 @@ class UniversalSegLogic:
     @staticmethod
     def model_metadata(model: str) -> dict:
         """Tasks (name, display name, color) and modalities of a package, without its weights."""
-        from UniversalSeg.model_package import package_metadata
-        meta = package_metadata(model)
-        return {"tasks": meta["tasks"], "modalities": list(meta["network"]["modalities"]),
-                "spacing": meta["preprocessing"]["spacing"]}
+        from .models import read_metadata
+        return read_metadata(model)
 
     def start(self, volume_node, model: str, modality: str, tasks: Sequence[str], segmentation_node,
               device: str = "auto", precision: str = "auto", overlap: float = 0.5, fast: bool = False,
@@ -125,7 +124,8 @@ class UniversalSegLogic:
                                  output_path=str(workdir / "result.seg.nrrd"), tasks=list(tasks),
                                  device=device, precision=precision, overlap=overlap, fast=fast, roi=roi)
         runner = self.runner_factory()
-        runner.start(predict_command(request, self.python), env=child_environment(cpu_only=device == "cpu"))
+        runner.start(predict_command(request, self.python), env=child_environment(cpu_only=device == "cpu"),
+                     cwd=str(workdir))  # never the module folder: its UniversalSeg.py would shadow the core
         return PredictionJob(self, request, volume_node, segmentation_node, keep_edited, workdir,
                              runner, on_progress)
 

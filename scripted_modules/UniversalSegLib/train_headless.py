@@ -4,18 +4,18 @@
            --catalog catalog.yaml --config small --out runs/mine [--resume]
 
 (``PythonSlicer -m UniversalSeg train ...`` does the same without starting the application.)
+Training runs in a child interpreter: inside Slicer the name ``UniversalSeg`` belongs to the
+module file, not to the core package (see ``models.py``).
 """
+import subprocess
 import sys
 from pathlib import Path
 
-for folder in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[2]):
-    if (folder / "UniversalSeg" / "__init__.py").exists() and str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
-from UniversalSeg.cli import main  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from UniversalSegLib.command import child_environment, python_executable  # noqa: E402
 
 args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
-code = main(["train", *args])
+code = subprocess.call([python_executable(), "-m", "UniversalSeg", "train", *args], env=child_environment())
 try:
     import slicer
     slicer.util.exit(code)
