@@ -29,7 +29,9 @@ def overlay_montage(image: sitk.Image, masks: dict[str, sitk.Image], colors: dic
     import matplotlib.pyplot as plt
 
     img, spacing = _ras_array(image)
-    lo, hi = np.percentile(img, [1, 99])
+    # window on the object, not on the air around it (CT: -1000 HU background)
+    body = img[img > np.percentile(img, 25)]
+    lo, hi = np.percentile(body if body.size else img, [1, 99.5])
     pred = {t: _ras_array(m)[0] > 0 for t, m in masks.items()}
     ref = {t: _ras_array(m)[0] > 0 for t, m in (reference or {}).items()}
     union = np.zeros(img.shape, bool)

@@ -52,7 +52,7 @@ class InferenceMemoryError(MemoryError):
 @dataclass
 class PredictOptions:
     overlap: float = 0.5
-    sw_batch_size: int = 2
+    sw_batch_size: Optional[int] = None  # windows per pass; None: 1 on CPU (memory), 4 on GPU
     thresholds: dict = field(default_factory=dict)  # task -> threshold (default from the package)
     largest_component: bool = False
     roi: Optional[Sequence[float]] = None  # RAS mm: (x0, x1, y0, y1, z0, z1)
@@ -62,7 +62,7 @@ class PredictOptions:
     def validate(self):
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if self.sw_batch_size < 1:
+        if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ValueError("the window batch must be at least 1")
         if self.roi is not None and (len(self.roi) != 6 or any(self.roi[2 * i] >= self.roi[2 * i + 1]
                                                               for i in range(3))):
@@ -232,9 +232,10 @@ class Predictor:
                 "fewer tasks")
 
     def _infer(self, volume, task_ids, modality_id, domain_id, options, report):
-        attempts = [(self.device, options.sw_batch_size, self.device)]
+        batch = options.sw_batch_size or (4 if self.device.type == "cuda" else 1)
+        attempts = [(self.device, batch, self.device)]
         if self.device.type == "cuda":
-            b = options.sw_batch_size
+            b = batch
             while b > 1:
                 b //= 2
                 attempts.append((self.device, b, self.device))

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import SimpleITK as sitk
+# slicerio reads/writes Slicer's .seg.nrrd files; it is not the Slicer application (no MRML, no Qt)
+import SimpleITK as sitk, slicerio  # noqa: E401
 
 from ..data.terminology import TaskInfo
 
@@ -99,8 +100,6 @@ def write_seg_nrrd(path, reference: sitk.Image, masks: dict[str, sitk.Image],
     """One segment per task (overlapping tasks in separate layers), read by Slicer and slicerio.
     Layers are packed here rather than with ``slicerio.add_segment`` (4x faster on 20 large
     overlapping masks); slicerio writes the file with Slicer's header fields."""
-    import slicerio
-
     arrays = [sitk.GetArrayViewFromImage(m) > 0 for m in masks.values()]  # (k, j, i)
     layers, places = pack_layers(arrays)
     voxels = layers.transpose(0, 3, 2, 1)  # (layer, i, j, k) view, Fortran order for NRRD
