@@ -52,10 +52,10 @@ def overlay_montage(image: sitk.Image, masks: dict[str, sitk.Image], colors: dic
             c = np.array(colors.get(task, (255, 255, 0))) / 255
             s = cut(m)
             if s.any():
-                ax.contour(s.astype(float), levels=[0.5], colors=[c], linewidths=1.6, origin=origin)
+                ax.contour(s.astype(float), levels=[0.5], colors=[c], linewidths=1.6)
             if task in ref and cut(ref[task]).any():
                 ax.contour(cut(ref[task]).astype(float), levels=[0.5], colors=[c], linewidths=1.0,
-                           linestyles="dashed", origin=origin)
+                           linestyles="dashed")
         ax.set_title(name)
         ax.axis("off")
     handles = [plt.Line2D([], [], color=np.array(colors.get(t, (255, 255, 0))) / 255, label=t) for t in pred]
