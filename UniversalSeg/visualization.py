@@ -82,7 +82,7 @@ def bar_chart(groups: dict[str, dict[str, float]], out: str | Path, title: str =
     series = list(groups)
     categories = sorted({c for g in groups.values() for c in g})
     width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(categories) * len(series) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 0.25 * len(categories) * len(series) + 2)), 5))
     for i, s in enumerate(series):
         xs = np.arange(len(categories)) + i * width
         ys = [groups[s].get(c, np.nan) for c in categories]
