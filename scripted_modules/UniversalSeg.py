@@ -70,6 +70,7 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.importModelButton.connect("clicked()", self.onImportModel)
         self.ui.modelFolderButton.connect("clicked()", self.onModelFolder)
         self.ui.taskFilterLineEdit.connect("textChanged(QString)", lambda t: self.showTasks())
+        self.ui.taskListWidget.connect("itemChanged(QListWidgetItem*)", self.onTaskToggled)
         self.ui.selectAllTasksButton.connect("clicked()", lambda: self.checkAll(True))
         self.ui.selectNoTasksButton.connect("clicked()", lambda: self.checkAll(False))
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda n: self.preselectModality())
@@ -114,6 +115,7 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateApply()
 
     def showTasks(self):
+        blocked = self.ui.taskListWidget.blockSignals(True)  # repopulating is not the user toggling
         self.ui.taskListWidget.clear()
         for t in filter_tasks(self.tasks, self.ui.taskFilterLineEdit.text):
             item = qt.QListWidgetItem(t.get("display_name", t["name"]))
@@ -121,7 +123,7 @@ class UniversalSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             item.setForeground(qt.QBrush(qt.QColor(*t["color"])))
             item.setCheckState(qt.Qt.Checked if t["name"] in self.checked else qt.Qt.Unchecked)
             self.ui.taskListWidget.addItem(item)
-        self.ui.taskListWidget.connect("itemChanged(QListWidgetItem*)", self.onTaskToggled)
+        self.ui.taskListWidget.blockSignals(blocked)
         self.updateApply()
 
     def onTaskToggled(self, item):
