@@ -17,10 +17,6 @@ from .commands import COMMANDS
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL, EXIT_MEMORY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="universalseg",
@@ -54,7 +50,7 @@ def main(argv=None) -> int:
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         return fail(exc or "out of memory; crop with --roi, request fewer tasks or use --device cpu",
                     EXIT_MEMORY)
-    except (UserError, ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
         return fail(exc, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print(f"universalseg {args.command}: interrupted", file=sys.stderr)

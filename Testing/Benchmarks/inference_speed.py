@@ -52,7 +52,6 @@ def make_inputs(folder: Path, shape) -> tuple[Path, Path]:
 
 
 def run_ours(image, model, precision, ntasks, crop, out):
-    import torch
     from UniversalSeg.inference import Predictor, PredictOptions, write_seg_nrrd
     from UniversalSeg.model_package import load_package
     t0 = time.perf_counter()

@@ -20,7 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig
 from UniversalSeg.training.config import TrainConfig
 from UniversalSeg.training.trainer import run_training

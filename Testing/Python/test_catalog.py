@@ -1,5 +1,4 @@
 """Dataset catalogs: MSD layout, label maps, reproducible splits, and every bad input stopped early."""
-import json
 import shutil
 
 import numpy as np

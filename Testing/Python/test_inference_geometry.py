@@ -8,7 +8,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 from monai import transforms as mt

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from UniversalSeg.networks import SegContext, UnknownNameError, UniversalSegNet, autocast
+from UniversalSeg.networks import UnknownNameError, UniversalSegNet, autocast
 
 from conftest import tiny_config
 

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from UniversalSeg.model_package import load_package
-from UniversalSeg.networks import ModelConfig
 from UniversalSeg.training.checkpoint import CheckpointError, load_checkpoint
-from UniversalSeg.training.trainer import run_training
 
 from conftest import TINY_TRAIN_NET
 

@@ -84,7 +84,7 @@ def _stem(path: Path) -> str:
 
 def run(args) -> int:
     from ..inference import PredictOptions, Predictor, write_labelmap, write_probabilities, write_seg_nrrd
-    from ..inference.progress import make_reporter, scaled
+    from ..inference.progress import make_reporter
     from ..model_download import resolve_model
 
     report = make_reporter(args.progress)

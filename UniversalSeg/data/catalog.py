@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .modalities import KNOWN_MODALITIES, IntensityPolicy, policy_for
+from .modalities import KNOWN_MODALITIES, IntensityPolicy
 from .terminology import TaskInfo, task_info
 
 FORMAT_VERSION = 1

@@ -8,7 +8,6 @@ model package stores the policy of every modality, so inference normalizes exact
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,3 @@ KNOWN_MODALITIES: dict[str, IntensityPolicy] = {
     "cine-MR": PERCENTILE,
     "PET": PERCENTILE,
 }
-
-# DICOM Modality (0008,0060) -> our default modality name (used to preselect in Slicer).
-DICOM_MODALITY = {"CT": "CT", "PT": "PET", "MR": "MR-T1"}
-
-
-def policy_for(modality: str, custom: Optional[dict] = None) -> IntensityPolicy:
-    if custom and modality in custom:
-        return custom[modality]
-    if modality not in KNOWN_MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}: known modalities are "
-                         f"{sorted(KNOWN_MODALITIES)}; declare a new one in the catalog's "
-                         f"'modalities' section with an intensity policy")
-    return KNOWN_MODALITIES[modality]

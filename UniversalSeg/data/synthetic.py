@@ -118,8 +118,8 @@ def _render(inst: Institution, anatomy, shape: int, rng: np.random.Generator):
     image = np.full(tuple(size), value["background"], np.float32)
     for tissue, j in zip(TISSUES[1:], jitter[1:]):
         region = masks["body"] if tissue == "body" else masks[tissue]
-        image[region] = value[tissue] * (j if inst.modality != "CT" else 1) + (
-            (j - 1) * 100 if inst.modality == "CT" else 0)
+        # per-case contrast jitter: a few HU on CT, a few percent on MR / PET
+        image[region] = value[tissue] + (j - 1) * 100 if inst.modality == "CT" else value[tissue] * j
     img = sitk.GetImageFromArray(image.transpose(2, 1, 0))
     img = sitk.SmoothingRecursiveGaussian(img, float(spacing.min()) * (1.5 if inst.modality == "PET" else 0.6))
     arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)

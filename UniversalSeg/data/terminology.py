@@ -2,18 +2,16 @@
 
 A task in a catalog or model package carries ``TaskInfo``. Known structure names get their
 display name, color (Slicer's generic anatomy colors) and SNOMED CT codes from ``KNOWN_TASKS``;
-a catalog may override any field or declare new tasks. ``slicer_terminology()`` formats the entry
-the way Slicer's segment terminology tag and ``.seg.nrrd`` files expect
-(``context~category~type~typeModifier~anatomicContext~...``).
+a catalog may override any field or declare new tasks. ``inference.writers`` turns the codes into
+the terminology entry of each segment of a ``.seg.nrrd`` file.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
-TISSUE = ("SCT", "85756007", "Tissue")
 
 
 @dataclass(frozen=True)
@@ -21,9 +19,6 @@ class Code:
     scheme: str
     value: str
     meaning: str
-
-    def tag(self) -> str:
-        return f"{self.scheme}^{self.value}^{self.meaning}"
 
 
 @dataclass(frozen=True)
@@ -33,13 +28,6 @@ class TaskInfo:
     color: tuple[int, int, int]
     category: Optional[Code] = None
     type: Optional[Code] = None
-
-    def slicer_terminology(self) -> str:
-        """Slicer terminology entry string, empty when the task has no standard code."""
-        if self.category is None or self.type is None:
-            return ""
-        return (f"Segmentation category and type - 3D Slicer General Anatomy list~{self.category.tag()}"
-                f"~{self.type.tag()}~^^~Anatomic codes - DICOM master list~^^~^^")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -14,7 +14,7 @@ the patch, intensity scale / shift / gamma / noise / blur. Each is switched and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

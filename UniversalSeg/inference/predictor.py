@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -37,7 +35,6 @@ from ..data.image_io import ImageError, check_image, read_sitk, to_metatensor
 from ..data.transforms import preprocessing
 from ..model_package import ModelPackage
 from ..networks import SegContext, autocast, prepare_input, resolve_device, resolve_precision
-from ..networks.context import UnknownNameError
 from .progress import Reporter, scaled, silent
 
 log = logging.getLogger("UniversalSeg.predict")

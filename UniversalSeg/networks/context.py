@@ -47,10 +47,6 @@ class SegContext:
         """True where a task slot holds a real task, False for padding."""
         return self.task_ids >= 0
 
-    @property
-    def batch_size(self) -> int:
-        return self.task_ids.shape[0]
-
     def to(self, device) -> "SegContext":
         def move(t):
             return None if t is None else t.to(device)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -45,7 +44,7 @@ from ..networks import (ModelConfig, SegContext, UniversalSegNet, autocast, prep
 from ..networks.growable_table import GrowableTable
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
-from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluation import evaluate_cases, format_dice_table
 from .losses import PartialLabelLoss
 
