@@ -167,3 +167,25 @@ def test_train_command_stops_on_bad_data_before_training(tmp_path, synth_collect
                "--no-progress"])
     assert rc == 2
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_synthetic_anatomy_is_on_the_right_side_of_the_patient(synth_collection):
+    """Liver on the patient's right, spleen on the left, kidneys posterior (LPS: +x left,
+    +y posterior), whatever each institution's grid orientation (hospital B is flipped)."""
+    cat = load_catalog(synth_collection)
+    for ds in cat.datasets:
+        label = sitk.ReadImage(str(ds.splits["train"][0].label))
+        arr = sitk.GetArrayFromImage(label).transpose(2, 1, 0)
+
+        def centroid(value):
+            ijk = np.argwhere(arr == value).mean(0)
+            return np.array(label.TransformContinuousIndexToPhysicalPoint(ijk.tolist()))  # LPS mm
+
+        names = {"liver": 1, "spleen": 3, "kidney": 4}
+        present = {t: centroid(v) for t, v in names.items() if t in ds.tasks}
+        if "liver" in present:
+            assert present["liver"][0] < -10, (ds.name, present["liver"])
+        if "spleen" in present:
+            assert present["spleen"][0] > 10 and present["spleen"][1] > 0, (ds.name, present["spleen"])
+        if "kidney" in present:
+            assert present["kidney"][1] > 10, (ds.name, present["kidney"])

@@ -15,7 +15,7 @@ pet-hospital-e     PET       liver, liver-tumor                coarse, blurred, 
 mr-t1-hospital-f   MR-T1     liver, spleen, kidney             held out: other scanner contrast
 =================  ========  ===============================  ==================================
 
-The anatomy is drawn in physical (RAS, mm) space: a body, a liver with a tumour inside it, a
+The anatomy is drawn in physical (LPS, mm) space: a body, a liver with a tumour inside it, a
 spleen and two kidneys, each case with its own shift, scale and tumour; every institution then
 samples it on its own grid (spacing, orientation), so the same physical anatomy produces
 differently shaped arrays, and labels lie exactly on the image grid. ``mr-t1-hospital-f`` is left
@@ -77,7 +77,8 @@ def _ellipsoid(points, center, radii):
 
 
 def _anatomy(rng: np.random.Generator):
-    """Per-case anatomy in RAS mm: name -> (center, radii)."""
+    """Per-case anatomy in LPS mm (DICOM / ITK patient space: +x left, +y posterior, +z superior):
+    name -> (center, radii). The liver lies on the patient's right, spleen and kidneys posterior."""
     shift = rng.uniform(-10, 10, 3)
     scale = rng.uniform(0.88, 1.12, 3)
     organs = {
@@ -108,8 +109,7 @@ def _render(inst: Institution, anatomy, shape: int, rng: np.random.Generator):
     size, spacing, direction, origin = _grid(inst, shape)
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"), -1).astype(np.float32)
     lps = idx @ (direction * spacing).T + origin
-    ras = lps * np.array([-1, -1, 1], np.float32)
-    masks = {k: _ellipsoid(ras, c, r) for k, (c, r) in anatomy.items()}
+    masks = {k: _ellipsoid(lps, c, r) for k, (c, r) in anatomy.items()}
     masks["liver-tumor"] &= masks["liver"]
     masks["kidney"] = masks.pop("kidney-left") | masks.pop("kidney-right")
     contrast = HELD_OUT_CONTRAST if inst.held_out else CONTRAST[inst.modality]

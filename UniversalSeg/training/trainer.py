@@ -314,20 +314,24 @@ class Trainer:
 def run_training(catalog_path, model_config: ModelConfig, cfg: TrainConfig, out_dir, resume=False,
                  device="auto", max_steps: Optional[int] = None, progress=True) -> dict:
     trainer = Trainer(catalog_path, model_config, cfg, out_dir, device, progress)
+    handler = _file_log(Path(out_dir), trainer.dist)
     try:
-        _file_log(Path(out_dir), trainer.dist)
         result = trainer.fit(resume=resume, max_steps=max_steps)
         package = trainer.export() if trainer.step >= cfg.total_steps else None
         return {"steps": trainer.step, "validation": result, "package": str(package) if package else None}
     finally:
         trainer.close()
+        if handler is not None:  # one log per run, also when several runs share a process
+            logging.getLogger("UniversalSeg").removeHandler(handler)
+            handler.close()
 
 
-def _file_log(out: Path, dist: DistInfo):
+def _file_log(out: Path, dist: DistInfo) -> Optional[logging.Handler]:
     if not dist.is_main:
-        return
+        return None
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("UniversalSeg").addHandler(handler)
     logging.getLogger("UniversalSeg").setLevel(logging.INFO)
+    return handler
