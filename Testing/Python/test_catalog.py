@@ -140,21 +140,33 @@ def test_check_files_refuses_non_3d_images(tmp_path, synth_collection, shape, me
         check_files(_catalog_for(tmp_path, root))
 
 
-def test_check_files_refuses_nans(tmp_path, synth_collection):
-    # NRRD keeps NaNs; note that ITK's NIfTI reader silently turns them into 0.
+@pytest.mark.parametrize("name", ["nan.nrrd", "nan.nii.gz"])  # ITK alone reads NIfTI NaNs as 0
+def test_check_files_refuses_nans(tmp_path, synth_collection, name):
     root = synth_collection.parent / "ct-hospital-a"
     img = sitk.ReadImage(str(_image_path(root, 3)))
     arr = sitk.GetArrayFromImage(img)
-    arr[5, 5, 5] = np.nan
+    arr[5, 6, 7] = np.nan
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(img)
-    sitk.WriteImage(out, str(tmp_path / "nan.nrrd"))
+    sitk.WriteImage(out, str(tmp_path / name))
     cat = load_catalog(write_catalog(tmp_path, {"datasets": [{
         "name": "n", "modality": "CT", "labels": {"liver": 1, "spleen": 3, "kidney": 4},
-        "cases": [{"id": "c0", "image": "nan.nrrd", "label": str(_image_path(root, 3, "label"))},
+        "cases": [{"id": "c0", "image": name, "label": str(_image_path(root, 3, "label"))},
                   {"id": "c1", "image": str(_image_path(root, 1)), "label": str(_image_path(root, 1, "label"))}]}]}))
-    with pytest.raises(CatalogError, match=r"nan.nrrd: contains NaN or infinite voxels"):
+    with pytest.raises(CatalogError, match=name.replace(".", r"\.") + r": contains NaN or infinite voxels"):
         check_files(cat)
+
+
+def test_nifti_nan_is_restored_at_its_voxel(tmp_path):
+    from UniversalSeg.data.image_io import read_sitk
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(6, 5, 4)  # (k, j, i)
+    arr[5, 1, 3] = np.nan
+    arr[0, 4, 0] = np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "x.nii.gz"))
+    back = sitk.GetArrayFromImage(read_sitk(tmp_path / "x.nii.gz"))
+    assert np.isnan(back[5, 1, 3]) and np.isinf(back[0, 4, 0])
+    finite = np.isfinite(arr)
+    assert (~np.isfinite(back)).sum() == 2 and np.array_equal(back[finite], arr[finite])
 
 
 def test_train_command_stops_on_bad_data_before_training(tmp_path, synth_collection):

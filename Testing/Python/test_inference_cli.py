@@ -118,6 +118,7 @@ def bad_inputs(tmp_path):
         "4d": write(tmp_path, "series.nrrd", np.stack([noise, noise])),
         "sheared": write(tmp_path, "sheared.nrrd", noise, direction=(1, 0.3, 0, 0, 1, 0, 0, 0, 1)),
         "nan": write(tmp_path, "nan.nrrd", nan),
+        "nan-nifti": write(tmp_path, "nan.nii.gz", nan),  # ITK alone would read the NaN as 0
         "constant": write(tmp_path, "constant.nrrd", np.full((24, 24, 24), 7, np.float32)),
         "ok": write(tmp_path, "ok.nrrd", noise),
     }
@@ -125,7 +126,7 @@ def bad_inputs(tmp_path):
 
 @pytest.mark.parametrize("which, message", [
     ("2d", "a 2D image"), ("4d", "a 4D image"), ("sheared", "not orthonormal"),
-    ("nan", "NaN"), ("constant", "constant image"),
+    ("nan", "NaN"), ("nan-nifti", "NaN"), ("constant", "constant image"),
 ])
 def test_bad_images_exit_2_with_a_clear_message_and_no_output(trained_run, bad_inputs, tmp_path, which, message):
     out = tmp_path / "result.seg.nrrd"

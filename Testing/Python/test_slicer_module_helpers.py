@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).parents[2] / "scripted_modules"))  # after the core package
+ROOT = Path(__file__).parents[2]
+sys.path.append(str(ROOT / "scripted_modules"))  # after the core package
 
 from UniversalSegLib.command import (child_environment, filter_tasks, guess_modality,  # noqa: E402
                                      parse_progress_line, train_command)
@@ -54,3 +55,20 @@ def test_child_processes_import_the_core_package_not_the_module_file(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import UniversalSeg; print(UniversalSeg.__file__)"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith(str(Path("UniversalSeg") / "__init__.py"))
+
+
+def test_slicer_installs_every_core_dependency():
+    """Resources/requirements.txt (what Slicer pip-installs) covers the core's dependencies, and
+    the module knows each one's import name (torch comes from the PyTorch extension; matplotlib
+    draws only the demo's pictures and tensorboard is optional in training)."""
+    import re
+    import tomllib
+
+    from UniversalSegLib.dependencies import IMPORT_NAMES, requirements_file
+    name = lambda req: re.split(r"[<>=!~\[ ]", req.strip(), maxsplit=1)[0]
+    core = {name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    lines = [line for line in requirements_file().read_text().splitlines() if line.strip() and not line.startswith("#")]
+    slicer = {name(r) for r in lines}
+    assert core - slicer == {"torch", "matplotlib", "tensorboard"}
+    assert slicer | {"torch"} == set(IMPORT_NAMES)
+    assert all(re.search(r">=\d", line) for line in lines)  # lower bounds pinned

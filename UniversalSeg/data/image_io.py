@@ -37,10 +37,39 @@ def read_sitk(path: str | Path) -> sitk.Image:
                                  f"folder with one series")
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise ImageError(f"{path}: cannot read the image ({first})") from None
+    if path.name.lower().endswith((".nii", ".nii.gz")) and image.GetPixelID() in FLOAT_TYPES:
+        image = _restore_nifti_nonfinite(image, path)
+    return image
+
+
+FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
+
+
+def _restore_nifti_nonfinite(image: sitk.Image, path: Path) -> sitk.Image:
+    """ITK's NIfTI reader silently turns NaN voxels into 0, which would hide a broken volume as
+    plausible tissue; nibabel reads the stored values, so non-finite voxels are put back and
+    ``check_image`` refuses them. Costs a second read of float NIfTI files only (integer types
+    cannot hold NaN)."""
+    import nibabel
+
+    try:
+        stored = np.asanyarray(nibabel.load(str(path)).dataobj)
+    except Exception:  # nibabel cannot read what ITK could: keep ITK's reading
+        return image
+    bad = ~np.isfinite(stored)
+    if image.GetDimension() != 3 or bad.size != int(np.prod(image.GetSize())) or not bad.any():
+        return image  # 2D / 4D images are refused by check_image anyway
+    array = sitk.GetArrayFromImage(image)  # (k, j, i); nibabel's axes are (i, j, k[, 1...])
+    stored = stored.reshape(image.GetSize()).transpose(2, 1, 0)
+    bad = ~np.isfinite(stored)
+    array[bad] = stored[bad]
+    restored = sitk.GetImageFromArray(array)
+    restored.CopyInformation(image)
+    return restored
 
 
 def check_image(image: sitk.Image, name: str, *, label: bool = False) -> None:

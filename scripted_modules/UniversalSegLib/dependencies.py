@@ -12,7 +12,7 @@ from pathlib import Path
 
 IMPORT_NAMES = {"torch": "torch", "monai": "monai", "SimpleITK": "SimpleITK",
                 "safetensors": "safetensors", "slicerio": "slicerio", "pyyaml": "yaml",
-                "tqdm": "tqdm", "pynrrd": "nrrd"}
+                "tqdm": "tqdm", "pynrrd": "nrrd", "nibabel": "nibabel", "numpy": "numpy"}
 
 
 def requirements_file() -> Path:
