@@ -92,8 +92,11 @@ def bar_chart(groups: dict[str, dict[str, float]], out: str | Path, title: str =
     ax.set_xticklabels(categories, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
+    if len(series) > 4:  # many series: the legend beside the plot, not over the bars
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

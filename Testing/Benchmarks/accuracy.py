@@ -6,6 +6,8 @@ validation cases of the seen institutions AND on an institution left out of trai
   (b) traditional: one model per institution, each trained as long as (a) ("per-institution":
       5x the compute of (a)), and with (a)'s budget split between them ("per-institution-split":
       the same total compute);
+  (a') "universal-total-budget": (a) trained as long as the per-institution models together
+      (steps x number of seen institutions): the same total compute as (b) "per-institution";
   (c) naive joint: one shared network, one output channel per global task, partial-label loss,
       no priors (static head);
   (d) universal + each harmonization plug-in (domain BN, polynomial/U-Harmony, class-aware,
@@ -14,6 +16,7 @@ Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a
 
     python Testing/Benchmarks/accuracy.py --out Testing/Benchmarks/results/accuracy \
            [--steps 300] [--seeds 0 1 2] [--cases 8] [--shape 40] [--base-width 16] [--jobs 2]
+           [--methods universal-total-budget ... --seeds-total-budget 0]  # the long arm: fewer seeds
     # real data, same study: a catalog of seen datasets and one of held-out datasets
     python Testing/Benchmarks/accuracy.py --catalog seen.yaml --heldout heldout.yaml \
            --spacing 1.5 --patch 128 --steps 40000 --base-width 32 --out results/real
@@ -115,14 +118,16 @@ def plan(method, seed, args, seen, catalog_path, spacing, out):
         return [(single_dataset_catalog(catalog_path, ds.name, out / f"catalog-{ds.name}.yaml"),
                  network(args.base_width, "universal"), cfg, out / "runs" / f"{key}-{ds.name}")
                 for ds in seen.datasets]
-    return [(catalog_path, network(args.base_width, method), train_config(args.steps, seed, spacing, args.patch),
+    steps = args.steps * len(seen.datasets) if method == "universal-total-budget" else args.steps
+    kind = "universal" if method == "universal-total-budget" else method
+    return [(catalog_path, network(args.base_width, kind), train_config(steps, seed, spacing, args.patch),
              out / "runs" / key)]
 
 
-def run_all(jobs, workers: int):
+def run_all(jobs, workers: int, threads: int = 0):
     """Train every run, ``workers`` at a time, the CPU threads shared between them."""
     import os
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     if workers <= 1:
         for job in jobs:
             _train(job, threads)
@@ -137,18 +142,20 @@ def run_all(jobs, workers: int):
 def verdicts(summary):
     """The issue's goal, checked on the seed means: universal >= per-institution on >= 80 % of the
     seen tasks with fewer parameters, and better on the left-out institution."""
-    uni = summary.get("universal")
     out = {}
-    for base in ("per-institution", "per-institution-split"):
-        if uni is None or base not in summary:
+    pairs = [("universal", "per-institution"), ("universal", "per-institution-split"),
+             ("universal-total-budget", "per-institution")]
+    for mine, base in pairs:
+        if mine not in summary or base not in summary:
             continue
+        uni = summary[mine]
         u, p = uni["dice"], summary[base]["dice"]
         seen = [k for k in u if k.startswith("seen:") and k in p]
         held = [k for k in u if k.startswith("heldout:")]
         wins = sum(u[k]["mean"] >= p[k]["mean"] for k in seen)
         both_fail = sum(max(u[k]["mean"], p[k]["mean"]) < 0.05 for k in seen)  # a tie that says nothing
         mean = lambda d, keys: statistics.fmean(d[k]["mean"] if k in d else 0.0 for k in keys) if keys else None
-        out[base] = {
+        out[f"{mine} vs {base}"] = {
             "seen_tasks_compared": len(seen), "universal_at_least_as_good": wins,
             "share": wins / len(seen) if seen else None, "goal_share": 0.8,
             "ties_where_both_fail": both_fail,
@@ -160,7 +167,7 @@ def verdicts(summary):
             "heldout_mean_on_shared_tasks": {"universal": mean(u, [k for k in held if k in p]),
                                               "baseline": mean(p, [k for k in held if k in p])},
         }
-        v = out[base]
+        v = out[f"{mine} vs {base}"]
         v["goal_met"] = bool(v["share"] is not None and v["share"] >= 0.8
                              and v["parameters_universal"] < v["parameters_baseline"]
                              and (v["heldout_mean_universal"] or 0) > (v["heldout_mean_baseline"] or 0))
@@ -185,7 +192,7 @@ def markdown(report) -> str:
     for base, v in report["universal_vs_per_institution"].items():
         lines.append("")
         lines.append(
-            f"universal vs {base}: at least as good on {v['universal_at_least_as_good']} of "
+            f"{base}: at least as good on {v['universal_at_least_as_good']} of "
             f"{v['seen_tasks_compared']} seen tasks ({v['share']:.0%}; goal 80 %"
             f"{'; of them ' + str(v['ties_where_both_fail']) + ' where both fail (Dice < 0.05)' if v.get('ties_where_both_fail') else ''}), parameters "
             f"{v['parameters_universal'] / 1e6:.2f}M vs {v['parameters_baseline'] / 1e6:.2f}M, left-out "
@@ -210,6 +217,9 @@ def main(argv=None):
     ap.add_argument("--spacing", type=float)
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--jobs", type=int, default=1, help="training runs at a time (CPU threads are shared)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: cores / jobs)")
+    ap.add_argument("--seeds-total-budget", type=int, nargs="+", help="seeds of universal-total-budget "
+                    "(default: --seeds; it costs as much as the five per-institution models)")
     ap.add_argument("--table-from", metavar="JSON", help="only print the Markdown tables of an accuracy.json")
     ap.add_argument("--methods", nargs="+",
                     default=["universal", "per-institution", "per-institution-split", "naive", *PLUGINS])
@@ -229,8 +239,10 @@ def main(argv=None):
         spacing = args.spacing or 180.0 / args.shape
     seen = load_catalog(catalog_path)
     held = load_catalog(heldout_path) if heldout_path else None
-    plans = {(m, s): plan(m, s, args, seen, catalog_path, spacing, out) for m in args.methods for s in args.seeds}
-    run_all([job for jobs in plans.values() for job in jobs], args.jobs)
+    seeds = {m: (args.seeds_total_budget or args.seeds) if m == "universal-total-budget" else args.seeds
+             for m in args.methods}
+    plans = {(m, s): plan(m, s, args, seen, catalog_path, spacing, out) for m in args.methods for s in seeds[m]}
+    run_all([job for jobs in plans.values() for job in jobs], args.jobs, args.threads)
 
     results = {}
     for (method, seed), jobs in plans.items():
@@ -250,13 +262,13 @@ def main(argv=None):
               flush=True)
     summary = {}
     for method in args.methods:
-        runs = [results[f"{method}/seed{s}"] for s in args.seeds]
+        runs = [results[f"{method}/seed{s}"] for s in seeds[method]]
         row = {}
         for part in ("seen", "heldout"):
             for k in sorted({k for r in runs for k in r[part]}):
                 vals = [r[part][k] for r in runs if k in r[part]]
                 row[f"{part}:{k}"] = {"mean": statistics.fmean(vals), "sd": statistics.pstdev(vals), "n": len(vals)}
-        summary[method] = {"dice": row, "parameters": runs[0]["parameters"],
+        summary[method] = {"dice": row, "parameters": runs[0]["parameters"], "seeds": seeds[method],
                            "seen_mean": statistics.fmean(v["mean"] for k, v in row.items() if k.startswith("seen:"))}
     verdict = verdicts(summary)
     report = {"command": "python Testing/Benchmarks/accuracy.py " + " ".join(argv),

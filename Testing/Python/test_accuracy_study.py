@@ -32,7 +32,7 @@ def test_accuracy_study_on_a_catalog(synth_collection, tmp_path, capsys):
     assert len([k for k in uni["dice"] if k.startswith("seen:")]) == 11  # every labelled (site, task)
     assert all(v["n"] == 2 and 0 <= v["mean"] <= 1 and v["sd"] >= 0 for v in uni["dice"].values())
     assert per["parameters"] > 4 * uni["parameters"]  # five networks against one
-    verdict = report["universal_vs_per_institution"]["per-institution-split"]
+    verdict = report["universal_vs_per_institution"]["universal vs per-institution-split"]
     assert verdict["seen_tasks_compared"] == 11
     # no MR-T1 training site labels the kidney: only the universal model can segment it there
     assert verdict["heldout_tasks_baseline_cannot_segment"] == ["mr-t1-hospital-f/kidney"]
