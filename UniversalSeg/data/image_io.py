@@ -16,6 +16,7 @@ import torch
 from monai.data import MetaTensor
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
 
 
 class ImageError(ValueError):
@@ -46,9 +47,6 @@ def read_sitk(path: str | Path) -> sitk.Image:
     return image
 
 
-FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
-
-
 def _restore_nifti_nonfinite(image: sitk.Image, path: Path) -> sitk.Image:
     """ITK's NIfTI reader silently turns NaN voxels into 0, which would hide a broken volume as
     plausible tissue; nibabel reads the stored values, so non-finite voxels are put back and
@@ -60,12 +58,11 @@ def _restore_nifti_nonfinite(image: sitk.Image, path: Path) -> sitk.Image:
         stored = np.asanyarray(nibabel.load(str(path)).dataobj)
     except Exception:  # nibabel cannot read what ITK could: keep ITK's reading
         return image
-    bad = ~np.isfinite(stored)
-    if image.GetDimension() != 3 or bad.size != int(np.prod(image.GetSize())) or not bad.any():
+    if image.GetDimension() != 3 or stored.size != int(np.prod(image.GetSize())) or np.isfinite(stored).all():
         return image  # 2D / 4D images are refused by check_image anyway
     array = sitk.GetArrayFromImage(image)  # (k, j, i); nibabel's axes are (i, j, k[, 1...])
     stored = stored.reshape(image.GetSize()).transpose(2, 1, 0)
-    bad = ~np.isfinite(stored)
+    bad = ~np.isfinite(stored)  # only on this failure path
     array[bad] = stored[bad]
     restored = sitk.GetImageFromArray(array)
     restored.CopyInformation(image)
