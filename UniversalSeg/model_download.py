@@ -19,9 +19,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from .model_package import ModelPackage, PackageError, load_package
+from .model_metadata import PackageError
+
+if TYPE_CHECKING:
+    from .model_package import ModelPackage
 
 CHUNK = 1 << 20
 
@@ -85,6 +88,11 @@ def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
     return entries
 
 
+def cached_packages(cache: Optional[Path] = None) -> list[Path]:
+    """Model zips in the cache (downloaded or imported), by name."""
+    return sorted(((cache or cache_dir()) / "models").glob("*.zip"))
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,8 +102,9 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: bool = True,
-                timeout: float = 60.0) -> Path:
-    """Download (or reuse) ``entry`` into the cache; returns the verified zip's path."""
+                timeout: float = 60.0, on_bytes: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
+    """Download (or reuse) ``entry`` into the cache; returns the verified zip's path.
+    ``progress`` draws a bar; ``on_bytes(done, total)`` is called per chunk (programs)."""
     folder = (cache or cache_dir()) / "models"
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / entry.filename
@@ -137,6 +146,8 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
                     h.update(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
+                    if on_bytes is not None:
+                        on_bytes(f.tell(), total)
         except (urllib.error.URLError, OSError) as exc:
             raise DownloadError(f"the download of {entry.id} broke off ({exc}); run the same "
                                 "command again to continue where it stopped") from None
@@ -155,6 +166,7 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
 
 def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optional[str] = None) -> Path:
     """Validate a local model zip and copy it into the cache (offline installation)."""
+    from .model_package import load_package  # torch: only where weights are read
     zip_path = Path(zip_path)
     load_package(zip_path)  # refuses corrupt, foreign or newer packages before copying
     folder = (cache or cache_dir()) / "models"
@@ -168,6 +180,7 @@ def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optio
 
 def resolve_model(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> ModelPackage:
     """A package folder, a .zip, a cached name, or a catalog id -> a validated ModelPackage."""
+    from .model_package import load_package  # torch: only where weights are read
     path = Path(spec)
     if path.exists():
         return load_package(path)
@@ -177,6 +190,6 @@ def resolve_model(spec: str, progress: bool = True, catalog: Optional[Path] = No
     entries = {e.id: e for e in load_model_catalog(catalog)}
     if spec in entries:
         return load_package(fetch_model(entries[spec], progress=progress))
-    known = sorted(entries) + sorted(p.name for p in (cache_dir() / "models").glob("*.zip"))
+    known = sorted(entries) + [p.name for p in cached_packages()]
     raise PackageError(f"model {spec!r} is neither a package folder, a .zip file, nor a known "
                        f"model id; known: {known or 'none (import one with universalseg models import)'}")

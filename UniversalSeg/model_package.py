@@ -29,15 +29,9 @@ from . import __version__
 from .data.modalities import IntensityPolicy
 from .data.terminology import TaskInfo
 from .networks import ModelConfig, UniversalSegNet
+from .model_metadata import (META_FILE, PACKAGE_FORMAT, PACKAGE_VERSION, WEIGHTS_FILE,  # noqa: F401
+                             PackageError, parse_meta, read_meta_bytes, summarize)
 from .networks.config import ConfigError
-
-PACKAGE_FORMAT = "universalseg-model"
-PACKAGE_VERSION = 1
-META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
-
-
-class PackageError(ValueError):
-    """A model package that cannot be used; the message says why and what to do."""
 
 
 @dataclass
@@ -104,60 +98,34 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
     return out
 
 
-def _read_members(path: Path) -> tuple[bytes, bytes]:
+def _read_weights(path: Path) -> bytes:
     if path.is_dir():
-        meta, weights = path / META_FILE, path / WEIGHTS_FILE
-        for f in (meta, weights):
-            if not f.is_file():
-                raise PackageError(f"{path} is not a model package: {f.name} is missing")
-        return meta.read_bytes(), weights.read_bytes()
-    if not path.is_file():
-        raise PackageError(f"model package {path} does not exist")
-    try:
-        with zipfile.ZipFile(path) as z:  # read the two members only: no extraction, no paths
-            names = set(z.namelist())
-            for n in (META_FILE, WEIGHTS_FILE):
-                if n not in names:
-                    raise PackageError(f"{path} is not a model package: {n} is missing in the zip")
-            return z.read(META_FILE), z.read(WEIGHTS_FILE)
-    except zipfile.BadZipFile:
-        raise PackageError(f"{path} is neither a model package folder nor a valid zip "
-                           "(corrupt or truncated download? fetch it again)") from None
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise PackageError(f"{path} is not a model package: {WEIGHTS_FILE} is missing")
+        return weights.read_bytes()
+    with zipfile.ZipFile(path) as z:  # read_meta_bytes already opened it as a zip
+        if WEIGHTS_FILE not in z.namelist():
+            raise PackageError(f"{path} is not a model package: {WEIGHTS_FILE} is missing in the zip")
+        return z.read(WEIGHTS_FILE)
 
 
 def load_package(path: str | Path) -> ModelPackage:
     path = Path(path)
-    meta_bytes, weight_bytes = _read_members(path)
-    try:
-        meta = json.loads(meta_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path}: {META_FILE} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != PACKAGE_FORMAT:
-        raise PackageError(f"{path}: {META_FILE} is not a UniversalSeg model description")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > PACKAGE_VERSION:
-        raise PackageError(f"{path}: package format {version!r} is newer than this UniversalSeg "
-                           f"understands ({PACKAGE_VERSION}); upgrade UniversalSeg to use this model")
+    meta = parse_meta(read_meta_bytes(path), path)
     try:
         config = ModelConfig.from_dict(meta["network"])
-        tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
         modalities = {k: IntensityPolicy.from_dict(v) for k, v in meta["modalities"].items()}
-        spacing = tuple(float(s) for s in meta["preprocessing"]["spacing"])
-        patch = tuple(int(p) for p in meta["inference"]["patch_size"])
     except ConfigError as exc:
         raise PackageError(f"{path}: network config: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PackageError(f"{path}: {META_FILE} is incomplete or malformed ({exc!r})") from None
-    if [t.name for t in tasks] != list(config.tasks):
-        raise PackageError(f"{path}: task metadata does not match the network's tasks")
-    if set(modalities) != set(config.modalities):
-        raise PackageError(f"{path}: modality policies do not match the network's modalities")
-    if len(spacing) != 3 or len(patch) != 3 or min(spacing) <= 0 or min(patch) <= 0:
-        raise PackageError(f"{path}: spacing and patch size need three positive numbers")
+    summary = summarize(meta, path)
+    weight_bytes = _read_weights(path)
     try:
         state = load_safetensors_bytes(weight_bytes)
     except Exception as exc:
         raise PackageError(f"{path}: {WEIGHTS_FILE} is not a safetensors file (refused without "
                            f"unpickling anything): {str(exc)[:160]}") from None
-    return ModelPackage(config, tasks, modalities, spacing, patch, meta, state)
+    return ModelPackage(config, summary.tasks, modalities, summary.spacing, summary.patch_size, meta, state)
 

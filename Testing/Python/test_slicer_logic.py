@@ -13,23 +13,30 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 sys.path.append(str(Path(__file__).parents[2] / "scripted_modules"))  # after the core package
 
-from UniversalSegLib.command import PredictRequest, predict_command  # noqa: E402
-from UniversalSegLib.logic import UniversalSegLogic  # noqa: E402
-from UniversalSegLib.process_runner import ProcessRunner  # noqa: E402
-from UniversalSegLib.segmentation_import import FINGERPRINT_TAG, segment_tag  # noqa: E402
+from UniversalSegmentationLib.command import PredictRequest, predict_command  # noqa: E402
+from UniversalSegmentationLib.logic import UniversalSegLogic  # noqa: E402
+from UniversalSegmentationLib.process_runner import ProcessRunner  # noqa: E402
+from UniversalSegmentationLib.segmentation_import import FINGERPRINT_TAG, segment_tag  # noqa: E402
+
+
+def app_scene():
+    """A scene as the Slicer application has it: scene undo OFF (the application's default), the
+    Data, Segmentations and Volumes module logics attached."""
+    scene = slicer.vtkMRMLScene()
+    logics = {}
+    for name, cls in (("data", slicer.vtkSlicerDataModuleLogic), ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("volumes", slicer.vtkSlicerVolumesLogic)):
+        logics[name] = cls()
+        logics[name].SetMRMLScene(scene)
+    slicer.mrmlScene = scene
+    slicer.modules = SimpleNamespace(**{k: SimpleNamespace(logic=lambda v=v: v) for k, v in logics.items()})
+    return scene, logics
 
 
 @pytest.fixture
 def scene():
-    scene = slicer.vtkMRMLScene()
-    scene.SetUndoOn()
-    seg_logic = slicer.vtkSlicerSegmentationsModuleLogic()
-    seg_logic.SetMRMLScene(scene)
-    vol_logic = slicer.vtkSlicerVolumesLogic()
-    vol_logic.SetMRMLScene(scene)
-    slicer.mrmlScene = scene
-    slicer.modules = SimpleNamespace(segmentations=SimpleNamespace(logic=lambda: seg_logic),
-                                     volumes=SimpleNamespace(logic=lambda: vol_logic))
+    scene, logics = app_scene()
+    assert not scene.GetUndoFlag()
     yield scene
     scene.Clear(True)
 
@@ -65,9 +72,9 @@ def test_logic_creates_named_segments_in_the_right_place(scene, trained_run, syn
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
     sh.CreateItem(study, volume)  # the Slicer application's DICOM / SH plugins do this on load
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "UniversalSeg")
     job = UniversalSegLogic(python=sys.executable).run(volume, trained_run["package"], "CT",
-                                                       ["liver", "liver-tumor"], seg)
+                                                       ["liver", "liver-tumor"])
+    seg = job.segmentation_node  # created when the result is in
     assert job.succeeded, job.message + "\n".join(job.runner.stderr_lines[-10:])
     segmentation = seg.GetSegmentation()
     assert list(segmentation.GetSegmentIDs()) == ["liver", "liver-tumor"]
@@ -75,8 +82,14 @@ def test_logic_creates_named_segments_in_the_right_place(scene, trained_run, syn
     assert liver.GetName() == "Liver"
     np.testing.assert_allclose(liver.GetColor(), np.array([221, 130, 101]) / 255, atol=1e-3)
     assert "SCT^10200004^Liver" in segment_tag(liver, slicer.vtkSegment.GetTerminologyEntryTagName())
-    assert "SCT^108369006^Neoplasm" in segment_tag(segmentation.GetSegment("liver-tumor"),
-                                                   "TerminologyEntry")
+    tumor_entry = segment_tag(segmentation.GetSegment("liver-tumor"), "TerminologyEntry")
+    assert "SCT^108369006^Neoplasm" in tumor_entry
+    # each code in the Slicer terminology context that holds it (test_slicer_rules.py has the lists)
+    assert tumor_entry.startswith("Segmentation category and type - DICOM master list~")
+    assert segment_tag(liver, "TerminologyEntry").startswith(
+        "Segmentation category and type - 3D Slicer General Anatomy list~")
+    assert seg.GetDisplayNode() is not None  # a node made by code is invisible without one
+    assert seg.GetName() == "abdomen CT UniversalSeg"
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
     assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is not None or \
         seg.GetSegmentation().GetConversionParameter("Reference image geometry")
@@ -107,20 +120,40 @@ def test_rerun_replaces_only_the_tasks_run_and_keeps_user_edits(scene, trained_r
     arr[2:4, 2:4, 2:4] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(arr, seg, mine, volume)
     logic = UniversalSegLogic(python=sys.executable)
-    assert logic.run(volume, trained_run["package"], "CT", ["liver", "spleen"], seg).succeeded
+    first = logic.run(volume, trained_run["package"], "CT", ["liver", "spleen"], seg)
+    assert first.succeeded and first.segmentation_node is seg
     # the user edits the spleen
     spleen = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume)
     spleen[:] = 0
     spleen[5:8, 5:8, 5:8] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(spleen, seg, "spleen", volume)
-    undo_levels = scene.GetNumberOfUndoLevels()
-    job = logic.run(volume, trained_run["package"], "CT", ["liver", "spleen", "kidney"], seg)
-    assert job.outcome == {"added": ["kidney"], "replaced": ["liver"], "kept": ["spleen"]}
+    liver_before = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume).copy()
+    # the user only renames the liver: that is an edit too, so it must be kept
+    seg.GetSegmentation().GetSegment("liver").SetName("Liver (checked)")
+    job = logic.run(volume, trained_run["package"], "CT", ["liver", "spleen", "kidney"], seg,
+                    keep_edited=True)
+    assert (job.undo.added, job.undo.replaced, job.undo.kept) == (["kidney"], [], ["liver", "spleen"])
+    kidney_before = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "kidney", volume).copy()
+    seg.GetSegmentation().GetSegment("liver").SetName("Liver")  # back to what UniversalSeg wrote
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    half = bounds[:1] + [(bounds[0] + bounds[1]) / 2] + bounds[2:]  # a different result: half the body
+    job = logic.run(volume, trained_run["package"], "CT", ["liver", "spleen", "kidney"], seg, roi=half)
+    assert (job.undo.added, job.undo.replaced, job.undo.kept) == ([], ["liver", "kidney"], ["spleen"])
     ids = list(seg.GetSegmentation().GetSegmentIDs())
-    assert sorted(ids) == sorted([mine, "liver", "spleen", "kidney"])
+    assert ids == [mine, "liver", "spleen", "kidney"]  # replaced segments keep their place
     assert slicer.util.arrayFromSegmentBinaryLabelmap(seg, mine, volume).sum() == 8
     assert slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume).sum() == 27
-    assert scene.GetNumberOfUndoLevels() > undo_levels  # state saved for undo before the change
+    assert scene.GetNumberOfUndoLevels() == 0  # scene undo is off, as in the application
+
+    # "Undo last run" works without scene undo: the liver and kidney of the second run go back
+    assert not np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume), liver_before)
+    logic.undo_last_run()
+    assert list(seg.GetSegmentation().GetSegmentIDs()) == [mine, "liver", "spleen", "kidney"]
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume), liver_before)
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "kidney", volume), kidney_before)
+    with pytest.raises(ValueError, match="no run to undo"):
+        logic.undo_last_run()
 
 
 def test_cancel_kills_the_process_tree_and_leaves_the_scene_unchanged(scene, tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 sys.path.append(str(ROOT / "scripted_modules"))  # after the core package
 
-from UniversalSegLib.command import (child_environment, filter_tasks, guess_modality,  # noqa: E402
+from UniversalSegmentationLib.command import (child_environment, filter_tasks, guess_modality,  # noqa: E402
                                      parse_progress_line, train_command)
 
 TASKS = [{"name": "liver", "display_name": "Liver"}, {"name": "liver-tumor", "display_name": "Liver tumor"},
@@ -46,17 +46,6 @@ def test_child_environment_and_train_command():
                    "--out", "/runs/a", "--no-progress", "--resume"]
 
 
-def test_child_processes_import_the_core_package_not_the_module_file(tmp_path):
-    """Inside Slicer the module file UniversalSeg.py shadows the core package of the same name;
-    the child environment must put the core first."""
-    import subprocess
-    modules = str(Path(__file__).parents[2] / "scripted_modules")
-    env = child_environment(env={"PYTHONPATH": modules, "PATH": "/usr/bin:/bin"})
-    out = subprocess.run([sys.executable, "-c", "import UniversalSeg; print(UniversalSeg.__file__)"],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    assert out.strip().endswith(str(Path("UniversalSeg") / "__init__.py"))
-
-
 def test_slicer_installs_every_core_dependency():
     """Resources/requirements.txt (what Slicer pip-installs) covers the core's dependencies, and
     the module knows each one's import name (torch comes from the PyTorch extension; matplotlib
@@ -64,7 +53,7 @@ def test_slicer_installs_every_core_dependency():
     import re
     import tomllib
 
-    from UniversalSegLib.dependencies import IMPORT_NAMES, requirements_file
+    from UniversalSegmentationLib.dependencies import IMPORT_NAMES, requirements_file
     name = lambda req: re.split(r"[<>=!~\[ ]", req.strip(), maxsplit=1)[0]
     core = {name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     lines = [line for line in requirements_file().read_text().splitlines() if line.strip() and not line.startswith("#")]

@@ -13,8 +13,8 @@ from PySide6.QtCore import Property, QFile  # noqa: E402
 from PySide6.QtUiTools import QUiLoader  # noqa: E402
 
 ROOT = Path(__file__).parents[2]
-UI = ROOT / "Resources" / "UI" / "UniversalSeg.ui"
-MODULE = ROOT / "scripted_modules" / "UniversalSeg.py"
+UI = ROOT / "Resources" / "UI" / "UniversalSegmentation.ui"
+MODULE = ROOT / "scripted_modules" / "UniversalSegmentation.py"
 SCREENSHOT = ROOT / "Testing" / "Screenshots" / "panel.png"
 
 
@@ -71,14 +71,14 @@ def test_every_widget_the_module_uses_exists(app):
     widget = load(app)
     present = {w.objectName() for w in widget.findChildren(QtWidgets.QWidget)}
     missing = names_used_by_module() - present
-    assert not missing, f"widgets used by UniversalSeg.py but not in the .ui: {sorted(missing)}"
+    assert not missing, f"widgets used by the module file but not in the .ui: {sorted(missing)}"
 
 
 def test_parameter_bindings_match_the_parameter_node(app):
     widget = load(app)
     bound = {w.property("SlicerParameterName") for w in widget.findChildren(QtWidgets.QWidget)} - {None}
     tree = ast.parse(MODULE.read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "UniversalSegParameterNode")
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "UniversalSegmentationParameterNode")
     fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
     assert bound == fields
 

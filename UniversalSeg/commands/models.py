@@ -12,6 +12,8 @@ def register(parser):
     sub.add_parser("list", help="catalog models and cached packages")
     d = sub.add_parser("download", help="download a catalog model into the cache")
     d.add_argument("id")
+    d.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
+                   help="json: one JSON object per line on stdout (for programs such as the Slicer module)")
     i = sub.add_parser("import", help="validate a local model zip and copy it into the cache")
     i.add_argument("zip")
     i.add_argument("--name", help="file name in the cache (default: the zip's name)")
@@ -19,13 +21,13 @@ def register(parser):
 
 
 def run(args) -> int:
-    from ..model_download import cache_dir, fetch_model, import_model, load_model_catalog
+    from ..model_download import cache_dir, cached_packages, fetch_model, import_model, load_model_catalog
     if args.action == "list":
         entries = load_model_catalog()
         print(f"catalog ({len(entries)}):")
         for e in entries:
             print(f"  {e.id} {e.version}  {', '.join(e.modalities)}  {len(e.tasks)} tasks  {e.license}")
-        cached = sorted((cache_dir() / "models").glob("*.zip"))
+        cached = cached_packages()
         print(f"cached in {cache_dir() / 'models'} ({len(cached)}):")
         for p in cached:
             print(f"  {p.name}")
@@ -33,7 +35,14 @@ def run(args) -> int:
         entries = {e.id: e for e in load_model_catalog()}
         if args.id not in entries:
             raise ValueError(f"no model {args.id!r} in the catalog; known: {sorted(entries)}")
-        print(fetch_model(entries[args.id]))
+        on_bytes = None
+        if args.progress == "json":
+            from ..inference.progress import JsonLinesProgress
+            report = JsonLinesProgress()
+
+            def on_bytes(done, total):
+                report("download", done / total if total else 0.0, f"{done / 1e6:.1f} MB")
+        print(fetch_model(entries[args.id], progress=args.progress == "bar", on_bytes=on_bytes))
     else:
         print(import_model(args.zip, name=args.name))
     return 0

@@ -13,6 +13,14 @@ from typing import Optional
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
 
+# Terminology contexts that 3D Slicer ships (Modules/Loadable/Terminologies/Resources, the
+# "SegmentationCategoryTypeContextName" of each file). A segment's terminology entry names the
+# context its codes come from; Slicer looks the codes up there. The anatomy list has the organs
+# with Slicer's colors; lesions such as "Neoplasm" exist only in the DICOM master list, which
+# also holds every organ code, so it is the default for codes we do not know.
+SLICER_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
+
 
 @dataclass(frozen=True)
 class Code:
@@ -28,6 +36,7 @@ class TaskInfo:
     color: tuple[int, int, int]
     category: Optional[Code] = None
     type: Optional[Code] = None
+    context: str = DICOM_MASTER_CONTEXT  # the Slicer terminology context the codes come from
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -40,11 +49,12 @@ class TaskInfo:
             return None if v is None else Code(**v)
         return cls(str(data["name"]), str(data.get("display_name", data["name"])),
                    tuple(int(c) for c in data["color"]), code(data.get("category")),
-                   code(data.get("type")))
+                   code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT))
 
 
 def _known(name, display, color, category, scheme_value_meaning):
-    return TaskInfo(name, display, color, Code(*category), Code(*scheme_value_meaning))
+    context = SLICER_ANATOMY_CONTEXT if category == ANATOMY else DICOM_MASTER_CONTEXT
+    return TaskInfo(name, display, color, Code(*category), Code(*scheme_value_meaning), context)
 
 
 KNOWN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
@@ -73,10 +83,12 @@ def task_info(name: str, overrides: Optional[dict] = None, index: int = 0) -> Ta
         return base
     data = base.to_dict()
     for key, value in overrides.items():
-        if key not in ("display_name", "color", "category", "type"):
+        if key not in ("display_name", "color", "category", "type", "context"):
             raise ValueError(f"task {name!r}: unknown field {key!r}; fields are display_name, "
-                             "color, category, type")
+                             "color, category, type, context")
         data[key] = value
+    if ("category" in overrides or "type" in overrides) and "context" not in overrides:
+        data["context"] = DICOM_MASTER_CONTEXT  # own codes: the list that holds them all
     color = data["color"]
     if isinstance(color, str):
         color = color.lstrip("#")

@@ -59,7 +59,7 @@ def segment_fields(info: TaskInfo) -> dict:
     seg = {"id": info.name, "name": info.display_name, "color": [c / 255 for c in info.color]}
     if info.category is not None and info.type is not None:
         seg["terminology"] = {
-            "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+            "contextName": info.context,
             "category": [info.category.scheme, info.category.value, info.category.meaning],
             "type": [info.type.scheme, info.type.value, info.type.meaning]}
     return seg

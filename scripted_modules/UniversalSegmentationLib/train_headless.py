@@ -1,21 +1,23 @@
 """Headless training inside the full 3D Slicer application, with the same network code:
 
-    Slicer --no-main-window --python-script scripted_modules/UniversalSegLib/train_headless.py -- \
+    Slicer --no-main-window --python-script scripted_modules/UniversalSegmentationLib/train_headless.py -- \
            --catalog catalog.yaml --config small --out runs/mine [--resume]
 
 (``PythonSlicer -m UniversalSeg train ...`` does the same without starting the application.)
-Training runs in a child interpreter: inside Slicer the name ``UniversalSeg`` belongs to the
-module file, not to the core package (see ``models.py``).
+Runs in this process: the module file is named ``UniversalSegmentation``, so the core package
+``UniversalSeg`` imports as it is.
 """
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from UniversalSegLib.command import child_environment, python_executable  # noqa: E402
+from UniversalSegmentationLib.paths import ensure_core_importable  # noqa: E402
+
+ensure_core_importable()
+from UniversalSeg.cli import main  # noqa: E402
 
 args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
-code = subprocess.call([python_executable(), "-m", "UniversalSeg", "train", *args], env=child_environment())
+code = main(["train", *args])
 try:
     import slicer
     slicer.util.exit(code)

@@ -1,4 +1,5 @@
-"""Pure functions of the module: no Slicer, no Qt, so they are tested directly."""
+"""Pure functions of the module: command lines, progress lines, task filter, modality guess,
+settings values. No Slicer, no Qt, so they are tested directly."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
+
+from .paths import core_location, python_executable
 
 
 @dataclass
@@ -23,16 +26,6 @@ class PredictRequest:
     roi: Optional[Sequence[float]] = None  # RAS mm x0 x1 y0 y1 z0 z1
     largest_component: bool = False
     extra: Sequence[str] = field(default_factory=tuple)
-
-
-def python_executable() -> str:
-    """Slicer's PythonSlicer next to the running interpreter when there is one."""
-    here = Path(sys.executable).parent
-    for name in ("PythonSlicer", "PythonSlicer.exe"):
-        candidate = here / name
-        if candidate.exists():
-            return str(candidate)
-    return sys.executable
 
 
 def predict_command(req: PredictRequest, python: Optional[str] = None) -> list[str]:
@@ -61,27 +54,64 @@ def train_command(catalog: str, config: str, out: str, python: Optional[str] = N
     return cmd + list(extra)
 
 
-def core_location() -> Optional[Path]:
-    """The folder that holds the core package ``UniversalSeg/``: next to this library when
-    installed as an extension, the repository root in a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent, here.parent.parent):
-        if (candidate / "UniversalSeg" / "__init__.py").exists():
-            return candidate
-    return None
+def download_command(model_id: str, python: Optional[str] = None) -> list[str]:
+    """Download a catalog model into the cache, with JSON progress lines."""
+    return [python or python_executable(), "-m", "UniversalSeg", "models", "download", model_id,
+            "--progress", "json"]
+
+
+def import_command(zip_path: str, python: Optional[str] = None) -> list[str]:
+    """Validate a model zip (weights included) and copy it into the cache."""
+    return [python or python_executable(), "-m", "UniversalSeg", "models", "import", str(zip_path)]
+
+
+# Asks torch in a child process, so that Slicer's own process never imports it.
+DEVICE_PROBE = ("import json, torch; cuda = torch.cuda.is_available(); "
+                "print(json.dumps({'torch': torch.__version__, 'cuda': cuda, "
+                "'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []}))")
+
+
+def device_probe_command(python: Optional[str] = None) -> list[str]:
+    return [python or python_executable(), "-c", DEVICE_PROBE]
+
+
+def describe_devices(probe_output: str) -> str:
+    """The device probe's JSON line -> a short text for the panel."""
+    try:
+        info = json.loads(probe_output.strip().splitlines()[-1])
+        gpus = info["gpus"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return "could not detect the devices: " + (probe_output.strip().splitlines() or ["no output"])[-1]
+    if gpus:
+        return f"GPU: {', '.join(gpus)} (torch {info['torch']})"
+    return f"no CUDA GPU found: CPU (torch {info['torch']})"
 
 
 def child_environment(cpu_only: bool = False, env: Optional[dict] = None) -> dict:
-    """Environment of the child process: the core package first on PYTHONPATH (ahead of the
-    Slicer module file of the same name), and with ``cpu_only`` every GPU hidden."""
+    """Environment of a child process: the core package's folder on PYTHONPATH (it is not on
+    PythonSlicer's path in an extension or a source checkout), UTF-8 unbuffered output, the
+    parent's process id (the child exits with it, see ``UniversalSeg.parent_watch``) and, with
+    ``cpu_only``, every GPU hidden. ``env`` is the base: Slicer's startup environment in the app."""
     env = dict(os.environ if env is None else env)
     core = core_location()
     if core is not None:
         paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(core)]
         env["PYTHONPATH"] = os.pathsep.join([str(core)] + paths)
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["UNIVERSALSEG_PARENT_PID"] = str(os.getpid())
     if cpu_only:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
+
+
+def settings_list(value) -> list[str]:
+    """A list stored in QSettings, as PythonQt returns it: None, one str, or a tuple/list."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value if v]
 
 
 @dataclass

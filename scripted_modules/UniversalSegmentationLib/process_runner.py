@@ -20,6 +20,25 @@ import threading
 from typing import Optional, Sequence
 
 
+# Windows process creation flags (winbase.h): no console window for the child (Slicer's
+# ``launchConsoleProcess`` hides it too), and a process group of its own for Ctrl-Break / taskkill.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def popen_options(os_name: str = os.name) -> dict:
+    """How a child is started: never a console window on Windows; its own process group
+    (Windows) or session (POSIX) so that Cancel kills its whole tree; output decoded as UTF-8
+    with undecodable bytes replaced, so that one bad byte never stalls a reader."""
+    options = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+               "text": True, "encoding": "utf-8", "errors": "replace", "bufsize": 1}
+    if os_name == "nt":
+        options["creationflags"] = CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+    else:
+        options["start_new_session"] = True
+    return options
+
+
 class ProcessRunner:
     def __init__(self):
         self.proc: Optional[subprocess.Popen] = None
@@ -33,14 +52,7 @@ class ProcessRunner:
             raise RuntimeError("a process is already running; cancel it first")
         self.cancelled = False
         self.stderr_lines = []
-        kwargs = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            kwargs["start_new_session"] = True  # its own process group: cancel kills the tree
-        self.proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env, cwd=cwd,
-                                     **kwargs)
+        self.proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, **popen_options())
         self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
                          threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True)]
         for t in self._threads:

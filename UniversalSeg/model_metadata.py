@@ -1,0 +1,93 @@
+"""A model package's description (``model.json``), read and checked without torch.
+
+Why a module of its own: 3D Slicer's GUI process lists models, their structures and modalities
+before any heavy dependency is installed, and must never import torch itself (a slow first open,
+CUDA initialised inside Slicer, a broken torch DLL raising OSError). Everything here needs only
+the standard library; ``model_package`` adds the network config and the weights on top.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data.terminology import TaskInfo
+
+PACKAGE_FORMAT = "universalseg-model"
+PACKAGE_VERSION = 1
+META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
+
+
+class PackageError(ValueError):
+    """A model package that cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a user picks from: the tasks, the modalities and the model's working grid."""
+    tasks: list[TaskInfo]
+    modalities: list[str]
+    spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    meta: dict
+
+
+def read_meta_bytes(path: Path) -> bytes:
+    """The bytes of ``model.json`` of a package folder or zip (no other member is read)."""
+    if path.is_dir():
+        meta = path / META_FILE
+        if not meta.is_file():
+            raise PackageError(f"{path} is not a model package: {META_FILE} is missing")
+        return meta.read_bytes()
+    if not path.is_file():
+        raise PackageError(f"model package {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as z:  # read one member by name: no extraction, no paths
+            if META_FILE not in z.namelist():
+                raise PackageError(f"{path} is not a model package: {META_FILE} is missing in the zip")
+            return z.read(META_FILE)
+    except zipfile.BadZipFile:
+        raise PackageError(f"{path} is neither a model package folder nor a valid zip "
+                           "(corrupt or truncated download? fetch it again)") from None
+
+
+def parse_meta(meta_bytes: bytes, path: Path) -> dict:
+    """Decode ``model.json`` and refuse foreign or newer formats."""
+    try:
+        meta = json.loads(meta_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackageError(f"{path}: {META_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != PACKAGE_FORMAT:
+        raise PackageError(f"{path}: {META_FILE} is not a UniversalSeg model description")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > PACKAGE_VERSION:
+        raise PackageError(f"{path}: package format {version!r} is newer than this UniversalSeg "
+                           f"understands ({PACKAGE_VERSION}); upgrade UniversalSeg to use this model")
+    return meta
+
+
+def summarize(meta: dict, path: Path) -> ModelSummary:
+    """Tasks, modalities, spacing and patch size of a decoded ``model.json``, checked."""
+    try:
+        tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
+        modalities = list(meta["modalities"])
+        network = meta["network"]
+        spacing = tuple(float(s) for s in meta["preprocessing"]["spacing"])
+        patch = tuple(int(p) for p in meta["inference"]["patch_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackageError(f"{path}: {META_FILE} is incomplete or malformed ({exc!r})") from None
+    if not isinstance(network, dict) or [t.name for t in tasks] != list(network.get("tasks", [])):
+        raise PackageError(f"{path}: task metadata does not match the network's tasks")
+    if set(modalities) != set(network.get("modalities", [])):
+        raise PackageError(f"{path}: modality policies do not match the network's modalities")
+    if len(spacing) != 3 or len(patch) != 3 or min(spacing) <= 0 or min(patch) <= 0:
+        raise PackageError(f"{path}: spacing and patch size need three positive numbers")
+    return ModelSummary(tasks, list(network["modalities"]), spacing, patch, meta)
+
+
+def read_summary(path: str | Path) -> ModelSummary:
+    """A package folder or zip -> its checked summary, reading ``model.json`` only."""
+    path = Path(path)
+    meta = parse_meta(read_meta_bytes(path), path)
+    return summarize(meta, path)

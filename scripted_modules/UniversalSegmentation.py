@@ -1,0 +1,276 @@
+"""UniversalSeg 3D Slicer module: a thin binding of the panel to ``UniversalSegmentationLib`` (tested
+against slicer-core). Named ``UniversalSegmentation`` so that its ``sys.modules`` entry never shadows
+the core package ``UniversalSeg``, which runs in background processes. Nothing here imports torch."""
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+
+from UniversalSegmentationLib import dependencies
+from UniversalSegmentationLib.command import describe_devices, settings_list
+from UniversalSegmentationLib.job_slots import JobSlots
+from UniversalSegmentationLib.logic import DownloadJob, PredictionJob, UniversalSegLogic, dicom_modality, roi_bounds
+from UniversalSegmentationLib.panel_state import PanelState
+from UniversalSegmentationLib.paths import resources_dir
+
+FOLDERS_KEY = "UniversalSeg/ModelFolders"
+
+
+class UniversalSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        super().__init__(parent)
+        parent.title = "UniversalSeg"
+        parent.categories = ["Segmentation"]
+        parent.contributors = ["UniversalSeg developers"]
+        parent.helpText = "One universal model segments many structures of CT, MR and PET in one pass."
+        parent.acknowledgementText = "Methods: Hermes, U-Harmony, 3D U2-Net, CateNorm, MS-Net (see README)."
+
+
+@parameterNodeWrapper
+class UniversalSegmentationParameterNode:
+    # Bound to the .ui. Model, modality and structure lists change per model: never bound (Slicer's
+    # GUI connector refills a bound QComboBox with fixed Choice values).
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    roi: slicer.vtkMRMLMarkupsROINode
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    fast: bool = False
+    keepEdited: bool = True
+
+
+class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = self._parameterNode = self._parameterNodeGuiTag = None
+        self.jobs, self.state = JobSlots(), PanelState()
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(resources_dir() / "UI" / "UniversalSegmentation.ui"))
+        self.layout.addWidget(uiWidget)  # never layout.itemAt(0): developer mode adds its box first
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = UniversalSegmentationLogic()
+        self.ui.trainConfigSelector.addItems(["small", "base", "large"])
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.connect("timeout()", self.onTimer)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for widget, signal, slot in (
+                (self.ui.modelSelector, "currentIndexChanged(int)", self.onModelChanged),
+                (self.ui.modalitySelector, "currentIndexChanged(int)", lambda i: self.updateButtons()),
+                (self.ui.importModelButton, "clicked()", self.onImportModel),
+                (self.ui.modelFolderButton, "clicked()", lambda: self.addModelFolder(
+                    qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model package folder"))),
+                (self.ui.taskFilterLineEdit, "textChanged(QString)", lambda t: self.showTasks()),
+                (self.ui.taskListWidget, "itemChanged(QListWidgetItem*)", self.onTaskToggled),
+                (self.ui.selectAllTasksButton, "clicked()", lambda: self.checkVisible(True)),
+                (self.ui.selectNoTasksButton, "clicked()", lambda: self.checkVisible(False)),
+                (self.ui.inputVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", lambda n: self.preselectModality()),
+                (self.ui.applyButton, "clicked()", self.onApply),
+                (self.ui.undoButton, "clicked()", self.onUndo),
+                (self.ui.trainButton, "clicked()", self.onTrain)):
+            widget.connect(signal, slot)
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self):  # the application closes: no child process outlives it
+        self.timer.stop()
+        self.jobs.cancel_all("Slicer is closing")
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+        if self.ui.deviceInfoLabel.text == "detecting...":  # torch is asked in a child process, once
+            self.startJob("probe", self.logic.core.start_device_probe())
+
+    def exit(self):
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        if self.jobs["run"] is not None:  # its nodes are about to go: end it, nothing is imported
+            self.jobs["run"].cancel("the scene was closed; the segmentation was stopped")
+        self.logic.core.last_run = None
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
+        if parameterNode:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.updateButtons()
+
+    def refreshModels(self, select=None):
+        index = self.state.load_models(settings_list(qt.QSettings().value(FOLDERS_KEY)), select)
+        self.ui.modelSelector.clear()  # each change of the current item calls onModelChanged
+        self.ui.modelSelector.addItems([c.label for c in self.state.choices])
+        self.ui.modelSelector.setCurrentIndex(index)
+
+    def onModelChanged(self, index):
+        self.state.select_model(index)
+        self.ui.statusLabel.text = self.state.error
+        self.ui.modalitySelector.clear()
+        self.ui.modalitySelector.addItems(self.state.modalities)
+        self.showTasks()
+        self.preselectModality()
+
+    def preselectModality(self):
+        volume = self.ui.inputVolumeSelector.currentNode()
+        guess = self.state.modality_for(dicom_modality(volume, getattr(slicer, "dicomDatabase", None)),
+                                        volume.GetName()) if volume else None
+        if guess:
+            self.ui.modalitySelector.setCurrentText(guess)
+        self.updateButtons()
+
+    def showTasks(self):
+        blocked = self.ui.taskListWidget.blockSignals(True)  # refilling is not the user toggling
+        self.ui.taskListWidget.clear()
+        for t in self.state.visible(self.ui.taskFilterLineEdit.text):
+            item = qt.QListWidgetItem(t.get("display_name", t["name"]))
+            item.setData(qt.Qt.UserRole, t["name"])
+            item.setForeground(qt.QBrush(qt.QColor(*t["color"])))
+            item.setCheckState(qt.Qt.Checked if t["name"] in self.state.checked else qt.Qt.Unchecked)
+            self.ui.taskListWidget.addItem(item)
+        self.ui.taskListWidget.blockSignals(blocked)
+        self.updateButtons()
+
+    def onTaskToggled(self, item):
+        self.state.toggle(item.data(qt.Qt.UserRole), item.checkState() == qt.Qt.Checked)
+        self.updateButtons()
+
+    def checkVisible(self, on):
+        self.state.check_visible(self.ui.taskFilterLineEdit.text, on)
+        self.showTasks()
+
+    def onImportModel(self):
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Import model", "", "Model package (*.zip)")
+        if path and dependencies.ensure_in_slicer():
+            self.startJob("run", self.logic.core.start_import(path))
+
+    def addModelFolder(self, path):
+        if not path:
+            return
+        folders = [f for f in settings_list(qt.QSettings().value(FOLDERS_KEY)) if f != path] + [path]
+        qt.QSettings().setValue(FOLDERS_KEY, folders)
+        self.refreshModels(select=path)
+
+    def updateButtons(self, caller=None, event=None):
+        p, running = self._parameterNode, self.jobs["run"] is not None
+        text, enabled = ("Cancel", True) if running else self.state.action(
+            bool(p and p.inputVolume), self.ui.modalitySelector.currentText)
+        self.ui.applyButton.text, self.ui.applyButton.enabled = text, enabled
+        self.ui.undoButton.enabled = not running and self.logic.core.last_run is not None
+        self.ui.trainButton.text = "Stop training" if self.jobs["train"] else "Start training in the background"
+
+    def onApply(self):
+        if self.jobs["run"] is not None:
+            self.jobs["run"].cancel()
+            return
+        if not dependencies.ensure_in_slicer():
+            return
+        p, choice = self._parameterNode, self.state.choice
+        with slicer.util.tryWithErrorDisplay("Could not start.", waitCursor=True):
+            self.startJob("run", self.logic.core.start_download(choice.spec) if choice.needs_download else
+                          self.logic.core.start(
+                              p.inputVolume, choice.spec, self.ui.modalitySelector.currentText,
+                              self.state.selected_tasks(), p.outputSegmentation, device=p.device,
+                              precision=p.precision, overlap=p.overlap, fast=p.fast, keep_edited=p.keepEdited,
+                              roi=roi_bounds(p.roi)))
+            self.ui.logTextEdit.clear()
+
+    def onTrain(self):
+        if self.jobs["train"] is not None:
+            self.jobs["train"].cancel("training stopped; continue it with 'Resume'")
+        elif dependencies.ensure_in_slicer():
+            with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
+                self.startJob("train", self.logic.core.start_training(
+                    self.ui.catalogPathLineEdit.currentPath, self.ui.trainConfigSelector.currentText,
+                    self.ui.trainOutputPathLineEdit.currentPath, resume=self.ui.trainResumeCheckBox.checked))
+
+    def onUndo(self):
+        with slicer.util.tryWithErrorDisplay("Could not undo the last run.", waitCursor=True):
+            self.ui.statusLabel.text = self.logic.core.undo_last_run()
+        self.updateButtons()
+
+    def startJob(self, slot, job):
+        self.jobs.start(slot, job)
+        self.updateButtons()
+        self.timer.start()
+
+    def onTimer(self):
+        try:
+            for slot, job, finished in self.jobs.poll():
+                getattr(self, f"show_{slot}")(job, finished)
+        except Exception as exc:  # a failing slot would fire every 200 ms forever: stop, tell once
+            self.jobs.cancel_all(str(exc))
+            slicer.util.errorDisplay(f"UniversalSeg stopped: {exc}")
+        if self.jobs.idle:
+            self.timer.stop()
+        self.updateButtons()
+
+    def show_probe(self, job, finished):
+        if finished:
+            self.ui.deviceInfoLabel.text = describe_devices("\n".join(job.output) or job.message)
+
+    def show_train(self, job, finished):
+        self.ui.trainStatusLabel.text = job.message
+        if finished and job.succeeded:
+            self.addModelFolder(str(job.model))
+            self.ui.trainStatusLabel.text = f"Done: {job.model} is in the model list."
+
+    def show_run(self, job, finished):
+        self.ui.progressBar.value = int(100 * job.fraction)
+        self.ui.statusLabel.text = job.message if finished else f"{job.stage}: {job.message}"
+        if job.log:
+            self.ui.logTextEdit.appendPlainText("\n".join(job.log))
+            job.log.clear()
+        if not (finished and job.succeeded):
+            return
+        self.ui.timingLabel.text = f"Last run: {job.elapsed:.1f} s"
+        if isinstance(job, PredictionJob) and self._parameterNode:
+            self._parameterNode.outputSegmentation = job.segmentation_node
+            slicer.util.setSliceViewerLayers(background=job.volume_node)
+        elif isinstance(job, DownloadJob):
+            self.refreshModels(select=job.path)
+
+
+class UniversalSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Slicer-app glue; the behaviour lives in ``UniversalSegmentationLib.logic`` (``self.core``)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.core = UniversalSegLogic(base_env=slicer.util.startupEnvironment())
+
+    def getParameterNode(self):
+        return UniversalSegmentationParameterNode(super().getParameterNode())
+
+
+class UniversalSegmentationTest(ScriptedLoadableModuleTest):
+    """The same checks run against slicer-core in Testing/Python/test_slicer_self_test.py."""
+
+    def runTest(self):
+        from UniversalSegmentationLib.self_test import run_self_test
+        slicer.mrmlScene.Clear()
+        run_self_test(slicer.mrmlScene, self.delayDisplay)
+        self.delayDisplay("Test passed")

@@ -1,0 +1,67 @@
+"""What the panel shows and allows, without Qt: the model list, the structures (filter, checked),
+the modality guess, and which action the main button runs. The widget only renders this state,
+so its rules are tested here directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .command import filter_tasks, guess_modality
+from .models import ModelChoice, available_models, model_summary
+
+
+@dataclass
+class PanelState:
+    choices: list = field(default_factory=list)
+    index: int = -1
+    tasks: list = field(default_factory=list)        # dicts: name, display_name, color, ...
+    modalities: list = field(default_factory=list)
+    checked: set = field(default_factory=set)
+    error: str = ""
+
+    def load_models(self, folders, select: Optional[str] = None) -> int:
+        """Refresh the model list; returns the index to show (``select``'s, else the first)."""
+        self.choices = available_models(folders)
+        return next((i for i, c in enumerate(self.choices) if c.spec == select), 0 if self.choices else -1)
+
+    @property
+    def choice(self) -> Optional[ModelChoice]:
+        return self.choices[self.index] if 0 <= self.index < len(self.choices) else None
+
+    def select_model(self, index: int) -> None:
+        """A model picked: its structures (all checked) and modalities, or the reason it can't be read."""
+        self.index, self.tasks, self.modalities, self.error = index, [], [], ""
+        if self.choice is not None:
+            try:
+                summary = model_summary(self.choice)
+            except Exception as exc:  # noqa: BLE001 - shown in the panel, the list stays usable
+                self.error = f"Cannot read the model: {exc}"
+                return
+            self.tasks, self.modalities = summary["tasks"], summary["modalities"]
+        self.checked = {t["name"] for t in self.tasks}
+
+    def visible(self, text: str) -> list:
+        return filter_tasks(self.tasks, text)
+
+    def toggle(self, name: str, on: bool) -> None:
+        (self.checked.add if on else self.checked.discard)(name)
+
+    def check_visible(self, text: str, on: bool) -> None:
+        names = {t["name"] for t in self.visible(text)}
+        self.checked = (self.checked | names) if on else (self.checked - names)
+
+    def selected_tasks(self) -> list:
+        """Checked structures in the model's order."""
+        return [t["name"] for t in self.tasks if t["name"] in self.checked]
+
+    def modality_for(self, dicom_modality: str, volume_name: str) -> Optional[str]:
+        return guess_modality(self.modalities, dicom_modality, volume_name)
+
+    def action(self, has_volume: bool, modality: str) -> tuple[str, bool]:
+        """(button text, enabled) of the main button when no job runs."""
+        if self.choice is None:
+            return "Apply", False
+        if self.choice.needs_download:
+            return "Download model", True
+        return "Apply", bool(has_volume and modality and self.checked)

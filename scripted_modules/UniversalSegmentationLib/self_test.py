@@ -1,0 +1,98 @@
+"""The module's self-test: a tiny random model, an oblique volume, a run into a new segmentation,
+a failing run, a re-run that keeps an edited segment, and undo. Slicer runs it from
+``UniversalSegmentationTest`` (menu: Reload and Test); pytest runs the very same function against
+``slicer-core`` (Testing/Python/test_slicer_self_test.py), so it is known to pass before anyone
+opens Slicer.
+"""
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .command import child_environment
+from .logic import UniversalSegLogic
+from .paths import python_executable
+
+TINY_MODEL = (
+    "import sys\n"
+    "from UniversalSeg.model_package import save_package\n"
+    "from UniversalSeg.networks import ModelConfig, UniversalSegNet\n"
+    "from UniversalSeg.data.terminology import task_info\n"
+    "from UniversalSeg.data.modalities import KNOWN_MODALITIES\n"
+    "c = ModelConfig.from_dict({'tasks': ['liver', 'spleen', 'liver-tumor'], 'modalities': ['CT'],"
+    " 'base_width': 4, 'fusion': {'head_dim': 4, 'modality_tokens': 2}})\n"
+    "save_package(sys.argv[1], UniversalSegNet(c), [task_info(t) for t in c.tasks],"
+    " dict(KNOWN_MODALITIES), (3.0, 3.0, 3.0), (32, 32, 32))\n")
+
+
+def make_tiny_model(folder: Path, python: str) -> Path:
+    model = folder / "tiny"
+    subprocess.run([python, "-c", TINY_MODEL, str(model)], check=True, env=child_environment(),
+                   cwd=folder, capture_output=True)
+    return model
+
+
+def oblique_volume(scene):
+    import slicer
+    import vtk
+    volume = slicer.util.addVolumeFromArray((np.random.default_rng(0).random((40, 36, 32)) * 400 - 100)
+                                            .astype(np.float32), name="oblique CT")
+    m = vtk.vtkMatrix4x4()
+    for r, c, v in ((0, 0, -2.5), (1, 1, 0.0), (1, 2, 3.0), (2, 2, 0.0), (2, 1, 2.0), (0, 3, 40.0)):
+        m.SetElement(r, c, v)
+    volume.SetIJKToRASMatrix(m)
+    return volume
+
+
+def names(node) -> list:
+    s = node.GetSegmentation()
+    return [s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments())]
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def run_self_test(scene, say=print, python: str | None = None) -> None:
+    import slicer
+    python = python or python_executable()
+    folder = Path(tempfile.mkdtemp(prefix="UniversalSeg-selftest-"))
+    say("A tiny random model, written by the core in a child process")
+    model = str(make_tiny_model(folder, python))
+    logic = UniversalSegLogic(python=python)
+    volume = oblique_volume(scene)
+    n_segmentations = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+
+    say("A failing run (unknown modality) leaves no segmentation behind")
+    job = logic.run(volume, model, "PET", ["liver"], None, device="cpu")
+    check(not job.succeeded and "PET" in job.message, f"expected a modality error, got {job.message!r}")
+    check(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_segmentations, "an empty output was left")
+
+    say("A run into a new segmentation: named, visible, on the volume's grid")
+    job = logic.run(volume, model, "CT", ["liver", "spleen", "liver-tumor"], None, device="cpu")
+    check(job.succeeded, job.message)
+    seg = job.segmentation_node
+    check(names(seg) == ["Liver", "Spleen", "Liver tumor"], f"segment names {names(seg)}")
+    check(seg.GetDisplayNode() is not None, "the new segmentation has no display node")
+    liver = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume)
+    check(liver.shape == slicer.util.arrayFromVolume(volume).shape, "the result is not on the volume's grid")
+
+    say("The user edits the spleen; a re-run keeps it and replaces the rest")
+    spleen = np.zeros(liver.shape, np.uint8)
+    spleen[2:5, 2:5, 2:5] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(spleen, seg, "spleen", volume)
+    before_liver = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume).copy()
+    job = logic.run(volume, model, "CT", ["liver", "spleen"], seg, device="cpu")
+    check(job.succeeded and job.undo.kept == ["spleen"] and job.undo.replaced == ["liver"],
+          f"re-run: {job.message}")
+    check(int(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume).sum()) == 27, "the edit was lost")
+
+    say("Undo last run puts back exactly what it replaced")
+    logic.undo_last_run()
+    check(names(seg) == ["Liver", "Spleen", "Liver tumor"], f"after undo: {names(seg)}")
+    check(np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume), before_liver),
+          "undo did not restore the liver")
