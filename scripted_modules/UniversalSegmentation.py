@@ -12,10 +12,10 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.util import VTKObservationMixin
 
 from UniversalSegmentationLib import dependencies
-from UniversalSegmentationLib.command import describe_devices, settings_list
+from UniversalSegmentationLib.command import settings_list
 from UniversalSegmentationLib.job_slots import JobSlots
-from UniversalSegmentationLib.logic import DownloadJob, PredictionJob, UniversalSegLogic, dicom_modality, roi_bounds
-from UniversalSegmentationLib.panel_state import PanelState
+from UniversalSegmentationLib.logic import DownloadJob, PredictionJob, TrainingJob, UniversalSegLogic, roi_bounds
+from UniversalSegmentationLib.panel_state import PanelState, remember
 from UniversalSegmentationLib.paths import resources_dir
 
 FOLDERS_KEY = "UniversalSeg/ModelFolders"
@@ -55,7 +55,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(str(resources_dir() / "UI" / "UniversalSegmentation.ui"))
-        self.layout.addWidget(uiWidget)  # never layout.itemAt(0): developer mode adds its box first
+        self.layout.addWidget(uiWidget)  # keep uiWidget: in developer mode a box precedes it
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = UniversalSegmentationLogic()
@@ -136,9 +136,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.preselectModality()
 
     def preselectModality(self):
-        volume = self.ui.inputVolumeSelector.currentNode()
-        guess = self.state.modality_for(dicom_modality(volume, getattr(slicer, "dicomDatabase", None)),
-                                        volume.GetName()) if volume else None
+        guess = self.state.modality_for(self.ui.inputVolumeSelector.currentNode(), getattr(slicer, "dicomDatabase", None))
         if guess:
             self.ui.modalitySelector.setCurrentText(guess)
         self.updateButtons()
@@ -169,11 +167,9 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self.startJob("run", self.logic.core.start_import(path))
 
     def addModelFolder(self, path):
-        if not path:
-            return
-        folders = [f for f in settings_list(qt.QSettings().value(FOLDERS_KEY)) if f != path] + [path]
-        qt.QSettings().setValue(FOLDERS_KEY, folders)
-        self.refreshModels(select=path)
+        if path:
+            qt.QSettings().setValue(FOLDERS_KEY, remember(settings_list(qt.QSettings().value(FOLDERS_KEY)), path))
+            self.refreshModels(select=path)
 
     def updateButtons(self, caller=None, event=None):
         p, running = self._parameterNode, self.jobs["run"] is not None
@@ -211,7 +207,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onUndo(self):
         with slicer.util.tryWithErrorDisplay("Could not undo the last run.", waitCursor=True):
             self.ui.statusLabel.text = self.logic.core.undo_last_run()
-        self.updateButtons()
+            self.updateButtons()
 
     def startJob(self, slot, job):
         self.jobs.start(slot, job)
@@ -221,7 +217,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def onTimer(self):
         try:
             for slot, job, finished in self.jobs.poll():
-                getattr(self, f"show_{slot}")(job, finished)
+                self.showJob(slot, job, finished)
         except Exception as exc:  # a failing slot would fire every 200 ms forever: stop, tell once
             self.jobs.cancel_all(str(exc))
             slicer.util.errorDisplay(f"UniversalSeg stopped: {exc}")
@@ -229,35 +225,25 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self.timer.stop()
         self.updateButtons()
 
-    def show_probe(self, job, finished):
-        if finished:
-            self.ui.deviceInfoLabel.text = describe_devices("\n".join(job.output) or job.message)
-
-    def show_train(self, job, finished):
-        self.ui.trainStatusLabel.text = job.message
-        if finished and job.succeeded:
-            self.addModelFolder(str(job.model))
-            self.ui.trainStatusLabel.text = f"Done: {job.model} is in the model list."
-
-    def show_run(self, job, finished):
-        self.ui.progressBar.value = int(100 * job.fraction)
-        self.ui.statusLabel.text = job.message if finished else f"{job.stage}: {job.message}"
-        if job.log:
-            self.ui.logTextEdit.appendPlainText("\n".join(job.log))
-            job.log.clear()
+    def showJob(self, slot, job, finished):
+        label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "probe": self.ui.deviceInfoLabel}[slot]
+        label.text = f"{job.stage}: {job.message}" if slot == "run" and not finished else job.message
+        if slot == "run":
+            self.ui.progressBar.value = int(100 * job.fraction)
+            for line in job.drain_log():
+                self.ui.logTextEdit.appendPlainText(line)
         if not (finished and job.succeeded):
             return
-        self.ui.timingLabel.text = f"Last run: {job.elapsed:.1f} s"
         if isinstance(job, PredictionJob) and self._parameterNode:
             self._parameterNode.outputSegmentation = job.segmentation_node
             slicer.util.setSliceViewerLayers(background=job.volume_node)
+        elif isinstance(job, TrainingJob):
+            self.addModelFolder(str(job.model))
         elif isinstance(job, DownloadJob):
             self.refreshModels(select=job.path)
 
 
-class UniversalSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Slicer-app glue; the behaviour lives in ``UniversalSegmentationLib.logic`` (``self.core``)."""
-
+class UniversalSegmentationLogic(ScriptedLoadableModuleLogic):  # behaviour: UniversalSegmentationLib.logic
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
         self.core = UniversalSegLogic(base_env=slicer.util.startupEnvironment())
@@ -266,9 +252,7 @@ class UniversalSegmentationLogic(ScriptedLoadableModuleLogic):
         return UniversalSegmentationParameterNode(super().getParameterNode())
 
 
-class UniversalSegmentationTest(ScriptedLoadableModuleTest):
-    """The same checks run against slicer-core in Testing/Python/test_slicer_self_test.py."""
-
+class UniversalSegmentationTest(ScriptedLoadableModuleTest):  # also run on slicer-core by pytest
     def runTest(self):
         from UniversalSegmentationLib.self_test import run_self_test
         slicer.mrmlScene.Clear()

@@ -63,3 +63,41 @@ def trained_run(synth_collection, tmp_path_factory):
     result = run_training(synth_collection, ModelConfig.from_dict(TINY_TRAIN_NET), cfg, out,
                           device="cpu", progress=False)
     return {"out": out, **result}
+
+
+@pytest.fixture
+def app_scene():
+    """A real MRML scene (slicer-core) as the Slicer application has it: scene undo OFF (the
+    application's default), the Data, Segmentations and Volumes module logics attached."""
+    slicer = pytest.importorskip("slicer")
+    from types import SimpleNamespace
+    scene = slicer.vtkMRMLScene()
+    logics = {}
+    for name, cls in (("data", slicer.vtkSlicerDataModuleLogic),
+                      ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                      ("volumes", slicer.vtkSlicerVolumesLogic)):
+        logics[name] = cls()
+        logics[name].SetMRMLScene(scene)
+    slicer.mrmlScene = scene
+    slicer.modules = SimpleNamespace(**{k: SimpleNamespace(logic=lambda v=v: v) for k, v in logics.items()})
+    yield scene
+    scene.Clear(True)
+
+
+@pytest.fixture(scope="session")
+def slicer_lib():
+    """The Slicer module's library on sys.path (after the core package)."""
+    import sys
+    from pathlib import Path
+    path = str(Path(__file__).parents[2] / "scripted_modules")
+    if path not in sys.path:
+        sys.path.append(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, slicer_lib):
+    """A tiny random model package (liver, spleen, liver-tumor; CT), made as the self-test makes it."""
+    import sys
+    from UniversalSegmentationLib.self_test import make_tiny_model
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), sys.executable)

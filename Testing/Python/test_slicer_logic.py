@@ -3,7 +3,6 @@ scene, volume and segmentation nodes, storage nodes and Segmentations logic. No 
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,26 +18,10 @@ from UniversalSegmentationLib.process_runner import ProcessRunner  # noqa: E402
 from UniversalSegmentationLib.segmentation_import import FINGERPRINT_TAG, segment_tag  # noqa: E402
 
 
-def app_scene():
-    """A scene as the Slicer application has it: scene undo OFF (the application's default), the
-    Data, Segmentations and Volumes module logics attached."""
-    scene = slicer.vtkMRMLScene()
-    logics = {}
-    for name, cls in (("data", slicer.vtkSlicerDataModuleLogic), ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                      ("volumes", slicer.vtkSlicerVolumesLogic)):
-        logics[name] = cls()
-        logics[name].SetMRMLScene(scene)
-    slicer.mrmlScene = scene
-    slicer.modules = SimpleNamespace(**{k: SimpleNamespace(logic=lambda v=v: v) for k, v in logics.items()})
-    return scene, logics
-
-
 @pytest.fixture
-def scene():
-    scene, logics = app_scene()
-    assert not scene.GetUndoFlag()
-    yield scene
-    scene.Clear(True)
+def scene(app_scene):
+    assert not app_scene.GetUndoFlag()
+    return app_scene
 
 
 def volume_from_case(image_path, scene):

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .command import (PredictRequest, child_environment, device_probe_command, download_command,
+from .command import (PredictRequest, child_environment, describe_devices, device_probe_command, download_command,
                       import_command, parse_progress_line, predict_command, train_command)
 from .process_runner import ProcessRunner
 from .segmentation_import import UndoRecord, import_result, write_volume
@@ -71,6 +71,11 @@ class Job:
                 self.output.append(line)
             else:
                 self.stage, self.fraction, self.message = p.stage, p.fraction, p.message
+
+    def drain_log(self) -> list:
+        """The log lines not shown yet (the GUI appends them to its log box)."""
+        lines, self.log = self.log, []
+        return lines
 
     def check(self) -> str:
         """A reason to stop the job now (its nodes are gone, ...); empty while all is well."""
@@ -179,6 +184,16 @@ class TrainingJob(Job):
         super().ended(code)
         if self.succeeded and not (self.model / "model.json").is_file():
             self.succeeded, self.message = False, f"training ended without writing {self.model}"
+        elif self.succeeded:
+            self.message = f"Done: {self.model} is in the model list."
+
+
+class DeviceProbe(Job):
+    """Which devices torch sees, asked in a child process; ``message`` is the answer."""
+
+    def ended(self, code: int) -> None:
+        super().ended(code)
+        self.message = describe_devices("\n".join(self.output) if self.succeeded else self.message)
 
 
 class UniversalSegLogic:
@@ -243,9 +258,9 @@ class UniversalSegLogic:
         workdir = Path(tempfile.mkdtemp(prefix="UniversalSeg-import-"))
         return DownloadJob(self._launch(import_command(zip_path, self.python), workdir), workdir)
 
-    def start_device_probe(self) -> Job:
+    def start_device_probe(self) -> DeviceProbe:
         workdir = Path(tempfile.mkdtemp(prefix="UniversalSeg-probe-"))
-        return Job(self._launch(device_probe_command(self.python), workdir), workdir)
+        return DeviceProbe(self._launch(device_probe_command(self.python), workdir), workdir)
 
     def start_training(self, catalog: str, config: str, out: str, resume: bool = False) -> TrainingJob:
         if not catalog or not Path(catalog).is_file():

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .command import filter_tasks, guess_modality
+from .logic import dicom_modality
 from .models import ModelChoice, available_models, model_summary
 
 
@@ -55,8 +56,11 @@ class PanelState:
         """Checked structures in the model's order."""
         return [t["name"] for t in self.tasks if t["name"] in self.checked]
 
-    def modality_for(self, dicom_modality: str, volume_name: str) -> Optional[str]:
-        return guess_modality(self.modalities, dicom_modality, volume_name)
+    def modality_for(self, volume_node, dicom_database=None) -> Optional[str]:
+        """The model's modality that the volume's DICOM Modality or its name suggests."""
+        if volume_node is None:
+            return None
+        return guess_modality(self.modalities, dicom_modality(volume_node, dicom_database), volume_node.GetName())
 
     def action(self, has_volume: bool, modality: str) -> tuple[str, bool]:
         """(button text, enabled) of the main button when no job runs."""
@@ -65,3 +69,8 @@ class PanelState:
         if self.choice.needs_download:
             return "Download model", True
         return "Apply", bool(has_volume and modality and self.checked)
+
+
+def remember(folders: list, path: str) -> list:
+    """The model folder list with ``path`` last (most recent), once."""
+    return [f for f in folders if f != path] + [path]

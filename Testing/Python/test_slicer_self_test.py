@@ -1,0 +1,14 @@
+"""The module's ScriptedLoadableModuleTest body (UniversalSegmentationLib.self_test), run against the
+real MRML core here so that the self-test a Slicer user runs is known to pass."""
+import sys
+
+import pytest
+
+pytest.importorskip("slicer")
+
+
+def test_module_self_test_passes_on_slicer_core(app_scene, slicer_lib):
+    from UniversalSegmentationLib.self_test import run_self_test
+    said = []
+    run_self_test(app_scene, said.append, python=sys.executable)
+    assert len(said) == 5 and said[-1].startswith("Undo last run")
