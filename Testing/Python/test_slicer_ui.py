@@ -87,7 +87,8 @@ def test_panel_screenshot(app):
     widget = load(app)
     widget.findChild(qMRMLNodeComboBox, "inputVolumeSelector").addItem("abdomen CT")
     widget.findChild(QtWidgets.QComboBox, "modelSelector").addItem("synthetic-demo (imported)")
-    for name, items in (("modalitySelector", ["CT", "MR-T1", "MR-T2", "PET"]), ("deviceSelector", ["auto"])):
+    for name, items in (("modalitySelector", ["CT", "MR-T1", "MR-T2", "PET"]), ("deviceSelector", ["auto"]),
+                        ("precisionSelector", ["auto"]), ("trainConfigSelector", ["small"])):
         widget.findChild(QtWidgets.QComboBox, name).addItems(items)
     tasks = widget.findChild(QtWidgets.QListWidget, "taskListWidget")
     from PySide6.QtCore import Qt

@@ -44,13 +44,16 @@ def write_volume(volume_node, path: str | Path) -> Path:
 
 
 def read_segmentation_file(path: str | Path):
-    """A segmentation node that is NOT in any scene, read from a .seg.nrrd file."""
-    node = slicer.vtkMRMLSegmentationNode()
-    storage = slicer.vtkMRMLSegmentationStorageNode()
+    """(scratch scene, segmentation node) read from a .seg.nrrd file in a scene of its own, not the
+    user's (the storage node gives the node display nodes, which need a scene). Keep the scene
+    referenced while the node is used."""
+    scratch = slicer.vtkMRMLScene()
+    node = scratch.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scratch.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
     if not Path(path).is_file() or not storage.ReadData(node):
         raise RuntimeError(f"the segmentation process ended without a readable result ({Path(path).name})")
-    return node
+    return scratch, node
 
 
 def segment_tag(segment, key: str) -> str:
@@ -134,7 +137,7 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
     if dst.GetNumberOfSegments() and segmentation_node.GetTransformNodeID() != transform_id:
         raise RuntimeError(f"the segmentation {segmentation_node.GetName()!r} is under another transform "
                            "than the input volume; choose 'Create new segmentation' as output")
-    result = read_segmentation_file(path)  # first the whole result, outside the scene
+    scratch, result = read_segmentation_file(path)  # first the whole result, outside the user's scene
     src = result.GetSegmentation()
     record = UndoRecord(segmentation_node, previous=slicer.vtkSegmentation(),
                         previous_order=list(dst.GetSegmentIDs()), created_node=created_node)
@@ -165,6 +168,7 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
         dst.CollapseBinaryLabelmaps(False)  # shared layers wherever segments do not overlap
     finally:
         segmentation_node.EndModify(was_modified)
+        scratch.Clear(True)
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
     segmentation_node.SetAndObserveTransformNodeID(transform_id)  # the result is in the volume's frame
