@@ -33,23 +33,27 @@ class ModelSummary:
     meta: dict
 
 
-def read_meta_bytes(path: Path) -> bytes:
-    """The bytes of ``model.json`` of a package folder or zip (no other member is read)."""
+def read_member(path: Path, name: str) -> bytes:
+    """One file of a package folder or zip, by name (no extraction, no other member read)."""
     if path.is_dir():
-        meta = path / META_FILE
-        if not meta.is_file():
-            raise PackageError(f"{path} is not a model package: {META_FILE} is missing")
-        return meta.read_bytes()
+        member = path / name
+        if not member.is_file():
+            raise PackageError(f"{path} is not a model package: {name} is missing")
+        return member.read_bytes()
     if not path.is_file():
         raise PackageError(f"model package {path} does not exist")
     try:
-        with zipfile.ZipFile(path) as z:  # read one member by name: no extraction, no paths
-            if META_FILE not in z.namelist():
-                raise PackageError(f"{path} is not a model package: {META_FILE} is missing in the zip")
-            return z.read(META_FILE)
+        with zipfile.ZipFile(path) as z:
+            if name not in z.namelist():
+                raise PackageError(f"{path} is not a model package: {name} is missing in the zip")
+            return z.read(name)
     except zipfile.BadZipFile:
         raise PackageError(f"{path} is neither a model package folder nor a valid zip "
                            "(corrupt or truncated download? fetch it again)") from None
+
+
+def read_meta_bytes(path: Path) -> bytes:
+    return read_member(path, META_FILE)
 
 
 def parse_meta(meta_bytes: bytes, path: Path) -> dict:

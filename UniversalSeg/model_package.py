@@ -30,7 +30,7 @@ from .data.modalities import IntensityPolicy
 from .data.terminology import TaskInfo
 from .networks import ModelConfig, UniversalSegNet
 from .model_metadata import (META_FILE, PACKAGE_FORMAT, PACKAGE_VERSION, WEIGHTS_FILE,  # noqa: F401
-                             PackageError, parse_meta, read_meta_bytes, summarize)
+                             PackageError, parse_meta, read_member, read_meta_bytes, summarize)
 from .networks.config import ConfigError
 
 
@@ -98,18 +98,6 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
     return out
 
 
-def _read_weights(path: Path) -> bytes:
-    if path.is_dir():
-        weights = path / WEIGHTS_FILE
-        if not weights.is_file():
-            raise PackageError(f"{path} is not a model package: {WEIGHTS_FILE} is missing")
-        return weights.read_bytes()
-    with zipfile.ZipFile(path) as z:  # read_meta_bytes already opened it as a zip
-        if WEIGHTS_FILE not in z.namelist():
-            raise PackageError(f"{path} is not a model package: {WEIGHTS_FILE} is missing in the zip")
-        return z.read(WEIGHTS_FILE)
-
-
 def load_package(path: str | Path) -> ModelPackage:
     path = Path(path)
     meta = parse_meta(read_meta_bytes(path), path)
@@ -121,7 +109,7 @@ def load_package(path: str | Path) -> ModelPackage:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PackageError(f"{path}: {META_FILE} is incomplete or malformed ({exc!r})") from None
     summary = summarize(meta, path)
-    weight_bytes = _read_weights(path)
+    weight_bytes = read_member(path, WEIGHTS_FILE)
     try:
         state = load_safetensors_bytes(weight_bytes)
     except Exception as exc:

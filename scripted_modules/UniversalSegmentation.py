@@ -227,7 +227,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def showJob(self, slot, job, finished):
         label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "probe": self.ui.deviceInfoLabel}[slot]
-        label.text = f"{job.stage}: {job.message}" if slot == "run" and not finished else job.message
+        if finished or slot != "probe":  # the device label keeps "detecting..." until the answer
+            label.text = f"{job.stage}: {job.message}" if slot == "run" and not finished else job.message
         if slot == "run":
             self.ui.progressBar.value = int(100 * job.fraction)
             for line in job.drain_log():

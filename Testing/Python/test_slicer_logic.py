@@ -189,3 +189,44 @@ def test_predict_command_is_an_argument_list_not_a_shell_string():
     assert cmd[cmd.index("--tasks") + 1] == "liver,liver-tumor"
     assert cmd[cmd.index("--roi") + 1:cmd.index("--roi") + 7] == ["-10", "10", "-5", "5", "0", "20.5"]
     assert "--fast" in cmd and cmd[cmd.index("--progress") + 1] == "json"
+
+
+def test_import_shares_layers_follows_the_volume_transform_and_refuses_a_mixed_frame(scene, tmp_path):
+    """Non-overlapping segments share one labelmap layer (100 structures cost about one volume);
+    the lesion inside the organ keeps its own. The result follows the input volume's parent
+    transform; an existing segmentation in another frame is refused before anything changes."""
+    from UniversalSeg.data.terminology import task_info
+    from UniversalSeg.inference.writers import write_seg_nrrd
+    from UniversalSegmentationLib.segmentation_import import import_result
+    shape = (20, 22, 24)  # (k, j, i)
+    reference = sitk.Image(shape[::-1], sitk.sitkUInt8)
+    boxes = {"liver": (slice(2, 10), slice(2, 12), slice(2, 12)), "spleen": (slice(12, 18), slice(2, 8), slice(2, 8)),
+             "liver-tumor": (slice(4, 6), slice(4, 6), slice(4, 6))}
+    masks = {}
+    for task, box in boxes.items():
+        a = np.zeros(shape, np.uint8)
+        a[box] = 1
+        masks[task] = sitk.GetImageFromArray(a)
+        masks[task].CopyInformation(reference)
+    result = write_seg_nrrd(tmp_path / "r.seg.nrrd", reference, masks, {t: task_info(t) for t in masks})
+    volume = slicer.util.addVolumeFromArray(np.zeros(shape, np.float32), name="vol")
+    volume.SetIJKToRASDirections(-1, 0, 0, 0, -1, 0, 0, 0, 1)  # LPS identity, as the reference
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    record = import_result(result, seg, volume)
+    assert record.added == ["liver", "spleen", "liver-tumor"]
+    assert seg.GetSegmentation().GetNumberOfLayers() == 2  # one per segment would be 3
+    assert seg.GetSegmentation().GetLayerIndex("liver") == seg.GetSegmentation().GetLayerIndex("spleen")
+    assert seg.GetTransformNodeID() == transform.GetID()
+    for task, box in boxes.items():
+        got = slicer.util.arrayFromSegmentBinaryLabelmap(seg, task, volume)
+        expected = np.zeros(shape, np.uint8)
+        expected[box] = 1
+        assert np.array_equal(got > 0, expected > 0), task  # to the voxel, on the volume's grid
+
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    other.GetSegmentation().AddEmptySegment("mine")  # made in the world frame, no transform
+    with pytest.raises(RuntimeError, match="another transform"):
+        import_result(result, other, volume)
+    assert list(other.GetSegmentation().GetSegmentIDs()) == ["mine"] and other.GetTransformNodeID() is None
