@@ -173,9 +173,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def updateButtons(self, caller=None, event=None):
         p, running = self._parameterNode, self.jobs["run"] is not None
-        text, enabled = ("Cancel", True) if running else self.state.action(
-            bool(p and p.inputVolume), self.ui.modalitySelector.currentText)
-        self.ui.applyButton.text, self.ui.applyButton.enabled = text, enabled
+        action = ("Cancel", True) if running else self.state.action(p and p.inputVolume, self.ui.modalitySelector.currentText)
+        self.ui.applyButton.text, self.ui.applyButton.enabled = action
         self.ui.undoButton.enabled = not running and self.logic.core.last_run is not None
         self.ui.trainButton.text = "Stop training" if self.jobs["train"] else "Start training in the background"
 
