@@ -8,11 +8,18 @@ the standard library; ``model_package`` adds the network config and the weights 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.terminology import TaskInfo
+from .data.terminology import TaskInfo, check_task_names
+
+# Bounds checked before anything is allocated from a package's numbers (a hostile model.json
+# must not make us allocate gigabytes): voxel spacing in mm, window edge in voxels, task count.
+SPACING_MM = (0.01, 100.0)
+PATCH_EDGE = (8, 1024)
+MAX_TASKS = 4096
 
 PACKAGE_FORMAT = "universalseg-model"
 PACKAGE_VERSION = 1
@@ -85,8 +92,19 @@ def summarize(meta: dict, path: Path) -> ModelSummary:
         raise PackageError(f"{path}: task metadata does not match the network's tasks")
     if set(modalities) != set(network.get("modalities", [])):
         raise PackageError(f"{path}: modality policies do not match the network's modalities")
-    if len(spacing) != 3 or len(patch) != 3 or min(spacing) <= 0 or min(patch) <= 0:
-        raise PackageError(f"{path}: spacing and patch size need three positive numbers")
+    if len(spacing) != 3 or not all(math.isfinite(v) and SPACING_MM[0] <= v <= SPACING_MM[1] for v in spacing):
+        raise PackageError(f"{path}: spacing {list(spacing)} must be three numbers between "
+                           f"{SPACING_MM[0]} and {SPACING_MM[1]} mm")
+    if len(patch) != 3 or not all(PATCH_EDGE[0] <= v <= PATCH_EDGE[1] for v in patch):
+        raise PackageError(f"{path}: patch size {list(patch)} must be three numbers between "
+                           f"{PATCH_EDGE[0]} and {PATCH_EDGE[1]} voxels")
+    if not 1 <= len(tasks) <= MAX_TASKS:
+        raise PackageError(f"{path}: {len(tasks)} tasks; a model has 1 to {MAX_TASKS}")
+    for t in tasks:
+        try:
+            check_task_names(t.name, t.display_name)
+        except ValueError as exc:
+            raise PackageError(f"{path}: {exc}") from None
     return ModelSummary(tasks, list(network["modalities"]), spacing, patch, meta)
 
 

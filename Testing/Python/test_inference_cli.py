@@ -140,12 +140,66 @@ def test_bad_images_exit_2_with_a_clear_message_and_no_output(trained_run, bad_i
     (["--modality", "MRI"], "unknown modality 'MRI': this model knows the modalities"),
     (["--modality", "CT", "--tasks", "livr"], "unknown task 'livr'"),
     (["--modality", "CT", "--overlap", "1.5"], "overlap must be in [0, 1)"),
+    (["--modality", "CT", "--overlap", "nan"], "--overlap needs finite numbers"),
+    (["--modality", "CT", "--roi", "0", "nan", "0", "1", "0", "1"], "--roi needs finite numbers"),
+    (["--modality", "CT", "--threshold", "abc"], "--threshold: 'abc' is not a number"),
+    (["--modality", "CT", "--threshold", "nan"], "--threshold nan: must be a number between 0 and 1"),
+    (["--modality", "CT", "--threshold", "inf"], "--threshold inf: must be a number between 0 and 1"),
+    (["--modality", "CT", "--tasks", "liver", "--threshold", "spleen=0.5"], "--threshold names task 'spleen'"),
+    (["--modality", "CT", "--tasks", ","], "--tasks ',' names no task"),
 ])
 def test_bad_names_and_options_exit_2(trained_run, bad_inputs, tmp_path, args, message):
     code, err = run_cli("predict", "--model", trained_run["package"], "--input", str(bad_inputs["ok"]),
                         "--output", str(tmp_path / "x.seg.nrrd"), "--progress", "none", *args)
-    assert code == 2 and message in err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_outputs_never_overwrite_inputs_or_each_other(trained_run, bad_inputs, tmp_path):
+    """Checked before the model is even loaded: nothing is read, written or replaced."""
+    image = bad_inputs["ok"]
+    before = image.read_bytes()
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(image, batch / "a.nrrd")
+    shutil.copy(image, batch / "a.nii.gz")  # both would become a.seg.nrrd
+    for args, message in (([str(image), "--output", str(image)], "is the input image"),
+                          ([str(batch), "--output", str(batch)], "is the input folder"),
+                          ([str(batch), "--output", str(tmp_path / "out")], "would both be written to"),
+                          ([str(image), "--output", str(tmp_path / "x.txt")], "end it with .seg.nrrd")):
+        code, err = run_cli("predict", "--model", "no-such-model", "--input", *args, "--modality", "CT",
+                            "--progress", "none")
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert image.read_bytes() == before and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in batch.iterdir()) == ["a.nii.gz", "a.nrrd"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("spacing", [1.0, float("inf"), 1.0], "spacing [1.0, inf, 1.0] must be three numbers between"),
+    ("spacing", [1e6, 1.0, 1.0], "must be three numbers between"),
+    ("patch", [100000, 64, 64], "patch size [100000, 64, 64] must be three numbers between"),
+    ("task", "../../etc/passwd", "task name '../../etc/passwd' is not allowed"),
+    ("display", "Liver\ndata file: /etc/passwd", "is not allowed: 1-128 printable characters, no line breaks"),
+])
+def test_hostile_model_descriptions_are_refused_before_anything_is_built(trained_run, bad_inputs, tmp_path,
+                                                                           field, value, message):
+    model = tmp_path / "hostile"
+    shutil.copytree(trained_run["package"], model)
+    meta = json.loads((model / "model.json").read_text())
+    if field == "spacing":
+        meta["preprocessing"]["spacing"] = value
+    elif field == "patch":
+        meta["inference"]["patch_size"] = value
+    elif field == "task":
+        meta["tasks"][0]["name"] = meta["network"]["tasks"][0] = value
+    else:
+        meta["tasks"][0]["display_name"] = value
+    (model / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "o.seg.nrrd"
+    code, err = run_cli("predict", "--model", str(model), "--input", str(bad_inputs["ok"]), "--modality", "CT",
+                        "--output", str(out), "--progress", "none")
+    assert code == 3 and message in err and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_broken_models_exit_3(trained_run, package_zip, bad_inputs, tmp_path):

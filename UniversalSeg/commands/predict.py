@@ -15,6 +15,7 @@ checksum), 4 out of memory, 1 anything else.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -50,28 +51,75 @@ def register(parser):
     parser.set_defaults(run=run)
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--threshold: {text.strip()!r} is not a number") from None
+    if not 0.0 < value < 1.0:  # also false for NaN
+        raise ValueError(f"--threshold {text.strip()}: must be a number between 0 and 1")
+    return value
+
+
 def parse_thresholds(text, tasks):
+    """One probability for every task, or task=value pairs for requested tasks."""
     if not text:
         return {}
     if "=" not in text:
-        return {t: float(text) for t in tasks}
+        return {t: _probability(text) for t in tasks}
     out = {}
     for item in text.split(","):
         name, _, value = item.partition("=")
-        out[name.strip()] = float(value)
+        if name.strip() not in tasks:
+            raise ValueError(f"--threshold names task {name.strip()!r}, which is not among the requested "
+                             f"tasks {', '.join(tasks)}")
+        out[name.strip()] = _probability(value)
     return out
 
 
+def requested_tasks(text, model_tasks) -> list:
+    if text is None:
+        return list(model_tasks)
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError(f"--tasks {text!r} names no task; leave it out to run every task of the model")
+    return tasks
+
+
+def check_options(args) -> None:
+    """Options that need no model: refused before anything is loaded or written."""
+    for name in ("overlap", "roi"):
+        value = getattr(args, name)
+        values = value if isinstance(value, list) else [value]
+        if value is not None and not all(math.isfinite(v) for v in values):
+            raise ValueError(f"--{name} needs finite numbers, got {value}")
+
+
 def _inputs(path: Path, output: Path, fmt: str):
-    """(input, output) pairs: one image, or every image file of a folder into an output folder."""
+    """(input, output) pairs: one image, or every image file of a folder into an output folder.
+    Every pair is checked before any inference: a known output type, never an input file, never
+    two inputs onto one output."""
+    pairs = [(path, output)]  # a file, or a DICOM series folder
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
         if files:
             suffix = ".seg.nrrd" if fmt == "seg" else ".nii.gz"
             if output.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
                 raise ValueError(f"--input {path} is a folder of {len(files)} images: --output must be a folder")
-            return [(f, output / (_stem(f) + suffix)) for f in files]
-    return [(path, output)]  # a file, or a DICOM series folder
+            if output.resolve() == path.resolve():
+                raise ValueError(f"--output {output} is the input folder: choose another folder for the results")
+            pairs = [(f, output / (_stem(f) + suffix)) for f in files]
+    seen = {}
+    for src, dst in pairs:
+        if not dst.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
+            raise ValueError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+        if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+            raise ValueError(f"--output {dst} is the input image: it would be overwritten; choose another name")
+        if dst in seen:
+            raise ValueError(f"--input {seen[dst].name} and {src.name} would both be written to {dst}: "
+                             "rename one of them")
+        seen[dst] = src
+    return pairs
 
 
 def _stem(path: Path) -> str:
@@ -87,10 +135,12 @@ def run(args) -> int:
     from ..inference.progress import make_reporter
     from ..model_download import resolve_model
 
+    check_options(args)
+    jobs = _inputs(Path(args.input), Path(args.output), args.format)
     report = make_reporter(args.progress)
     package = resolve_model(args.model, progress=args.progress != "none")
     predictor = Predictor(package, device=args.device, precision=args.precision)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(package.config.tasks)
+    tasks = requested_tasks(args.tasks, package.config.tasks)
     for t in tasks:
         predictor.vocab.task_id(t)
     predictor.vocab.modality_id(args.modality)
@@ -101,7 +151,6 @@ def run(args) -> int:
                              crop_foreground=not args.no_crop,
                              keep_probabilities=bool(args.probabilities) or args.overlap_policy == "probability")
     infos = {t.name: t for t in package.tasks}
-    jobs = _inputs(Path(args.input), Path(args.output), args.format)
     written = []
     for n, (src, dst) in enumerate(jobs):
         case_report = lambda stage, f, msg="", n=n: report(stage, (n + f) / len(jobs),
@@ -109,10 +158,8 @@ def run(args) -> int:
         result = predictor.predict(src, args.modality, tasks, options, case_report, domain=args.domain)
         if dst.name.lower().endswith(".seg.nrrd"):
             write_seg_nrrd(dst, result.reference, result.masks, infos)
-        elif dst.name.lower().endswith(IMAGE_SUFFIXES):
-            write_labelmap(dst, result.masks, args.overlap_policy, result.probabilities)
         else:
-            raise ValueError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+            write_labelmap(dst, result.masks, args.overlap_policy, result.probabilities)
         written.append(str(dst))
         if args.probabilities:
             folder = Path(args.probabilities) / (_stem(src) if len(jobs) > 1 else "")

@@ -7,8 +7,26 @@ the terminology entry of each segment of a ``.seg.nrrd`` file.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Optional
+
+# Task names become file names (probability maps, exported datasets) and segment IDs; display
+# names become .seg.nrrd header values. Both are data from outside (catalogs, model packages):
+# names get a safe character set, display names no control characters (a newline would inject a
+# header line).
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+MAX_DISPLAY_NAME = 128
+
+
+def check_task_names(name: str, display_name: str) -> None:
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise ValueError(f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '+' "
+                         "or '-', starting with a letter or digit")
+    if (not isinstance(display_name, str) or not display_name.strip() or len(display_name) > MAX_DISPLAY_NAME
+            or any(ord(c) < 32 or ord(c) == 127 for c in display_name)):
+        raise ValueError(f"display name {display_name!r} of task {name!r} is not allowed: 1-{MAX_DISPLAY_NAME} "
+                         "printable characters, no line breaks")
 
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
@@ -77,6 +95,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 def task_info(name: str, overrides: Optional[dict] = None, index: int = 0) -> TaskInfo:
     """The metadata of task ``name``: known defaults, then the catalog's overrides."""
+    check_task_names(name, (overrides or {}).get("display_name", name))
     base = KNOWN_TASKS.get(name) or TaskInfo(name, name.replace("-", " ").capitalize(),
                                              _PALETTE[index % len(_PALETTE)])
     if not overrides:
