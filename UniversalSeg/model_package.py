@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .data.modalities import IntensityPolicy
+from .file_modes import apply_umask
 from .data.terminology import TaskInfo
 from .networks import ModelConfig, UniversalSegNet
 from .model_metadata import (META_FILE, PACKAGE_FORMAT, PACKAGE_VERSION, WEIGHTS_FILE,  # noqa: F401
@@ -86,11 +87,13 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
             with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
                 z.write(tmp / META_FILE, META_FILE)
                 z.write(tmp / WEIGHTS_FILE, WEIGHTS_FILE)
+            apply_umask(ztmp)
             os.replace(ztmp, out)
             shutil.rmtree(tmp)
         else:
             if out.exists():
                 shutil.rmtree(out)
+            apply_umask(tmp, directory=True)
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

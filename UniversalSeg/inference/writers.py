@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk, slicerio  # noqa: E401
 
 from ..data.terminology import TaskInfo
+from ..file_modes import apply_umask
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -40,6 +41,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..file_modes import apply_umask
+
 
 class CheckpointError(ValueError):
     pass
@@ -27,6 +29,7 @@ def save_atomic(obj, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
