@@ -117,6 +117,16 @@ def test_check_files_refuses_missing_image(tmp_path, synth_collection):
         check_files(_catalog_for(tmp_path, root))
 
 
+@pytest.mark.parametrize("kind", ["image", "label"])
+def test_check_files_refuses_truncated_files(tmp_path, synth_collection, kind):
+    """A .nii.gz cut short (a failed copy) would be trained on with zeros where data is missing."""
+    root = _copy_dataset(tmp_path, synth_collection)
+    path = _image_path(root, 1, kind)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(CatalogError, match=r"truncated or damaged"):
+        check_files(_catalog_for(tmp_path, root))
+
+
 def test_check_files_refuses_label_values_outside_the_map(tmp_path, synth_collection):
     root = _copy_dataset(tmp_path, synth_collection)
     with pytest.raises(CatalogError, match=r"holds values \[4\] that the catalog's label map"):

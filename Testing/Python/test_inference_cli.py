@@ -113,7 +113,14 @@ def bad_inputs(tmp_path):
     noise = rng.normal(size=(24, 24, 24)).astype(np.float32)
     nan = noise.copy()
     nan[3, 3, 3] = np.nan
+    whole = write(tmp_path, "whole.nii.gz", noise)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # ITK would read the rest as 0
+    plain = write(tmp_path, "whole.nii", noise)
+    cut_plain = tmp_path / "cut.nii"
+    cut_plain.write_bytes(plain.read_bytes()[: plain.stat().st_size - 1000])
     return {
+        "truncated-gz": cut, "truncated-nii": cut_plain,
         "2d": write(tmp_path, "flat.nrrd", noise[0]),
         "4d": write(tmp_path, "series.nrrd", np.stack([noise, noise])),
         "sheared": write(tmp_path, "sheared.nrrd", noise, direction=(1, 0.3, 0, 0, 1, 0, 0, 0, 1)),
@@ -127,6 +134,8 @@ def bad_inputs(tmp_path):
 @pytest.mark.parametrize("which, message", [
     ("2d", "a 2D image"), ("4d", "a 4D image"), ("sheared", "not orthonormal"),
     ("nan", "NaN"), ("nan-nifti", "NaN"), ("constant", "constant image"),
+    ("truncated-gz", "truncated or damaged: its compressed data ends early"),
+    ("truncated-nii", "truncated or damaged: it holds"),
 ])
 def test_bad_images_exit_2_with_a_clear_message_and_no_output(trained_run, bad_inputs, tmp_path, which, message):
     out = tmp_path / "result.seg.nrrd"

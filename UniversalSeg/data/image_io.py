@@ -8,6 +8,8 @@ millimetres, which is what MONAI's ``Orientation`` / ``Spacing`` transforms expe
 """
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,38 @@ class ImageError(ValueError):
     """An image that cannot be segmented as it is; the message names the file and the fix."""
 
 
+def check_complete(path: Path) -> None:
+    """ITK reads a truncated ``.nii.gz`` or ``.nii`` as if the missing voxels were 0: an image cut
+    short by a failed copy would be segmented (or trained on) as zeros. Read the gzip stream to
+    its end marker (about a second per 100 MB) and compare a plain NIfTI's size with its header."""
+    name = path.name.lower()
+    problem = ""
+    if name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            problem = f"its compressed data ends early or is damaged ({exc})"
+    elif name.endswith(".nii"):
+        import nibabel
+        try:
+            header = nibabel.load(str(path)).header
+            expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        except Exception:  # noqa: BLE001 - not a NIfTI nibabel can parse: ITK will say what is wrong
+            return
+        if path.stat().st_size < expected:
+            problem = f"it holds {path.stat().st_size} bytes, its header needs {expected}"
+    if problem:
+        raise ImageError(f"{path}: the file is truncated or damaged: {problem}; copy or download it again")
+
+
 def read_sitk(path: str | Path) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file or folder")
+    if path.is_file():
+        check_complete(path)
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
