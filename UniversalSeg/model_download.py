@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from .model_package import ModelPackage
 
 CHUNK = 1 << 20
+# Catalog ids, versions and cache file names become paths in the cache: no separators, no "..".
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 class DownloadError(RuntimeError):
@@ -82,8 +85,12 @@ def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
                                     "modalities": tuple(raw.get("modalities", ()))})
         except TypeError as exc:
             raise PackageError(f"{path}: models[{i}] is malformed ({exc})") from None
-        if len(entry.sha256) != 64:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", str(entry.sha256)):
             raise PackageError(f"{path}: models[{i}] ({entry.id}) needs a 64-hex-digit sha256")
+        for field in ("id", "version"):
+            if not SAFE_NAME.fullmatch(str(getattr(entry, field))):
+                raise PackageError(f"{path}: models[{i}] {field} {getattr(entry, field)!r} is not allowed: use "
+                                   "letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
         entries.append(entry)
     return entries
 
@@ -144,10 +151,16 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     f.write(chunk)
                     h.update(chunk)
+                    if entry.size and f.tell() > entry.size:
+                        raise DownloadError(f"{entry.url} sends more than the {entry.size} bytes the catalog "
+                                            f"lists for {entry.id}; the download was stopped and deleted")
                     if bar is not None:
                         bar.update(len(chunk))
                     if on_bytes is not None:
                         on_bytes(f.tell(), total)
+        except DownloadError:
+            part.unlink(missing_ok=True)
+            raise
         except (urllib.error.URLError, OSError) as exc:
             raise DownloadError(f"the download of {entry.id} broke off ({exc}); run the same "
                                 "command again to continue where it stopped") from None
@@ -171,7 +184,11 @@ def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optio
     load_package(zip_path)  # refuses corrupt, foreign or newer packages before copying
     folder = (cache or cache_dir()) / "models"
     folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / (name or zip_path.name)
+    name = name or zip_path.name
+    if not SAFE_NAME.fullmatch(name) or not name.endswith(".zip"):
+        raise ValueError(f"--name {name!r} is not allowed: a file name ending in .zip, of letters, digits, "
+                         "'.', '_', '+' or '-' (no folders)")
+    dest = folder / name
     tmp = dest.with_name(dest.name + ".part")
     shutil.copyfile(zip_path, tmp)
     os.replace(tmp, dest)

@@ -77,7 +77,8 @@ def test_download_verifies_and_caches(server, model_zip, tmp_path):
 def test_wrong_checksum_fails_and_leaves_nothing_cached(server, model_zip, tmp_path):
     root, base = server
     shutil.copy(model_zip, root / "m.zip")
-    bad = entry(f"{base}/m.zip", b"something else")
+    bad = CatalogEntry(id="synthetic", version="1.0", url=f"{base}/m.zip",
+                       sha256=hashlib.sha256(b"something else").hexdigest(), size=model_zip.stat().st_size)
     with pytest.raises(DownloadError, match="checksum mismatch"):
         fetch_model(bad, cache=tmp_path / "cache", progress=False)
     assert list((tmp_path / "cache" / "models").iterdir()) == []
@@ -135,3 +136,29 @@ def test_catalog_ids_resolve_through_the_download(server, model_zip, tmp_path, m
 
 def test_shipped_model_catalog_is_valid():
     load_model_catalog()
+
+
+def test_names_from_catalogs_and_imports_never_leave_the_cache(model_zip, tmp_path, monkeypatch):
+    import json
+    monkeypatch.setenv("UNIVERSALSEG_CACHE", str(tmp_path / "cache"))
+    for name in ("../../outside.zip", "sub/dir.zip", ".hidden.zip", "model.exe"):
+        with pytest.raises(ValueError, match="is not allowed"):
+            import_model(model_zip, name=name)
+    assert not (tmp_path / "outside.zip").exists() and not list(tmp_path.rglob("*outside*"))
+    data = model_zip.read_bytes()
+    for field, value in (("id", "../../evil"), ("version", "1/../../x"), ("sha256", "z" * 64)):
+        e = entry(model_zip.as_uri(), data)
+        raw = {**e.__dict__, "tasks": [], "modalities": [], field: value}
+        catalog = tmp_path / f"{field}.json"
+        catalog.write_text(json.dumps({"models": [raw]}))
+        with pytest.raises(PackageError, match=f"{'sha256' if field == 'sha256' else field}"):
+            load_model_catalog(catalog)
+
+
+def test_a_download_larger_than_its_catalog_entry_is_stopped(model_zip, tmp_path):
+    data = model_zip.read_bytes()
+    small = CatalogEntry(id="synthetic", version="1.0", url=model_zip.as_uri(),
+                         sha256=hashlib.sha256(data).hexdigest(), size=len(data) // 4)
+    with pytest.raises(DownloadError, match="sends more than"):
+        fetch_model(small, cache=tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
