@@ -195,18 +195,23 @@ def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optio
     return dest
 
 
-def resolve_model(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> ModelPackage:
-    """A package folder, a .zip, a cached name, or a catalog id -> a validated ModelPackage."""
-    from .model_package import load_package  # torch: only where weights are read
+def resolve_model_path(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> Path:
+    """A package folder, a .zip, a cached name, or a catalog id (downloaded once) -> its path."""
     path = Path(spec)
     if path.exists():
-        return load_package(path)
+        return path
     cached = cache_dir() / "models" / spec
-    if cached.exists():
-        return load_package(cached)
+    if SAFE_NAME.fullmatch(spec) and cached.exists():
+        return cached
     entries = {e.id: e for e in load_model_catalog(catalog)}
     if spec in entries:
-        return load_package(fetch_model(entries[spec], progress=progress))
+        return fetch_model(entries[spec], progress=progress)
     known = sorted(entries) + [p.name for p in cached_packages()]
     raise PackageError(f"model {spec!r} is neither a package folder, a .zip file, nor a known "
                        f"model id; known: {known or 'none (import one with universalseg models import)'}")
+
+
+def resolve_model(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> ModelPackage:
+    """A package folder, a .zip, a cached name, or a catalog id -> a validated ModelPackage."""
+    from .model_package import load_package  # torch: only where weights are read
+    return load_package(resolve_model_path(spec, progress, catalog))

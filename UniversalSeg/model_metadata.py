@@ -20,6 +20,7 @@ from .data.terminology import TaskInfo, check_task_names
 SPACING_MM = (0.01, 100.0)
 PATCH_EDGE = (8, 1024)
 MAX_TASKS = 4096
+MAX_MEMBER_BYTES = {"model.json": 16 << 20, "model.safetensors": 8 << 30}  # unpacked sizes in a zip
 
 PACKAGE_FORMAT = "universalseg-model"
 PACKAGE_VERSION = 1
@@ -53,6 +54,10 @@ def read_member(path: Path, name: str) -> bytes:
         with zipfile.ZipFile(path) as z:
             if name not in z.namelist():
                 raise PackageError(f"{path} is not a model package: {name} is missing in the zip")
+            size, limit = z.getinfo(name).file_size, MAX_MEMBER_BYTES[name]
+            if size > limit:
+                raise PackageError(f"{path}: {name} unpacks to {size / 1e6:.0f} MB, more than a model package "
+                                   f"holds ({limit / 1e6:.0f} MB); refused without unpacking it")
             return z.read(name)
     except zipfile.BadZipFile:
         raise PackageError(f"{path} is neither a model package folder nor a valid zip "

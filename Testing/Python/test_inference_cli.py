@@ -1,5 +1,6 @@
 """`universalseg predict` / `info` end to end with a trained package, and every bad input."""
 import json
+from pathlib import Path
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,24 @@ def test_info_lists_tasks_and_modalities(trained_run, capsys):
     info = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in info["tasks"]] == ["liver", "spleen", "kidney", "liver-tumor"]
     assert info["modalities"] == ["CT", "MR-T1", "MR-T2", "PET"]
+
+
+def test_info_reads_only_the_description_never_the_weights(trained_run, tmp_path):
+    """A 600 MB weights member that compresses to under 1 MB: `info` must not unpack it."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(Path(trained_run["package"]) / "model.json", "model.json")
+        with z.open("model.safetensors", "w", force_zip64=True) as member:
+            block = bytes(1 << 24)
+            for _ in range(36):
+                member.write(block)
+    assert bomb.stat().st_size < 2_000_000
+    code = ("import re, sys; from UniversalSeg.cli import main; rc = main(['info', sys.argv[1]]); "  # VmHWM: peak RSS
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "liver-tumor" in out.stdout
+    assert int(out.stdout.strip().splitlines()[-1]) < 600  # MB peak: the 600 MB member was never read
 
 
 def write(tmp_path, name, array, spacing=(2.0, 2.0, 2.0), direction=None, vector=False):

@@ -14,9 +14,16 @@ def register(parser):
 def run(args) -> int:
     import json
 
-    from ..model_download import resolve_model
-    package = resolve_model(args.model, progress=False)
-    cfg = package.config
+    from ..model_download import resolve_model_path
+    from ..model_metadata import read_summary
+    from ..model_package import PackageError
+    from ..networks import ConfigError, ModelConfig
+    path = resolve_model_path(args.model, progress=False)
+    package = read_summary(path)  # model.json only: the weights are never unpacked for info
+    try:
+        cfg = ModelConfig.from_dict(package.meta["network"])
+    except ConfigError as exc:
+        raise PackageError(f"{path}: network config: {exc}") from None
     if args.json:
         print(json.dumps({"tasks": [t.to_dict() for t in package.tasks], "modalities": list(cfg.modalities),
                           "domains": list(cfg.domains), "spacing": list(package.spacing),
