@@ -113,6 +113,27 @@ def test_existing_run_is_not_overwritten_and_foreign_checkpoints_are_refused(
     assert proc.returncode == 2 and "pass --resume" in proc.stderr
 
 
+def test_resume_refuses_changed_settings_unless_allowed_and_logged(synth_collection, tiny_net_file, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(_train_cmd(synth_collection, tiny_net_file, out, "--max-steps", "0"),
+                          capture_output=True, text=True, env=_env())
+    assert proc.returncode == 2 and "--max-steps 0: must be at least 1" in proc.stderr
+    assert not out.exists()
+    subprocess.run(_train_cmd(synth_collection, tiny_net_file, out, "--max-steps", "2"), check=True,
+                   capture_output=True, env=_env())
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    proc = subprocess.run(_train_cmd(synth_collection, tiny_net_file, out, "--resume", "--max-steps", "3",
+                                     "--lr", "0.05", "--seed", "7"), capture_output=True, text=True, env=_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "lr: 0.001 -> 0.05" in proc.stderr and "seed: 0 -> 7" in proc.stderr and "--allow-changes" in proc.stderr
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before  # nothing was trained or written
+    proc = subprocess.run(_train_cmd(synth_collection, tiny_net_file, out, "--resume", "--max-steps", "3",
+                                     "--lr", "0.05", "--allow-changes"), capture_output=True, text=True, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
+    assert "resuming with a changed setting (--allow-changes): lr: 0.001 -> 0.05" in (out / "train.log").read_text()
+
+
 def test_torchrun_ddp_two_gloo_processes(synth_collection, tiny_net_file, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

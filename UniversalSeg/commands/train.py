@@ -17,6 +17,8 @@ def register(parser):
     parser.add_argument("--config", required=True, help="network config file or preset name")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, model)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: continue although training settings changed (each change is logged)")
     parser.add_argument("--train-config", help="training settings (.yaml / .json)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--iterations", type=int, dest="iterations_per_epoch", help="iterations per epoch")
@@ -54,8 +56,10 @@ def run(args) -> int:
                       batch_size=args.batch_size, patch_size=patch, spacing=spacing, lr=args.lr,
                       precision=args.precision, num_workers=args.num_workers, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
     result = run_training(args.catalog, load_model_config(args.config), cfg, args.out,
                           resume=args.resume, device=args.device, max_steps=args.max_steps,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, allow_changes=args.allow_changes)
     print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
     return 0

@@ -161,11 +161,18 @@ class Trainer:
         if self.dist.is_main:
             save_atomic(self.state(), self.out / "checkpoints" / name)
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path, allow_changes: bool = False) -> None:
         ckpt = load_checkpoint(path)
         if ckpt["model_config"] != self.model_config.to_dict():
             raise CheckpointError(f"{path} was written for another network or catalog (tasks, "
                                   "modalities or architecture differ); use a new --out folder")
+        changed = changed_settings(ckpt["train_config"], self.cfg.to_dict())
+        if changed and not allow_changes:
+            raise CheckpointError(f"--resume: the run in {self.out} was started with other settings ("
+                                  f"{'; '.join(changed)}); repeat the original options, or pass "
+                                  "--allow-changes to continue with the new ones")
+        for change in changed:
+            log.warning("resuming with a changed setting (--allow-changes): %s", change)
         if ckpt["world_size"] != self.dist.world_size or \
                 ckpt["train_config"]["batch_size"] != self.cfg.batch_size:
             log.warning("resuming with a different number of processes or batch size: the run "
@@ -211,14 +218,14 @@ class Trainer:
         (self.out / "validation.json").write_text(json.dumps({"step": self.step, **result}, indent=2))
         return result
 
-    def fit(self, resume: bool = False, max_steps: Optional[int] = None) -> dict:
+    def fit(self, resume: bool = False, max_steps: Optional[int] = None, allow_changes: bool = False) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.out / "checkpoints" / "last.pt"
         if self.dist.is_main:  # a run killed while writing leaves a temporary file: drop it
             for stale in (self.out / "checkpoints").glob(".*.tmp"):
                 stale.unlink()
         if resume and last.exists():
-            self.restore(last)
+            self.restore(last, allow_changes)
             log.info("resumed from %s at step %d", last, self.step)
         elif last.exists() and not resume:
             raise CheckpointError(f"{self.out} already holds a run (checkpoints/last.pt); pass "
@@ -311,12 +318,24 @@ class Trainer:
         shutdown(self.dist)
 
 
+# Settings whose change does not change what is learnt (speed, I/O, bookkeeping); the batch size
+# and the number of processes are checked separately (a warning: resume stays correct).
+RESUMABLE_CHANGES = {"num_workers", "checkpoint_every", "validate_every", "cache_rate", "batch_size"}
+
+
+def changed_settings(before: dict, now: dict) -> list[str]:
+    """'name: old -> new' for every training setting that differs and matters for the result."""
+    before, now = json.loads(json.dumps(before)), json.loads(json.dumps(now))  # tuples == lists
+    return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
+            if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+
+
 def run_training(catalog_path, model_config: ModelConfig, cfg: TrainConfig, out_dir, resume=False,
-                 device="auto", max_steps: Optional[int] = None, progress=True) -> dict:
+                 device="auto", max_steps: Optional[int] = None, progress=True, allow_changes: bool = False) -> dict:
     trainer = Trainer(catalog_path, model_config, cfg, out_dir, device, progress)
     handler = _file_log(Path(out_dir), trainer.dist)
     try:
-        result = trainer.fit(resume=resume, max_steps=max_steps)
+        result = trainer.fit(resume=resume, max_steps=max_steps, allow_changes=allow_changes)
         package = trainer.export() if trainer.step >= cfg.total_steps else None
         return {"steps": trainer.step, "validation": result, "package": str(package) if package else None}
     finally:
