@@ -202,3 +202,13 @@ def test_training_from_the_panel_checks_its_inputs_and_reports_failure(tmp_path)
         logic.start_training(str(tmp_path / "c.yaml"), "small", "")
     job = wait(logic.start_training(str(tmp_path / "c.yaml"), "small", str(tmp_path / "run")), 120)
     assert not job.succeeded and job.message.startswith("universalseg train: error")
+
+
+def test_cancel_after_the_process_ended_imports_nothing(app_scene, tiny_model):
+    from UniversalSegmentationLib.logic import UniversalSegLogic
+    volume = small_volume()
+    job = UniversalSegLogic(python=sys.executable).start(volume, str(tiny_model), "CT", ["liver"], device="cpu")
+    job.runner.wait(300)  # the child has written its result; the GUI has not polled yet
+    job.cancel()
+    assert job.poll() and not job.succeeded and job.message == "cancelled"
+    assert segmentation_count(app_scene) == 0 and not job.workdir.exists()
