@@ -140,6 +140,8 @@ def bad_inputs(tmp_path):
     cut_plain.write_bytes(plain.read_bytes()[: plain.stat().st_size - 1000])
     return {
         "truncated-gz": cut, "truncated-nii": cut_plain,
+        "complex": write(tmp_path, "complex.nrrd", (noise + 1j * noise).astype(np.complex64)),
+        "huge-spacing": write(tmp_path, "huge.nrrd", noise, spacing=(1e6, 2.0, 2.0)),
         "2d": write(tmp_path, "flat.nrrd", noise[0]),
         "4d": write(tmp_path, "series.nrrd", np.stack([noise, noise])),
         "sheared": write(tmp_path, "sheared.nrrd", noise, direction=(1, 0.3, 0, 0, 1, 0, 0, 0, 1)),
@@ -155,6 +157,7 @@ def bad_inputs(tmp_path):
     ("nan", "NaN"), ("nan-nifti", "NaN"), ("constant", "constant image"),
     ("truncated-gz", "truncated or damaged: its compressed data ends early"),
     ("truncated-nii", "truncated or damaged: it holds"),
+    ("complex", "complex voxels"), ("huge-spacing", "is not plausible"),
 ])
 def test_bad_images_exit_2_with_a_clear_message_and_no_output(trained_run, bad_inputs, tmp_path, which, message):
     out = tmp_path / "result.seg.nrrd"
@@ -175,12 +178,23 @@ def test_bad_images_exit_2_with_a_clear_message_and_no_output(trained_run, bad_i
     (["--modality", "CT", "--threshold", "inf"], "--threshold inf: must be a number between 0 and 1"),
     (["--modality", "CT", "--tasks", "liver", "--threshold", "spleen=0.5"], "--threshold names task 'spleen'"),
     (["--modality", "CT", "--tasks", ","], "--tasks ',' names no task"),
+    (["--modality", "CT", "--device", "gpu0"], "device 'gpu0' is not a device"),
+    pytest.param(["--modality", "CT", "--device", "cuda"], "no CUDA GPU is visible",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")),
 ])
 def test_bad_names_and_options_exit_2(trained_run, bad_inputs, tmp_path, args, message):
     code, err = run_cli("predict", "--model", trained_run["package"], "--input", str(bad_inputs["ok"]),
                         "--output", str(tmp_path / "x.seg.nrrd"), "--progress", "none", *args)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_a_long_legal_output_name_is_written(trained_run, bad_inputs, tmp_path):
+    out = tmp_path / ("a" * 246 + ".seg.nrrd")  # 255 characters: the longest name most file systems allow
+    code, err = run_cli("predict", "--model", trained_run["package"], "--input", str(bad_inputs["ok"]),
+                        "--modality", "CT", "--output", str(out), "--progress", "none")
+    assert code == 0 and out.is_file(), err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_outputs_never_overwrite_inputs_or_each_other(trained_run, bad_inputs, tmp_path):

@@ -19,6 +19,7 @@ from monai.data import MetaTensor
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
+SPACING_MM = (1e-3, 1e3)  # voxel sizes of real scans (microscopy-CT to whole-body PET), with margin
 
 
 class ImageError(ValueError):
@@ -107,9 +108,16 @@ def check_image(image: sitk.Image, name: str, *, label: bool = False) -> None:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ImageError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "give a single-channel (scalar) volume")
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise ImageError(f"{name}: complex voxels ({image.GetPixelIDTypeAsString()}); give a real-valued "
+                         "volume, e.g. the magnitude image")
     size = image.GetSize()
     if min(size) < 2:
         raise ImageError(f"{name}: size {size} is a single slice, not a 3D volume")
+    spacing = image.GetSpacing()
+    if not all(np.isfinite(s) and SPACING_MM[0] <= s <= SPACING_MM[1] for s in spacing):
+        raise ImageError(f"{name}: voxel spacing {tuple(round(s, 6) for s in spacing)} mm is not plausible "
+                         f"(expected {SPACING_MM[0]}-{SPACING_MM[1]} mm); fix the image header")
     direction = np.array(image.GetDirection()).reshape(3, 3)
     if not np.allclose(direction @ direction.T, np.eye(3), atol=1e-4):
         raise ImageError(f"{name}: the direction matrix is not orthonormal (sheared acquisition); "

@@ -37,7 +37,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` with a temporary path of the same suffix, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
+    # a bounded temporary name: a legal 250-character output name must not become an illegal one
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=_suffix(path), dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -20,10 +20,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {str(device)!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible to PyTorch; "
-                           "use --device cpu (or auto)")
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible to PyTorch; "
+                         "use --device cpu (or auto)")
     return device
 
 
