@@ -12,7 +12,6 @@ a loaded, validated ``ModelPackage``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .model_metadata import PackageError
+from .structured_file import read_structured
 
 if TYPE_CHECKING:
     from .model_package import ModelPackage
@@ -77,7 +77,9 @@ def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
     path = Path(path) if path else default_catalog_path()
     if not path.is_file():
         return []
-    data = json.loads(path.read_text())
+    data = read_structured(path, "model catalog", PackageError)
+    if not isinstance(data, dict):
+        raise PackageError(f"model catalog {path} is not a JSON object")
     entries = []
     for i, raw in enumerate(data.get("models", [])):
         try:

@@ -7,13 +7,13 @@ the standard library; ``model_package`` adds the network config and the weights 
 """
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .data.terminology import TaskInfo, check_task_names
+from .structured_file import parse_text
 
 # Bounds checked before anything is allocated from a package's numbers (a hostile model.json
 # must not make us allocate gigabytes): voxel spacing in mm, window edge in voxels, task count.
@@ -58,7 +58,10 @@ def read_member(path: Path, name: str) -> bytes:
             if size > limit:
                 raise PackageError(f"{path}: {name} unpacks to {size / 1e6:.0f} MB, more than a model package "
                                    f"holds ({limit / 1e6:.0f} MB); refused without unpacking it")
-            return z.read(name)
+            try:
+                return z.read(name)
+            except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required"
+                raise PackageError(f"{path}: {name} cannot be read ({exc}); model packages are not encrypted") from None
     except zipfile.BadZipFile:
         raise PackageError(f"{path} is neither a model package folder nor a valid zip "
                            "(corrupt or truncated download? fetch it again)") from None
@@ -71,9 +74,10 @@ def read_meta_bytes(path: Path) -> bytes:
 def parse_meta(meta_bytes: bytes, path: Path) -> dict:
     """Decode ``model.json`` and refuse foreign or newer formats."""
     try:
-        meta = json.loads(meta_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path}: {META_FILE} is not valid JSON ({exc})") from None
+        text = meta_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PackageError(f"{path}: {META_FILE} is not a text file (not UTF-8)") from None
+    meta = parse_text(text, False, f"{path}: {META_FILE}", PackageError)
     if not isinstance(meta, dict) or meta.get("format") != PACKAGE_FORMAT:
         raise PackageError(f"{path}: {META_FILE} is not a UniversalSeg model description")
     version = meta.get("format_version")

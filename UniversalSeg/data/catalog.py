@@ -28,7 +28,6 @@ differ from the image, label values outside the map and NaNs, naming the file, b
 """
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..structured_file import read_structured
 from .modalities import KNOWN_MODALITIES, IntensityPolicy
 from .terminology import TaskInfo, task_info
 
@@ -98,17 +98,7 @@ class Catalog:
 # ---------------------------------------------------------------------- loading
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
-    if not path.is_file():
-        raise CatalogError(f"catalog {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:
-        raise CatalogError(f"catalog {path} cannot be parsed: {exc}") from exc
+    data = read_structured(path, "catalog", CatalogError)
     try:
         return catalog_from_dict(data, path.parent, path)
     except CatalogError as exc:
@@ -215,13 +205,15 @@ def _msd_cases(root: Path, where: str):
     if not meta_path.is_file():
         raise CatalogError(f"{where}: {meta_path} not found (MSD / nnU-Net raw layout expected: "
                            "dataset.json, imagesTr/, labelsTr/)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CatalogError(f"{where}: {meta_path} is not valid JSON: {exc}") from None
+    meta = read_structured(meta_path, f"{where}:", CatalogError)
+    if not isinstance(meta, dict):
+        raise CatalogError(f"{where}: {meta_path} is not a dataset description (a JSON object expected)")
     cases = []
     if meta.get("training"):  # MSD: explicit pairs
-        for entry in meta["training"]:
+        for i, entry in enumerate(meta["training"]):
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) \
+                    or not isinstance(entry.get("label"), str):
+                raise CatalogError(f"{where}: {meta_path}: training[{i}] needs \"image\" and \"label\" file names")
             image = root / entry["image"]
             cid = image.name.split(".")[0]
             cases.append(Case(cid, image, root / entry["label"]))

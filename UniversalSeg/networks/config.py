@@ -137,17 +137,8 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"model config {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # parse errors from json or yaml
-            raise ConfigError(f"model config {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+        from ..structured_file import read_structured
+        data = read_structured(path, "model config", ConfigError)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:

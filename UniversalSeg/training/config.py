@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,15 +70,8 @@ class TrainConfig:
     @classmethod
     def load(cls, path) -> "TrainConfig":
         path = Path(path)
-        if not path.is_file():
-            raise TrainConfigError(f"training config {path} does not exist")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-        return cls.from_dict(data)
+        from ..structured_file import read_structured
+        return cls.from_dict(read_structured(path, "training config", TrainConfigError) or {})
 
     def replace(self, **changes) -> "TrainConfig":
         d = self.to_dict()
