@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 unexpected error, 2 bad usage or bad input (config, catalog,
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -54,6 +55,11 @@ def main(argv=None) -> int:
                     EXIT_MEMORY)
     except (ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
         return fail(exc, EXIT_BAD_INPUT)
+    except OSError as exc:  # the machine, not the program: full disk, permissions, read-only folder
+        where = f" ({exc.filename})" if exc.filename else ""
+        advice = ("free space or choose another output location; nothing was left half-written"
+                  if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "check the path and its permissions")
+        return fail(f"{exc.strerror or exc}{where}: {advice}", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print(f"universalseg {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

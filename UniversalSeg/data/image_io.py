@@ -26,28 +26,35 @@ class ImageError(ValueError):
     """An image that cannot be segmented as it is; the message names the file and the fix."""
 
 
-def check_complete(path: Path) -> None:
+def check_complete(path: Path, strict: bool = False) -> None:
     """ITK reads a truncated ``.nii.gz`` or ``.nii`` as if the missing voxels were 0: an image cut
-    short by a failed copy would be segmented (or trained on) as zeros. Read the gzip stream to
-    its end marker (about a second per 100 MB) and compare a plain NIfTI's size with its header."""
+    short by a failed copy would be segmented (or trained on) as zeros. Read a gzip stream to its
+    end marker (about a second per 100 MB) and compare a NIfTI's data size with its header.
+    ``strict``: a NIfTI that nibabel cannot parse at all is broken too (our own outputs)."""
     name = path.name.lower()
-    problem = ""
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    problem, size = "", path.stat().st_size
     if name.endswith(".gz"):
+        size = 0
         try:
             with gzip.open(path, "rb") as f:
-                while f.read(1 << 22):
-                    pass
+                while chunk := f.read(1 << 22):
+                    size += len(chunk)
         except (EOFError, OSError, zlib.error) as exc:
             problem = f"its compressed data ends early or is damaged ({exc})"
-    elif name.endswith(".nii"):
+    if not problem:
         import nibabel
         try:
             header = nibabel.load(str(path)).header
-            expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-        except Exception:  # noqa: BLE001 - not a NIfTI nibabel can parse: ITK will say what is wrong
-            return
-        if path.stat().st_size < expected:
-            problem = f"it holds {path.stat().st_size} bytes, its header needs {expected}"
+            offset = max(int(header.get_data_offset()), int(header.sizeof_hdr) + 4)  # single-file NIfTI
+            expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        except Exception:  # noqa: BLE001 - not a NIfTI nibabel can parse
+            if strict:
+                problem = "it is not a readable NIfTI file"
+            expected = 0
+        if expected and size < expected:
+            problem = f"it holds {size} bytes, its header needs {expected}"
     if problem:
         raise ImageError(f"{path}: the file is truncated or damaged: {problem}; copy or download it again")
 

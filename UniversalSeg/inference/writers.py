@@ -10,6 +10,7 @@ Every file is written to a temporary name in the destination folder and renamed 
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 # slicerio reads/writes Slicer's .seg.nrrd files; it is not the Slicer application (no MRML, no Qt)
 import SimpleITK as sitk, slicerio  # noqa: E401
 
+from ..data.image_io import ImageError, check_complete
 from ..data.terminology import TaskInfo
 from ..file_modes import apply_umask
 
@@ -33,6 +35,19 @@ def _suffix(path: Path) -> str:
     return path.suffix
 
 
+def verify_written(tmp: Path, final: Path) -> None:
+    """A full disk must not end in a short file renamed into place with exit 0: ITK's NIfTI writer
+    only prints "wrote only N of M bytes". Flush the file to disk (a delayed write error surfaces
+    here) and check a NIfTI's size against its header (gzip: the stream reaches its end)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    if tmp.name.lower().endswith((".nii", ".nii.gz")):
+        try:
+            check_complete(tmp, strict=True)
+        except ImageError:
+            raise OSError(errno.ENOSPC, "the file was written incompletely (disk full?)", str(final)) from None
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` with a temporary path of the same suffix, then rename it to ``path``."""
     path = Path(path)
@@ -41,7 +56,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=_suffix(path), dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except RuntimeError as exc:  # SimpleITK's writers report a failed write (disk full) this way
+            if "ITK ERROR" not in str(exc):
+                raise
+            space = any(w in str(exc) for w in ("wrote only", "No space", "couldn't write"))
+            raise OSError(errno.ENOSPC if space else errno.EIO, "the image could not be written"
+                          + (" completely (disk full?)" if space else ""), str(path)) from None
+        verify_written(Path(tmp), path)
         apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:

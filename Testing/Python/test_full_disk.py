@@ -1,0 +1,63 @@
+"""A full disk: every output either is complete or does not exist, with a one-line error and exit 2
+(ITK's NIfTI writer only prints "wrote only N of M bytes" and returns)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from UniversalSeg.data.image_io import check_complete
+from UniversalSeg.inference.writers import atomic_write
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 KiB tmpfs (root can mount one here and in CI), nearly full."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); test_short_write_is_never_renamed_into_place covers it")
+    try:
+        (mount / "filler").write_bytes(bytes(80 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("output", ["o.nii", "o.nii.gz", "o.seg.nrrd", "o.nrrd"])
+def test_predict_on_a_full_disk_fails_cleanly(trained_run, tmp_path, small_disk, output):
+    image = tmp_path / "ct.nrrd"
+    img = sitk.GetImageFromArray((np.random.default_rng(0).random((64, 64, 64)) * 300).astype(np.float32))
+    img.SetSpacing((2.0, 2.0, 2.0))
+    sitk.WriteImage(img, str(image))
+    args = ["--probabilities", str(small_disk / "prob")] if output == "o.nii.gz" else ["--threshold", "0.01"]
+    proc = subprocess.run([sys.executable, "-m", "UniversalSeg", "predict", "--model", trained_run["package"],
+                           "--input", str(image), "--modality", "CT", "--output", str(small_disk / output),
+                           "--progress", "none", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()[-1]) > 0
+    assert "free space or choose another output location" in proc.stderr
+    left = [p for p in small_disk.rglob("*") if p.is_file() and p.name != "filler"]
+    assert not [p for p in left if p.name.startswith(".")]  # no hidden temporary
+    for p in left:  # what was written before the disk filled up (the labelmap before the
+        check_complete(p)  # probability maps) is complete, never truncated
+        assert sitk.ReadImage(str(p)).GetSize() == (64, 64, 64)
+    if output != "o.nii.gz":
+        assert left == []
+
+
+def test_short_write_is_never_renamed_into_place(tmp_path):
+    """The same rule without a small disk: a writer that leaves a short NIfTI (as ITK does)."""
+    img = sitk.GetImageFromArray(np.ones((30, 30, 30), np.uint8))
+
+    def short_writer(tmp):
+        sitk.WriteImage(img, str(tmp))
+        tmp.write_bytes(tmp.read_bytes()[:-500])
+
+    for name in ("labels.nii", "labels.nii.gz"):
+        with pytest.raises(OSError, match="written incompletely"):
+            atomic_write(tmp_path / name, short_writer)
+    assert list(tmp_path.iterdir()) == []
