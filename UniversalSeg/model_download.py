@@ -123,11 +123,25 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
         dest.unlink()  # a changed or damaged cached file is never used
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
+    if have and entry.size and have >= entry.size:  # a complete .part (stopped before the rename)
+        if have == entry.size and sha256_of(part) == entry.sha256.lower():
+            os.replace(part, dest)
+            return dest
+        part.unlink()  # too long or wrong: start again
+        have = 0
     request = urllib.request.Request(entry.url, headers={"User-Agent": "UniversalSeg"})
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or not have:  # 416: the server cannot continue this .part
+                raise
+            part.unlink()
+            have = 0
+            request.remove_header("Range")
+            response = urllib.request.urlopen(request, timeout=timeout)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise DownloadError(f"cannot download {entry.id} from {entry.url}: {exc}; check the network "
                             "or proxy (https_proxy), or import a local copy with "
@@ -169,6 +183,10 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
         finally:
             if bar is not None:
                 bar.close()
+        received = part.stat().st_size
+        if total and received < total:  # the server closed the connection early, without an error
+            raise DownloadError(f"the download of {entry.id} broke off at {received} of {total} bytes; run the "
+                                "same command again to continue where it stopped")
     digest = h.hexdigest()
     if digest != entry.sha256.lower():
         part.unlink(missing_ok=True)
