@@ -61,3 +61,13 @@ def test_short_write_is_never_renamed_into_place(tmp_path):
         with pytest.raises(OSError, match="written incompletely"):
             atomic_write(tmp_path / name, short_writer)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    stale = tmp_path / ".labels.nii.gz.k3j_x9q2.nii.gz"  # what mkstemp left when the run was killed
+    stale.write_bytes(b"half")
+    other = tmp_path / ".notes.txt"
+    other.write_text("mine")
+    img = sitk.GetImageFromArray(np.ones((8, 8, 8), np.uint8))
+    atomic_write(tmp_path / "labels.nii.gz", lambda tmp: sitk.WriteImage(img, str(tmp)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt", "labels.nii.gz"]

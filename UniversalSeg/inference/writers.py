@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -53,7 +54,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a bounded temporary name: a legal 250-character output name must not become an illegal one
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=_suffix(path), dir=path.parent)
+    prefix, suffix = f".{path.name[:40]}.", _suffix(path)
+    stale = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}" + re.escape(suffix))
+    for old in path.parent.glob(".*"):  # left by a run that was killed while writing this output
+        if stale.fullmatch(old.name):
+            old.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         try:
