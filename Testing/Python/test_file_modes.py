@@ -27,7 +27,10 @@ def test_outputs_checkpoints_and_packages_follow_the_umask(tmp_path, umask_027):
     from UniversalSeg.model_package import save_package
     from UniversalSeg.networks import UniversalSegNet
     from UniversalSeg.training.checkpoint import save_atomic
-    out = atomic_write(tmp_path / "result.nii.gz", lambda tmp: tmp.write_bytes(b"x"))
+    import numpy as np
+    import SimpleITK as sitk
+    image = sitk.GetImageFromArray(np.ones((4, 4, 4), np.uint8))
+    out = atomic_write(tmp_path / "result.nii.gz", lambda tmp: sitk.WriteImage(image, str(tmp)))
     assert mode(out) == 0o640
     save_atomic({"step": 1}, tmp_path / "last.pt")
     assert mode(tmp_path / "last.pt") == 0o640
