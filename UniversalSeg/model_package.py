@@ -87,8 +87,7 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
             with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
                 z.write(tmp / META_FILE, META_FILE)
                 z.write(tmp / WEIGHTS_FILE, WEIGHTS_FILE)
-            apply_umask(ztmp)
-            os.replace(ztmp, out)
+            os.replace(ztmp, out)  # opened by ZipFile: already the umask's mode
             shutil.rmtree(tmp)
         else:
             if out.exists():

@@ -30,7 +30,7 @@ import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
 FINGERPRINT_TAG = "UniversalSeg.Fingerprint"
-LABELMAP = "Binary labelmap"  # vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 
 
 def write_volume(volume_node, path: str | Path) -> Path:
