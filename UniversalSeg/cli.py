@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     from .model_download import DownloadError
     from .model_package import PackageError
-    from .networks import ConfigError, UnknownNameError
+    from .errors import InputError
 
     def fail(exc, code):
         print(f"universalseg {args.command}: error: {exc}", file=sys.stderr)
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     except (MemoryError, torch.cuda.OutOfMemoryError) as exc:
         return fail(exc or "out of memory; crop with --roi, request fewer tasks or use --device cpu",
                     EXIT_MEMORY)
-    except (ConfigError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (InputError, FileNotFoundError) as exc:  # bad input; a bare ValueError is a bug: traceback
         return fail(exc, EXIT_BAD_INPUT)
     except OSError as exc:  # the machine, not the program: full disk, permissions, read-only folder
         where = f" ({exc.filename})" if exc.filename else ""

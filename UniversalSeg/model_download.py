@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from .model_metadata import PackageError
 from .structured_file import read_structured
+from .errors import InputError
 
 if TYPE_CHECKING:
     from .model_package import ModelPackage
@@ -206,7 +207,7 @@ def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optio
     folder.mkdir(parents=True, exist_ok=True)
     name = name or zip_path.name
     if not SAFE_NAME.fullmatch(name) or not name.endswith(".zip"):
-        raise ValueError(f"--name {name!r} is not allowed: a file name ending in .zip, of letters, digits, "
+        raise InputError(f"--name {name!r} is not allowed: a file name ending in .zip, of letters, digits, "
                          "'.', '_', '+' or '-' (no folders)")
     dest = folder / name
     tmp = dest.with_name(dest.name + ".part")

@@ -6,6 +6,8 @@ Writes DIR/data (collection + catalog), DIR/run (checkpoints, TensorBoard, logs)
 DIR/predictions (.seg.nrrd and .png per case), DIR/dice.json + dice.png, DIR/model.zip.
 More --steps, --cases or a larger --shape make it longer and better.
 """
+from ..errors import InputError
+
 HELP = "run the end-to-end demo on the synthetic multi-institution collection"
 
 
@@ -24,7 +26,7 @@ def register(parser):
 def run(args) -> int:
     from ..demo import run_demo
     if args.steps < 1 or args.cases < 3 or args.shape < 32:
-        raise ValueError("--steps >= 1, --cases >= 3 and --shape >= 32 are needed")
+        raise InputError("--steps >= 1, --cases >= 3 and --shape >= 32 are needed")
     run_demo(args.out, args.steps, args.cases, args.shape, args.seed, args.preset, args.device,
              progress=not args.no_progress)
     return 0

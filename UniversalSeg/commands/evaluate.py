@@ -2,6 +2,8 @@
 
     universalseg evaluate --model RUN/model --catalog CATALOG [--split validation] [--json out.json]
 """
+from ..errors import InputError
+
 HELP = "Dice table per dataset x task of a model on a catalog split"
 
 
@@ -28,15 +30,15 @@ def run(args) -> int:
     cfg = package.config
     unknown = [t for t in catalog.task_names if t not in cfg.tasks]
     if unknown:
-        raise ValueError(f"the catalog labels tasks the model does not know: {unknown}; "
+        raise InputError(f"the catalog labels tasks the model does not know: {unknown}; "
                          f"the model knows {list(cfg.tasks)}")
     bad_mod = [m for m in catalog.modality_names if m not in cfg.modalities]
     if bad_mod:
-        raise ValueError(f"modalities {bad_mod} are unknown to the model ({list(cfg.modalities)})")
+        raise InputError(f"modalities {bad_mod} are unknown to the model ({list(cfg.modalities)})")
     check_files(catalog, splits=(args.split,))
     records = case_records(catalog, args.split, cfg.tasks, cfg.modalities, cfg.domains)
     if not records:
-        raise ValueError(f"the catalog has no cases in split {args.split!r}")
+        raise InputError(f"the catalog has no cases in split {args.split!r}")
     device = resolve_device(args.device)
     cases = PreprocessedCases(records, package.spacing, package.modalities, progress=True)
     result = evaluate_cases(package.build(device), cases, package.patch_size, device, args.overlap,

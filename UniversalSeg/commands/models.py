@@ -4,6 +4,8 @@
     universalseg models download MODEL_ID
     universalseg models import FILE.zip [--name NAME.zip]
 """
+from ..errors import InputError
+
 HELP = "list, download or import model packages (cache: $UNIVERSALSEG_CACHE or ~/.cache/universalseg)"
 
 
@@ -34,7 +36,7 @@ def run(args) -> int:
     elif args.action == "download":
         entries = {e.id: e for e in load_model_catalog()}
         if args.id not in entries:
-            raise ValueError(f"no model {args.id!r} in the catalog; known: {sorted(entries)}")
+            raise InputError(f"no model {args.id!r} in the catalog; known: {sorted(entries)}")
         on_bytes = None
         if args.progress == "json":
             from ..inference.progress import JsonLinesProgress

@@ -6,6 +6,7 @@ one forward pass.
 from __future__ import annotations
 
 import time
+from ..errors import InputError
 
 HELP = "describe a network config (parameters, sites, plug-ins) and optionally time a forward pass"
 
@@ -43,7 +44,7 @@ def run(args) -> int:
     if args.forward:
         size = args.forward
         if size % cfg.divisor:
-            raise ValueError(f"--forward {size}: the size must be a multiple of {cfg.divisor}")
+            raise InputError(f"--forward {size}: the size must be a multiple of {cfg.divisor}")
         device = resolve_device(args.device)
         precision = resolve_precision(args.precision, device)
         net = prepare_model(net, device)

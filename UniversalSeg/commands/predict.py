@@ -18,6 +18,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from ..errors import InputError
 
 HELP = "segment images with a model (one pass for all requested tasks)"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -55,9 +56,9 @@ def _probability(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--threshold: {text.strip()!r} is not a number") from None
+        raise InputError(f"--threshold: {text.strip()!r} is not a number") from None
     if not 0.0 < value < 1.0:  # also false for NaN
-        raise ValueError(f"--threshold {text.strip()}: must be a number between 0 and 1")
+        raise InputError(f"--threshold {text.strip()}: must be a number between 0 and 1")
     return value
 
 
@@ -71,7 +72,7 @@ def parse_thresholds(text, tasks):
     for item in text.split(","):
         name, _, value = item.partition("=")
         if name.strip() not in tasks:
-            raise ValueError(f"--threshold names task {name.strip()!r}, which is not among the requested "
+            raise InputError(f"--threshold names task {name.strip()!r}, which is not among the requested "
                              f"tasks {', '.join(tasks)}")
         out[name.strip()] = _probability(value)
     return out
@@ -82,7 +83,7 @@ def requested_tasks(text, model_tasks) -> list:
         return list(model_tasks)
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     if not tasks:
-        raise ValueError(f"--tasks {text!r} names no task; leave it out to run every task of the model")
+        raise InputError(f"--tasks {text!r} names no task; leave it out to run every task of the model")
     return tasks
 
 
@@ -92,7 +93,7 @@ def check_options(args) -> None:
         value = getattr(args, name)
         values = value if isinstance(value, list) else [value]
         if value is not None and not all(math.isfinite(v) for v in values):
-            raise ValueError(f"--{name} needs finite numbers, got {value}")
+            raise InputError(f"--{name} needs finite numbers, got {value}")
 
 
 def _inputs(path: Path, output: Path, fmt: str):
@@ -105,18 +106,18 @@ def _inputs(path: Path, output: Path, fmt: str):
         if files:
             suffix = ".seg.nrrd" if fmt == "seg" else ".nii.gz"
             if output.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
-                raise ValueError(f"--input {path} is a folder of {len(files)} images: --output must be a folder")
+                raise InputError(f"--input {path} is a folder of {len(files)} images: --output must be a folder")
             if output.resolve() == path.resolve():
-                raise ValueError(f"--output {output} is the input folder: choose another folder for the results")
+                raise InputError(f"--output {output} is the input folder: choose another folder for the results")
             pairs = [(f, output / (_stem(f) + suffix)) for f in files]
     seen = {}
     for src, dst in pairs:
         if not dst.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
-            raise ValueError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+            raise InputError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
         if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-            raise ValueError(f"--output {dst} is the input image: it would be overwritten; choose another name")
+            raise InputError(f"--output {dst} is the input image: it would be overwritten; choose another name")
         if dst in seen:
-            raise ValueError(f"--input {seen[dst].name} and {src.name} would both be written to {dst}: "
+            raise InputError(f"--input {seen[dst].name} and {src.name} would both be written to {dst}: "
                              "rename one of them")
         seen[dst] = src
     return pairs

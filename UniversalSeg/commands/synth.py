@@ -2,6 +2,8 @@
 
     universalseg synth OUT_DIR [--cases 10] [--shape 48] [--seed 0]
 """
+from ..errors import InputError
+
 HELP = "write the synthetic multi-institution collection and its catalog"
 
 
@@ -16,7 +18,7 @@ def register(parser):
 def run(args) -> int:
     from ..data.synthetic import generate_collection
     if args.cases < 2 or args.shape < 16:
-        raise ValueError("--cases must be >= 2 (one for validation) and --shape >= 16")
+        raise InputError("--cases must be >= 2 (one for validation) and --shape >= 16")
     path = generate_collection(args.out, args.cases, args.shape, args.seed, progress=True)
     print(f"wrote {path} (and catalog-heldout.yaml for the held-out institution)")
     return 0

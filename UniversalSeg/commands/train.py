@@ -9,6 +9,8 @@ come from --train-config, then from the flags. Multi-GPU / multi-process:
 
     torchrun --nproc_per_node=4 -m UniversalSeg train --catalog C --config small --out RUN
 """
+from ..errors import InputError
+
 HELP = "train a universal model on a dataset catalog (resumable, torchrun DDP)"
 
 
@@ -56,8 +58,11 @@ def run(args) -> int:
                       batch_size=args.batch_size, patch_size=patch, spacing=spacing, lr=args.lr,
                       precision=args.precision, num_workers=args.num_workers, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
+    from pathlib import Path
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file: give a folder for the run")
     if args.max_steps is not None and args.max_steps < 1:
-        raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
+        raise InputError(f"--max-steps {args.max_steps}: must be at least 1")
     result = run_training(args.catalog, load_model_config(args.config), cfg, args.out,
                           resume=args.resume, device=args.device, max_steps=args.max_steps,
                           progress=not args.no_progress, allow_changes=args.allow_changes)

@@ -28,6 +28,8 @@ differ from the image, label values outside the map and NaNs, naming the file, b
 """
 from __future__ import annotations
 
+import math
+
 import random
 import zlib
 from dataclasses import dataclass
@@ -39,12 +41,13 @@ import numpy as np
 from ..structured_file import read_structured
 from .modalities import KNOWN_MODALITIES, IntensityPolicy
 from .terminology import TaskInfo, task_info
+from ..errors import InputError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
 
 
-class CatalogError(ValueError):
+class CatalogError(InputError):
     """A catalog that cannot be used; the message names the dataset, key or file."""
 
 
@@ -164,7 +167,7 @@ def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
         raise CatalogError(f"{where}: unknown modality {modality!r}; known: {sorted(modalities)} "
                            "(declare new ones under 'modalities')")
     weight = raw.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or weight <= 0:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
         raise CatalogError(f"{where}: weight must be a positive number, got {weight!r}")
     msd = None
     if "root" in raw:
@@ -226,6 +229,13 @@ def _msd_cases(root: Path, where: str):
         for label in sorted((root / "labelsTr").glob(f"*{ending}")):
             cid = label.name[: -len(ending)]
             cases.append(Case(cid, root / "imagesTr" / f"{cid}_0000{ending}", label))
+        # as nnU-Net's dataset check: every training image has its label (none silently skipped)
+        labelled = {c.id for c in cases}
+        unlabelled = sorted(i.name for i in (root / "imagesTr").glob(f"*_0000{ending}")
+                            if i.name[: -len(ending) - 5] not in labelled)
+        if unlabelled:
+            raise CatalogError(f"{where}: {len(unlabelled)} image(s) in {root / 'imagesTr'} have no label in "
+                               f"labelsTr/ (e.g. {unlabelled[0]}); add the labels or move the images out")
     if not cases:
         raise CatalogError(f"{where}: no training cases found under {root}")
     return cases, meta
@@ -320,14 +330,16 @@ def check_files(catalog: Catalog, splits=SPLITS, progress: bool = False) -> None
             check_image(label, str(case.label), label=True)
         except ImageError as exc:
             raise CatalogError(f"dataset {ds.name!r}: {exc}") from None
-        if label.GetSize() != image.GetSize() or not (
-                np.allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-4)
-                and np.allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-3)
-                and np.allclose(label.GetDirection(), image.GetDirection(), atol=1e-4)):
+        differs = [f"{what} {_round(get(label))} vs {_round(get(image))}" for what, get, same in (
+            ("size", sitk.Image.GetSize, lambda a, b: a == b),
+            ("spacing", sitk.Image.GetSpacing, lambda a, b: np.allclose(a, b, rtol=1e-4)),
+            ("origin", sitk.Image.GetOrigin, lambda a, b: np.allclose(a, b, atol=1e-3)),
+            ("direction", sitk.Image.GetDirection, lambda a, b: np.allclose(a, b, atol=1e-4)))
+            if not same(get(label), get(image))]
+        if differs:
             raise CatalogError(
                 f"dataset {ds.name!r}: label {case.label} is not on the grid of image {case.image} "
-                f"(size {label.GetSize()} vs {image.GetSize()}, spacing {label.GetSpacing()} vs "
-                f"{image.GetSpacing()}); resample the label onto the image grid")
+                f"({'; '.join(differs)}); resample the label onto the image grid")
         values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {0}
         allowed = {v for vs in ds.label_map.values() for v in vs}
         if values - allowed:
@@ -335,3 +347,7 @@ def check_files(catalog: Catalog, splits=SPLITS, progress: bool = False) -> None
                 f"dataset {ds.name!r}: label {case.label} holds values {sorted(values - allowed)} "
                 f"that the catalog's label map {dict(ds.label_map)} does not assign to a task; "
                 "add them to 'labels' (or remove them from the file)")
+
+
+def _round(values) -> tuple:
+    return tuple(round(v, 4) if isinstance(v, float) else v for v in values)

@@ -16,13 +16,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
+from ..errors import InputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)
 SPACING_MM = (1e-3, 1e3)  # voxel sizes of real scans (microscopy-CT to whole-body PET), with margin
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be segmented as it is; the message names the file and the fix."""
 
 

@@ -8,6 +8,7 @@ model package stores the policy of every modality, so inference normalizes exact
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -18,11 +19,11 @@ class IntensityPolicy:
 
     def __post_init__(self):
         if self.kind not in ("window", "percentile"):
-            raise ValueError(f"intensity policy kind {self.kind!r} must be 'window' or 'percentile'")
+            raise InputError(f"intensity policy kind {self.kind!r} must be 'window' or 'percentile'")
         if not self.low < self.high:
-            raise ValueError(f"intensity policy needs low < high, got {self.low} and {self.high}")
+            raise InputError(f"intensity policy needs low < high, got {self.low} and {self.high}")
         if self.kind == "percentile" and not (0 <= self.low and self.high <= 100):
-            raise ValueError("percentile limits must lie in [0, 100]")
+            raise InputError("percentile limits must lie in [0, 100]")
 
     def to_dict(self) -> dict:
         return asdict(self)

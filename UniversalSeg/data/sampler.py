@@ -17,20 +17,21 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
+from ..errors import InputError
 
 
 class DatasetWeightedSampler(Sampler):
     def __init__(self, dataset_of_case: Sequence[int], weights: Sequence[float], samples_per_epoch: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
         if samples_per_epoch % world_size:
-            raise ValueError(f"samples_per_epoch ({samples_per_epoch}) must be a multiple of the "
+            raise InputError(f"samples_per_epoch ({samples_per_epoch}) must be a multiple of the "
                              f"number of processes ({world_size})")
         self.dataset_of_case = torch.as_tensor(dataset_of_case, dtype=torch.long)
         n = len(weights)
         present = torch.bincount(self.dataset_of_case, minlength=n) > 0
         w = torch.as_tensor(weights, dtype=torch.float64) * present
         if w.sum() <= 0:
-            raise ValueError("no dataset has training cases")
+            raise InputError("no dataset has training cases")
         self.dataset_weights = w / w.sum()
         self.samples_per_epoch, self.seed = samples_per_epoch, seed
         self.rank, self.world_size = rank, world_size

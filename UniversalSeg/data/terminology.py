@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from typing import Optional
+from ..errors import InputError
 
 # Task names become file names (probability maps, exported datasets) and segment IDs; display
 # names become .seg.nrrd header values. Both are data from outside (catalogs, model packages):
@@ -21,11 +22,11 @@ MAX_DISPLAY_NAME = 128
 
 def check_task_names(name: str, display_name: str) -> None:
     if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
-        raise ValueError(f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '+' "
+        raise InputError(f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '+' "
                          "or '-', starting with a letter or digit")
     if (not isinstance(display_name, str) or not display_name.strip() or len(display_name) > MAX_DISPLAY_NAME
             or any(ord(c) < 32 or ord(c) == 127 for c in display_name)):
-        raise ValueError(f"display name {display_name!r} of task {name!r} is not allowed: 1-{MAX_DISPLAY_NAME} "
+        raise InputError(f"display name {display_name!r} of task {name!r} is not allowed: 1-{MAX_DISPLAY_NAME} "
                          "printable characters, no line breaks")
 
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
@@ -103,7 +104,7 @@ def task_info(name: str, overrides: Optional[dict] = None, index: int = 0) -> Ta
     data = base.to_dict()
     for key, value in overrides.items():
         if key not in ("display_name", "color", "category", "type", "context"):
-            raise ValueError(f"task {name!r}: unknown field {key!r}; fields are display_name, "
+            raise InputError(f"task {name!r}: unknown field {key!r}; fields are display_name, "
                              "color, category, type, context")
         data[key] = value
     if ("category" in overrides or "type" in overrides) and "context" not in overrides:
@@ -112,10 +113,10 @@ def task_info(name: str, overrides: Optional[dict] = None, index: int = 0) -> Ta
     if isinstance(color, str):
         color = color.lstrip("#")
         if len(color) != 6:
-            raise ValueError(f"task {name!r}: color {data['color']!r} is not #RRGGBB or [r, g, b]")
+            raise InputError(f"task {name!r}: color {data['color']!r} is not #RRGGBB or [r, g, b]")
         data["color"] = [int(color[i:i + 2], 16) for i in (0, 2, 4)]
     if len(data["color"]) != 3 or not all(0 <= int(c) <= 255 for c in data["color"]):
-        raise ValueError(f"task {name!r}: color must be three integers 0-255")
+        raise InputError(f"task {name!r}: color must be three integers 0-255")
     for key in ("category", "type"):
         v = data[key]
         if isinstance(v, (list, tuple)):  # [scheme, value, meaning]

@@ -36,6 +36,7 @@ from ..data.transforms import preprocessing
 from ..model_package import ModelPackage
 from ..networks import SegContext, autocast, prepare_input, resolve_device, resolve_precision
 from .progress import Reporter, scaled, silent
+from ..errors import InputError
 
 log = logging.getLogger("UniversalSeg.predict")
 
@@ -58,12 +59,12 @@ class PredictOptions:
 
     def validate(self):
         if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+            raise InputError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
-            raise ValueError("the window batch must be at least 1")
+            raise InputError("the window batch must be at least 1")
         if self.roi is not None and (len(self.roi) != 6 or any(self.roi[2 * i] >= self.roi[2 * i + 1]
                                                               for i in range(3))):
-            raise ValueError("roi must be six numbers x0 x1 y0 y1 z0 z1 (RAS mm) with x0 < x1 etc.")
+            raise InputError("roi must be six numbers x0 x1 y0 y1 z0 z1 (RAS mm) with x0 < x1 etc.")
 
 
 @dataclass
@@ -127,7 +128,7 @@ class Predictor:
         modality_id = self.vocab.modality_id(modality)
         domain_id = self.vocab.domain_id(domain)
         if len(set(tasks)) != len(tasks):
-            raise ValueError(f"a task is requested twice: {tasks}")
+            raise InputError(f"a task is requested twice: {tasks}")
         self.warnings = []
         timings, t0 = {}, time.perf_counter()
 
@@ -204,7 +205,7 @@ class Predictor:
             lo = np.maximum(lo, np.floor(ijk.min(0)).astype(int))
             hi = np.minimum(hi, np.ceil(ijk.max(0)).astype(int) + 1)
             if np.any(hi <= lo):
-                raise ValueError(f"the ROI {list(options.roi)} (RAS mm) does not overlap the image")
+                raise InputError(f"the ROI {list(options.roi)} (RAS mm) does not overlap the image")
         if options.crop_foreground:
             sub = volume[0, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
             fg = sub > sub.min() + 0.1 * (sub.max() - sub.min())

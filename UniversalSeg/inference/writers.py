@@ -24,6 +24,7 @@ import SimpleITK as sitk, slicerio  # noqa: E401
 from ..data.image_io import ImageError, check_complete
 from ..data.terminology import TaskInfo
 from ..file_modes import apply_umask
+from ..errors import InputError
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -153,7 +154,7 @@ def labelmap(masks: dict[str, sitk.Image], policy: str = "order",
     label = np.zeros(sitk.GetArrayViewFromImage(first).shape, np.uint16 if len(tasks) > 255 else np.uint8)
     if policy == "probability":
         if not probabilities:
-            raise ValueError("the 'probability' overlap policy needs the probability maps")
+            raise InputError("the 'probability' overlap policy needs the probability maps")
         best = np.zeros(label.shape, np.float32)
         for value, task in enumerate(tasks, start=1):
             p = sitk.GetArrayViewFromImage(probabilities[task])
@@ -164,7 +165,7 @@ def labelmap(masks: dict[str, sitk.Image], policy: str = "order",
         for value, task in enumerate(tasks, start=1):
             label[sitk.GetArrayViewFromImage(masks[task]) > 0] = value
     else:
-        raise ValueError(f"unknown overlap policy {policy!r}: 'order' or 'probability'")
+        raise InputError(f"unknown overlap policy {policy!r}: 'order' or 'probability'")
     out = sitk.GetImageFromArray(label)
     out.CopyInformation(first)
     return out

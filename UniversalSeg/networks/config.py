@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from ..errors import InputError
 
 FORMAT_VERSION = 1
 
@@ -29,9 +30,10 @@ HEAD_KINDS = ("dynamic", "static")
 
 # Named sizes of the residual U-Net: base width w, channels (w, 2w, 4w, 8w, 10w).
 PRESETS = {"small": 16, "base": 32, "large": 64}
+MAX_WIDTH, MAX_CHANNELS = 512, 4096  # far above "large" (64, 640 channels at the bottom)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A model config that cannot describe a network; the message names the key and the fix."""
 
 
@@ -166,19 +168,22 @@ class ModelConfig:
         _names(self.tasks, "tasks", allow_empty=False)
         _names(self.modalities, "modalities", allow_empty=False)
         _names(self.domains, "domains", allow_empty=True)
-        _positive_int(self.base_width, "base_width")
-        _positive_int(self.in_channels, "in_channels")
+        _positive_int(self.base_width, "base_width", MAX_WIDTH)
+        _positive_int(self.in_channels, "in_channels", 64)
         if len(self.width_multipliers) != 5:
             raise ConfigError("width_multipliers: need 5 entries (levels 1 to 1/16), "
                               f"got {len(self.width_multipliers)}")
         for i, m in enumerate(self.width_multipliers):
-            _positive_int(m, f"width_multipliers[{i}]")
+            _positive_int(m, f"width_multipliers[{i}]", 64)
+        if max(self.channels) > MAX_CHANNELS:
+            raise ConfigError(f"base_width x width_multipliers: {max(self.channels)} channels at one level; "
+                              f"at most {MAX_CHANNELS}")
         for key in ("encoder_blocks", "decoder_blocks"):
             blocks = getattr(self, key)
             if len(blocks) != 4:
                 raise ConfigError(f"{key}: need 4 entries (one per level), got {len(blocks)}")
             for i, b in enumerate(blocks):
-                _positive_int(b, f"{key}[{i}]")
+                _positive_int(b, f"{key}[{i}]", 64)
         if self.head not in HEAD_KINDS:
             raise ConfigError(f"head: {self.head!r} is not one of {list(HEAD_KINDS)}")
         f = self.fusion
@@ -187,14 +192,14 @@ class ModelConfig:
         for stage, depth in f.sites.items():
             if stage not in STAGES:
                 raise ConfigError(f"fusion.sites: unknown stage {stage!r}; stages are {list(STAGES)}")
-            _positive_int(depth, f"fusion.sites.{stage}")
+            _positive_int(depth, f"fusion.sites.{stage}", 64)
             c = self.stage_channels(stage)
             if c % f.head_dim:
                 raise ConfigError(f"fusion.head_dim: {f.head_dim} does not divide the {c} channels "
                                   f"of stage {stage}; pick a divisor of every fused stage's width")
-        _positive_int(f.head_dim, "fusion.head_dim")
-        _positive_int(f.mlp_ratio, "fusion.mlp_ratio")
-        _positive_int(f.modality_tokens, "fusion.modality_tokens")
+        _positive_int(f.head_dim, "fusion.head_dim", MAX_CHANNELS)
+        _positive_int(f.mlp_ratio, "fusion.mlp_ratio", 64)
+        _positive_int(f.modality_tokens, "fusion.modality_tokens", 1024)
         if self.head == "dynamic" and not f.sites:
             raise ConfigError("head: the dynamic head builds its kernels from fused task priors; "
                               "with fusion.sites empty use head: static")
@@ -245,9 +250,13 @@ def _as_tuple(value, key):
     raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
 
 
-def _positive_int(value, key):
+def _positive_int(value, key, high=None):
+    """A whole number from 1 to ``high``: the upper bound keeps a hostile or mistyped config from
+    allocating terabytes before anything else is checked."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: {value} is larger than any sensible network (at most {high})")
 
 
 def _names(values, key, allow_empty):

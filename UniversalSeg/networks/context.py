@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from ..errors import InputError
 
 PAD = -1
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(InputError, KeyError):
     """A task, modality or domain name the model was not trained with."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -125,15 +126,15 @@ class Vocabulary:
         if domains is None or isinstance(domains, str):
             domains = [domains] * b
         if len(modalities) != b or len(domains) != b:
-            raise ValueError(f"got task lists for {b} samples but {len(modalities)} modalities and "
+            raise InputError(f"got task lists for {b} samples but {len(modalities)} modalities and "
                              f"{len(domains)} domains")
         width = max(len(t) for t in per_sample)
         if width == 0:
-            raise ValueError("no task requested; pass at least one task name")
+            raise InputError("no task requested; pass at least one task name")
         ids = torch.full((b, width), PAD, dtype=torch.long)
         for i, names in enumerate(per_sample):
             if len(set(names)) != len(names):
-                raise ValueError(f"sample {i} requests a task twice: {names}")
+                raise InputError(f"sample {i} requests a task twice: {names}")
             ids[i, :len(names)] = torch.tensor([self.task_id(n) for n in names], dtype=torch.long)
         mod = torch.tensor([self.modality_id(m) for m in modalities], dtype=torch.long)
         dom = torch.tensor([self.domain_id(d) for d in domains], dtype=torch.long)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from ..errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -23,9 +24,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device {str(device)!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"device {str(device)!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is visible to PyTorch; "
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is visible to PyTorch; "
                          "use --device cpu (or auto)")
     return device
 
@@ -38,10 +39,10 @@ def cpu_supports_fast_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise ValueError("fp16 is for GPUs; on CPU use bf16 (fast with AMX) or fp32")
+            raise InputError("fp16 is for GPUs; on CPU use bf16 (fast with AMX) or fp32")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

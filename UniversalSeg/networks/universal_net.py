@@ -25,6 +25,7 @@ from .growable_table import GrowableTable
 from .harmonization import DomainBatchNorm, DomainGate, TaskMaskEmbedding, needs_domains
 from .heads import DynamicTaskHead, ModalityHead, StaticTaskHead
 from .prior_fusion import PriorFusionSite
+from ..errors import InputError
 
 
 class UniversalSegNet(nn.Module):
@@ -140,14 +141,14 @@ class UniversalSegNet(nn.Module):
     def _grow(self, kind: str, names: list[str], freeze: bool) -> None:
         known = self.config.tasks if kind == "task" else self.config.modalities
         if not names:
-            raise ValueError(f"add_{kind}s: give at least one new {kind} name")
+            raise InputError(f"add_{kind}s: give at least one new {kind} name")
         clash = [n for n in names if n in known]
         if clash or len(set(names)) != len(names):
-            raise ValueError(f"add_{kind}s: {clash or names} already known or repeated; "
+            raise InputError(f"add_{kind}s: {clash or names} already known or repeated; "
                              f"known {kind}s: {list(known)}")
         tables = self._tables(kind)
         if not tables:
-            raise ValueError(f"this model has no {kind} priors to grow (fusion.sites is empty and "
+            raise InputError(f"this model has no {kind} priors to grow (fusion.sites is empty and "
                              "the head is static for modalities); retrain with priors instead")
         if freeze:
             self.requires_grad_(False)

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from ..file_modes import apply_umask
+from ..errors import InputError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     pass
 
 
@@ -26,9 +27,17 @@ def save_atomic(obj, path: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            except (OSError, RuntimeError) as exc:
+                # a full disk: torch.save's zip writer turns the OSError into a RuntimeError
+                cause = exc if isinstance(exc, OSError) else exc.__context__
+                if not isinstance(cause, OSError):
+                    raise
+                raise OSError(cause.errno, cause.strerror or "the checkpoint could not be written",
+                              str(path)) from None
         apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -43,8 +52,14 @@ def load_checkpoint(path: str | Path, kind: str = "UniversalSeg training checkpo
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable {kind} (corrupt, truncated or not a "
-                              f"weights-only torch file): {str(exc).splitlines()[0][:200]}") from None
+                              f"weights-only torch file): {_first_line(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "universalseg-checkpoint":
         raise CheckpointError(f"{path} is not a {kind} (foreign file); start a new run or point "
                               "--out to the run that wrote it")
     return ckpt
+
+
+def _first_line(exc: Exception) -> str:
+    """An empty file makes torch raise with an empty message: name the exception instead."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

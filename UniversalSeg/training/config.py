@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.transforms import AugmentationConfig
+from ..errors import InputError
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(InputError):
     pass
 
 
@@ -58,11 +60,16 @@ class TrainConfig:
             if set(aug) - aug_names:
                 raise TrainConfigError(f"augmentation: unknown settings {sorted(set(aug) - aug_names)}")
             aug = AugmentationConfig(**aug)
+        elif not isinstance(aug, AugmentationConfig):
+            raise TrainConfigError(f"augmentation: a mapping of settings, got {aug!r}")
         for key in ("spacing", "patch_size"):
             if key in data:
                 v = data[key]
-                v = [v] * 3 if isinstance(v, (int, float)) else list(v)
-                data[key] = tuple(float(x) for x in v) if key == "spacing" else tuple(int(x) for x in v)
+                try:
+                    v = [v] * 3 if isinstance(v, (int, float)) else list(v)
+                    data[key] = tuple(float(x) for x in v) if key == "spacing" else tuple(int(x) for x in v)
+                except (TypeError, ValueError):
+                    raise TrainConfigError(f"{key}: one or three numbers, got {v!r}") from None
         cfg = cls(augmentation=aug, **data)
         cfg.validate()
         return cfg
@@ -79,23 +86,49 @@ class TrainConfig:
         return TrainConfig.from_dict(d)
 
     def validate(self) -> None:
-        if len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise TrainConfigError("spacing: three positive numbers (mm)")
+        """Every setting in its range; NaN and infinity fail every check (``math.isfinite`` first)."""
+        from ..model_metadata import SPACING_MM
+
+        if len(self.spacing) != 3 or not all(_finite(s) and SPACING_MM[0] <= s <= SPACING_MM[1]
+                                             for s in self.spacing):
+            raise TrainConfigError(f"spacing: three numbers between {SPACING_MM[0]} and {SPACING_MM[1]} mm, "
+                                   f"got {list(self.spacing)}")
         if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
             raise TrainConfigError(f"patch_size: three positive multiples of 16, got {self.patch_size}")
         for key in ("batch_size", "epochs", "iterations_per_epoch", "validate_every", "checkpoint_every"):
             v = getattr(self, key)
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TrainConfigError(f"{key}: a positive integer, got {v!r}")
+        for key in ("num_workers", "seed"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise TrainConfigError(f"{key}: a whole number >= 0, got {v!r}")
         if self.optimizer != "adamw":
             raise TrainConfigError(f"optimizer: only 'adamw' is available, got {self.optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise TrainConfigError(f"precision: auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise TrainConfigError("ema_decay: in [0, 1)")
-        if not 0 <= self.overlap < 1:
-            raise TrainConfigError("overlap: in [0, 1)")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
-            raise TrainConfigError("lr > 0, weight_decay >= 0, grad_clip >= 0, warmup_epochs >= 0")
-        if not 0 < self.cache_rate <= 1:
-            raise TrainConfigError("cache_rate: in (0, 1]")
+        ranges = {"lr": (0, 10, False), "weight_decay": (0, 10, True), "grad_clip": (0, 1e6, True),
+                  "warmup_epochs": (0, 1e6, True), "poly_power": (0, 100, False), "ema_decay": (0, 1, True),
+                  "overlap": (0, 1, True), "cache_rate": (0, 1, False)}
+        for key, (low, high, low_ok) in ranges.items():
+            v = getattr(self, key)
+            inside = _finite(v) and (v >= low if low_ok else v > low) and v <= high
+            if key in ("ema_decay", "overlap"):
+                inside = inside and v < high
+            if not inside:
+                edge = "[" if low_ok else "("
+                close = ")" if key in ("ema_decay", "overlap") else "]"
+                raise TrainConfigError(f"{key}: a number in {edge}{low}, {high}{close}, got {v!r}")
+        aug = self.augmentation
+        for key in ("affine_prob", "intensity_prob", "foreground_ratio"):
+            v = getattr(aug, key)
+            if not (_finite(v) and 0 <= v <= 1):
+                raise TrainConfigError(f"augmentation.{key}: a probability in [0, 1], got {v!r}")
+        for key, high in (("rotate_degrees", 180), ("scale", 0.9), ("noise_std", 10)):
+            v = getattr(aug, key)
+            if not (_finite(v) and 0 <= v <= high):
+                raise TrainConfigError(f"augmentation.{key}: a number in [0, {high}], got {v!r}")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

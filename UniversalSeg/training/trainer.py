@@ -47,6 +47,7 @@ from .config import TrainConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluation import evaluate_cases, format_dice_table
 from .losses import PartialLabelLoss
+from ..errors import InputError
 
 log = logging.getLogger("UniversalSeg.train")
 
@@ -63,7 +64,7 @@ def training_precision(requested: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"  # bf16 on CPU only when asked: it is fast with AMX but changes numerics
     if requested == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 training needs a CUDA GPU; use bf16 or fp32 on CPU")
+        raise InputError("fp16 training needs a CUDA GPU; use bf16 or fp32 on CPU")
     return requested
 
 
@@ -230,6 +231,8 @@ class Trainer:
         elif last.exists() and not resume:
             raise CheckpointError(f"{self.out} already holds a run (checkpoints/last.pt); pass "
                                   "--resume to continue it or choose another --out")
+        elif resume:  # as nnU-Net's --c: a requeued job may always pass --resume
+            log.warning("--resume: %s holds no checkpoints/last.pt yet; starting a new run", self.out)
         writer = self._writer()
         total = self.cfg.total_steps if max_steps is None else min(max_steps, self.cfg.total_steps)
         ipe = self.cfg.iterations_per_epoch
@@ -349,7 +352,7 @@ def _file_log(out: Path, dist: DistInfo) -> Optional[logging.Handler]:
     if not dist.is_main:
         return None
     out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log")
+    handler = logging.FileHandler(out / "train.log", delay=True)  # no empty log for a refused run
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger("UniversalSeg").addHandler(handler)
     logging.getLogger("UniversalSeg").setLevel(logging.INFO)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ...errors import InputError
 
 
 class DomainBatchNorm(nn.Module):
@@ -28,7 +29,7 @@ class DomainBatchNorm(nn.Module):
         if self.training:
             ids = ctx.domain_ids
             if bool((ids < 0).any()):
-                raise ValueError("domain_batch normalization trains per domain: every training "
+                raise InputError("domain_batch normalization trains per domain: every training "
                                  "sample needs a known domain id")
             present = torch.unique(ids).tolist()
             if len(present) == 1:

@@ -1,0 +1,139 @@
+"""Broken, foreign and hostile model packages given to ``predict`` and ``info``: exit 3, one line
+that names the problem, no traceback, nothing written, nothing executed."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors.torch import save_file
+
+from bad_input_checks import assert_refused, tree_state
+from UniversalSeg import model_metadata
+from UniversalSeg.cli import main
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED",))
+
+
+def _meta(edit):
+    def prepare(model):
+        meta = json.loads((model / "model.json").read_text())
+        edit(meta)
+        (model / "model.json").write_text(json.dumps(meta))
+    return prepare
+
+
+def _set(path, value):
+    def edit(meta):
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+def _rename_task(meta):
+    meta["tasks"][0]["name"] = meta["network"]["tasks"][0] = "../../etc/passwd"
+
+
+def _write(name, data):
+    return lambda model: (model / name).write_bytes(data() if callable(data) else data)
+
+
+def _other_weights(model):
+    save_file({"encoder.weight": torch.zeros(3, 3)}, str(model / "model.safetensors"))
+
+
+def _pickled_weights(model):
+    torch.save({"x": Exploit()}, model / "model.safetensors")
+
+
+def _zip_then(edit):
+    """Zip the package, then damage the zip: the package given is the .zip."""
+    def prepare(model):
+        archive = shutil.make_archive(str(model), "zip", model)
+        shutil.rmtree(model)
+        edit(model.with_suffix(".zip"), archive)
+    return prepare
+
+
+def _truncate(path, archive):
+    data = open(archive, "rb").read()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _encrypt(path, archive):
+    """Set the 'encrypted' flag of every member (local and central headers), as a
+    password-protected zip has it; zipfile then refuses to read without a password."""
+    data = bytearray(open(archive, "rb").read())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            data[start + flag_at] |= 1
+            start += 4
+    path.write_bytes(bytes(data))
+
+
+def _bomb(path, archive):
+    """The real zip; the test lowers the unpacked-size limit below the weights' size (a real bomb
+    is test_info_reads_only_the_description_never_the_weights)."""
+
+
+CASES = {  # name: (prepare(model folder), message)
+    "missing": (lambda m: shutil.rmtree(m), "neither a package folder"),
+    "no-weights": (lambda m: (m / "model.safetensors").unlink(), "model.safetensors is missing"),
+    "no-description": (lambda m: (m / "model.json").unlink(), "model.json is missing"),
+    "not-utf8": (_write("model.json", b"\xff\xfe{}"), "model.json is not a text file (not UTF-8)"),
+    "json-syntax": (_write("model.json", b'{"format": "universalseg-model",'), "is not valid JSON"),
+    "json-nested": (_write("model.json", b"[" * 100000 + b"]" * 100000), "nested too deeply"),
+    "foreign": (_write("model.json", b'{"format": "nnunet"}'), "is not a UniversalSeg model description"),
+    "newer": (_meta(_set(["format_version"], 99)), "newer than this UniversalSeg understands"),
+    "spacing-inf": (_meta(_set(["preprocessing", "spacing"], [1.0, float("inf"), 1.0])),
+                    "spacing [1.0, inf, 1.0] must be three numbers between"),
+    "patch-huge": (_meta(_set(["inference", "patch_size"], [100000, 64, 64])), "patch size [100000, 64, 64]"),
+    "width-huge": (_meta(_set(["network", "base_width"], 1 << 20)), "base_width"),
+    "no-tasks": (_meta(lambda m: (m.update(tasks=[]), m["network"].update(tasks=[]))), "tasks"),
+    "task-mismatch": (_meta(_set(["network", "tasks"], ["liver", "brain", "x", "y"])),
+                      "task metadata does not match the network's tasks"),
+    "task-path": (_meta(_rename_task), "task name '../../etc/passwd' is not allowed"),
+    "display-newline": (_meta(lambda m: m["tasks"][0].update(display_name="Liver\ndata file: /etc/passwd")),
+                        "no line breaks"),
+    "other-weights": (_other_weights, "the weights do not fit the network"),
+    "pickle-weights": (_pickled_weights, "is not a safetensors file (refused without unpickling"),
+    "zip-truncated": (_zip_then(_truncate), "neither a model package folder nor a valid zip"),
+    "zip-encrypted": (_zip_then(_encrypt), "model packages are not encrypted"),
+    "zip-bomb": (_zip_then(_bomb), "refused without unpacking it"),
+}
+
+
+@pytest.fixture
+def image(tmp_path):
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32))
+    img.SetSpacing((2.0, 2.0, 2.0))
+    path = tmp_path / "ct.nrrd"
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_model_package_exits_3_and_writes_nothing(trained_run, image, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(tmp_path)  # an exploit would write PWNED here
+    model = tmp_path / "model"
+    shutil.copytree(trained_run["package"], model)
+    prepare, message = CASES[case]
+    prepare(model)
+    given = model.with_suffix(".zip") if model.with_suffix(".zip").exists() else model
+    if case == "zip-bomb":
+        monkeypatch.setitem(model_metadata.MAX_MEMBER_BYTES, "model.safetensors", 1000)
+    before = tree_state(tmp_path)
+    code = main(["predict", "--model", str(given), "--input", str(image), "--modality", "CT",
+                 "--output", str(tmp_path / "out.seg.nrrd"), "--progress", "none"])
+    assert_refused(code, capsys.readouterr().err, 3, message, before, tree_state(tmp_path))
+    if case not in ("no-weights", "other-weights", "pickle-weights", "zip-bomb"):  # info reads model.json only
+        code = main(["info", str(given)])
+        assert_refused(code, capsys.readouterr().err, 3, message, before, tree_state(tmp_path))

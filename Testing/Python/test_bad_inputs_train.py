@@ -1,0 +1,157 @@
+"""Bad input to ``universalseg train`` and its catalogs: exit 2, one line that names the problem,
+no traceback, and nothing created or changed (the run folder is not even made)."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from bad_input_checks import assert_refused, tree_state
+from conftest import TINY_TRAIN_NET
+from UniversalSeg.cli import main
+
+CATALOG = "datasets:\n- name: a\n  modality: CT\n  root: ct-hospital-a\n  labels: {liver: [1], spleen: [3], kidney: [4]}\n"
+
+
+@pytest.fixture
+def work(synth_collection, tmp_path):
+    """One dataset of the synthetic collection with its own catalog, and a tiny network config."""
+    shutil.copytree(synth_collection.parent / "ct-hospital-a", tmp_path / "ct-hospital-a")
+    (tmp_path / "catalog.yaml").write_text(CATALOG)
+    (tmp_path / "net.json").write_text(json.dumps(TINY_TRAIN_NET))
+    return tmp_path
+
+
+def _edit_label(path, edit):
+    image = sitk.ReadImage(str(path))
+    edited = edit(image)
+    sitk.WriteImage(edited, str(path))
+
+
+def _set_value(image):
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = 9
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
+
+
+def _shift(image):
+    image.SetOrigin((50.0, 0.0, 0.0))
+    return image
+
+
+def _msd_without_label(work):
+    dataset = json.loads((work / "ct-hospital-a/dataset.json").read_text())
+    dataset["training"] = [{"image": "./imagesTr/ct-hospital-a_000_0000.nii.gz"}]
+    (work / "ct-hospital-a/dataset.json").write_text(json.dumps(dataset))
+
+
+def _catalog(text):
+    return lambda work: (work / "catalog.yaml").write_text(text)
+
+
+LABEL = "ct-hospital-a/labelsTr/ct-hospital-a_001.nii.gz"
+CASES = {  # name: (prepare(work) or None, extra arguments, message)
+    "yaml-syntax": (_catalog("datasets: [a, b\n"), [], "is not valid YAML: line 2, column 1"),
+    "weight-nan": (_catalog(CATALOG + "  weight: .nan\n"), [], "weight must be a positive number, got nan"),
+    "weight-inf": (_catalog(CATALOG + "  weight: .inf\n"), [], "weight must be a positive number, got inf"),
+    "no-datasets": (_catalog("datasets: []\n"), [], "'datasets' must be a non-empty list"),
+    "unknown-modality": (_catalog(CATALOG.replace("CT", "XRAY")), [], "unknown modality 'XRAY'"),
+    "unknown-key": (_catalog(CATALOG + "  wieght: 2\n"), [], "wieght"),
+    "msd-without-label": (_msd_without_label, [], 'training[0] needs "image" and "label" file names'),
+    "label-values": (lambda w: _edit_label(w / LABEL, _set_value), [],
+                     "holds values [9] that the catalog's label map"),
+    "label-off-grid": (lambda w: _edit_label(w / LABEL, _shift), [],
+                       "is not on the grid of image"),
+    "label-truncated": (lambda w: (w / LABEL).write_bytes((w / LABEL).read_bytes()[:300]), [],
+                        "the file is truncated or damaged"),
+    "label-missing": (lambda w: (w / LABEL).unlink(), [], "have no label in"),
+    "lr-nan": (None, ["--lr", "nan"], "lr: a number in (0, 10], got nan"),
+    "spacing-nan": (None, ["--spacing", "nan"], "spacing: three numbers between 0.01 and 100.0 mm, got [nan"),
+    "spacing-huge": (None, ["--spacing", "1e6"], "spacing: three numbers between"),
+    "patch-20": (None, ["--patch", "20"], "patch_size: three positive multiples of 16"),
+    "workers-negative": (None, ["--workers", "-1"], "num_workers: a whole number >= 0, got -1"),
+    "max-steps-0": (None, ["--max-steps", "0"], "--max-steps 0: must be at least 1"),
+    "batch-0": (None, ["--batch-size", "0"], "batch_size: a positive integer, got 0"),
+    "missing-catalog": (lambda w: (w / "catalog.yaml").unlink(), [], "catalog.yaml does not exist"),
+    "missing-config": (lambda w: (w / "net.json").unlink(), [], "net.json does not exist"),
+    "broken-config": (lambda w: (w / "net.json").write_text("{\"tasks\": [}"), [], "is not valid JSON"),
+    "train-config-key": (lambda w: (w / "t.yaml").write_text("lr: 0.1\nlearning_rate: 2\n"),
+                         ["--train-config", "{work}/t.yaml"], "unknown training settings ['learning_rate']"),
+    "device": (None, ["--device", "gpu0"], "device 'gpu0' is not a device"),
+}
+
+
+def _train(work, extra, out=None):
+    extra = [a.replace("{work}", str(work)) for a in extra]
+    return main(["train", "--catalog", str(work / "catalog.yaml"), "--config", str(work / "net.json"),
+                 "--out", str(out or work / "run"), "--epochs", "1", "--iterations", "2", "--batch-size", "2",
+                 "--patch", "32", "--spacing", "5.625", "--workers", "0", "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_training_input_exits_2_and_creates_nothing(work, capsys, case):
+    prepare, extra, message = CASES[case]
+    if prepare:
+        prepare(work)
+    before = tree_state(work)
+    code = _train(work, extra)
+    assert_refused(code, capsys.readouterr().err, 2, message, before, tree_state(work))
+
+
+def test_an_empty_or_foreign_checkpoint_is_refused_and_kept(work, capsys):
+    run = work / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for content, message in ((b"", "is not a readable UniversalSeg training checkpoint"),
+                             (None, "is not a UniversalSeg training checkpoint (foreign file)")):
+        if content is None:
+            torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "last.pt")
+        else:
+            (run / "checkpoints" / "last.pt").write_bytes(content)
+        before = tree_state(work)
+        code = _train(work, ["--resume"])
+        assert_refused(code, capsys.readouterr().err, 2, message, before, tree_state(work))
+
+
+def test_a_file_as_run_folder_is_refused(work, capsys):
+    (work / "run").write_text("my notes")
+    before = tree_state(work)
+    code = _train(work, [])
+    assert_refused(code, capsys.readouterr().err, 2, "--out", before, tree_state(work))
+    assert (work / "run").read_text() == "my notes"
+
+
+def _mount_tmpfs(path, options):
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+
+def test_a_read_only_run_folder_and_a_full_disk_end_in_one_line(work, capsys):
+    """Root ignores file permissions, so the read-only folder is a read-only mount; the full disk a
+    300 KiB tmpfs that fills while the first checkpoint is written."""
+    read_only, small = work / "ro", work / "small"
+    _mount_tmpfs(read_only, "ro,size=64k")
+    try:
+        _mount_tmpfs(small, "size=300k")
+        try:
+            code = _train(work, ["--checkpoint-every", "1"], out=read_only / "run")
+            err = capsys.readouterr().err
+            assert code == 2 and "Traceback" not in err and "Read-only file system" in err, err[-2000:]
+            code = _train(work, ["--checkpoint-every", "1"], out=small / "run")
+            err = capsys.readouterr().err
+            assert code == 2 and "Traceback" not in err, err[-2000:]
+            assert "No space left on device" in err and "free space" in err, err[-2000:]
+            checkpoints = small / "run" / "checkpoints"
+            assert not list(checkpoints.glob(".*")), "a temporary checkpoint was left behind"
+            assert not (checkpoints / "last.pt").exists() or torch.load(checkpoints / "last.pt", weights_only=True)
+        finally:
+            subprocess.run(["umount", str(small)], capture_output=True)
+    finally:
+        subprocess.run(["umount", str(read_only)], capture_output=True)
