@@ -17,11 +17,12 @@ import re
 import shutil
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from .model_metadata import PackageError
+from .model_metadata import MAX_MEMBER_BYTES, PackageError
 from .structured_file import read_structured
 from .errors import InputError
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 # Catalog ids, versions and cache file names become paths in the cache: no separators, no "..".
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+# no catalog entry may make us download more than a package can hold (its members, plus zip overhead)
+MAX_DOWNLOAD_BYTES = sum(MAX_MEMBER_BYTES.values()) + (1 << 20)
 
 
 class DownloadError(RuntimeError):
@@ -90,6 +93,10 @@ def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
             raise PackageError(f"{path}: models[{i}] is malformed ({exc})") from None
         if not re.fullmatch(r"[0-9a-fA-F]{64}", str(entry.sha256)):
             raise PackageError(f"{path}: models[{i}] ({entry.id}) needs a 64-hex-digit sha256")
+        if entry.size is not None and (isinstance(entry.size, bool) or not isinstance(entry.size, int)
+                                       or not 0 < entry.size <= MAX_DOWNLOAD_BYTES):
+            raise PackageError(f"{path}: models[{i}] ({entry.id}) size {entry.size!r} must be the zip's size in "
+                               f"bytes (1 to {MAX_DOWNLOAD_BYTES})")
         for field in ("id", "version"):
             if not SAFE_NAME.fullmatch(str(getattr(entry, field))):
                 raise PackageError(f"{path}: models[{i}] {field} {getattr(entry, field)!r} is not allowed: use "
@@ -168,9 +175,10 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     f.write(chunk)
                     h.update(chunk)
-                    if entry.size and f.tell() > entry.size:
-                        raise DownloadError(f"{entry.url} sends more than the {entry.size} bytes the catalog "
-                                            f"lists for {entry.id}; the download was stopped and deleted")
+                    if f.tell() > (entry.size or MAX_DOWNLOAD_BYTES):
+                        raise DownloadError(f"{entry.url} sends more than the {entry.size or MAX_DOWNLOAD_BYTES} "
+                                            f"bytes the catalog allows for {entry.id}; the download was stopped "
+                                            "and deleted")
                     if bar is not None:
                         bar.update(len(chunk))
                     if on_bytes is not None:
@@ -198,21 +206,31 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
     return dest
 
 
-def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optional[str] = None) -> Path:
+def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optional[str] = None,
+                 replace: bool = False) -> Path:
     """Validate a local model zip and copy it into the cache (offline installation)."""
     from .model_package import load_package  # torch: only where weights are read
     zip_path = Path(zip_path)
-    load_package(zip_path)  # refuses corrupt, foreign or newer packages before copying
-    folder = (cache or cache_dir()) / "models"
-    folder.mkdir(parents=True, exist_ok=True)
+    if zip_path.is_dir() or (zip_path.exists() and not zipfile.is_zipfile(zip_path)):
+        raise PackageError(f"{zip_path} is not a zip file; import takes a model package .zip")
     name = name or zip_path.name
     if not SAFE_NAME.fullmatch(name) or not name.endswith(".zip"):
         raise InputError(f"--name {name!r} is not allowed: a file name ending in .zip, of letters, digits, "
                          "'.', '_', '+' or '-' (no folders)")
+    load_package(zip_path)  # refuses corrupt, foreign or newer packages before copying
+    folder = (cache or cache_dir()) / "models"
     dest = folder / name
+    if dest.exists() and not replace and sha256_of(dest) != sha256_of(zip_path):
+        raise InputError(f"the cache already holds a different model named {name} ({dest}); choose another "
+                         "--name, or pass --replace to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    shutil.copyfile(zip_path, tmp)
-    os.replace(tmp, dest)
+    try:
+        shutil.copyfile(zip_path, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half copy behind
+        raise
     return dest
 
 

@@ -18,6 +18,12 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def handle(self):
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):  # the client stopped reading (by design)
+            pass
+
     def do_GET(self):
         # /cut/FILE: announces the whole file, sends half, closes cleanly; /norange/FILE: 416 on Range
         mode, _, rest = self.path.lstrip("/").partition("/")

@@ -2,7 +2,7 @@
 
     universalseg models list
     universalseg models download MODEL_ID
-    universalseg models import FILE.zip [--name NAME.zip]
+    universalseg models import FILE.zip [--name NAME.zip] [--replace]
 """
 from ..errors import InputError
 
@@ -19,6 +19,7 @@ def register(parser):
     i = sub.add_parser("import", help="validate a local model zip and copy it into the cache")
     i.add_argument("zip")
     i.add_argument("--name", help="file name in the cache (default: the zip's name)")
+    i.add_argument("--replace", action="store_true", help="replace a different model cached under that name")
     parser.set_defaults(run=run)
 
 
@@ -46,5 +47,5 @@ def run(args) -> int:
                 report("download", done / total if total else 0.0, f"{done / 1e6:.1f} MB")
         print(fetch_model(entries[args.id], progress=args.progress == "bar", on_bytes=on_bytes))
     else:
-        print(import_model(args.zip, name=args.name))
+        print(import_model(args.zip, name=args.name, replace=args.replace))
     return 0
