@@ -148,7 +148,7 @@ def bad_inputs(tmp_path):
         "nan": write(tmp_path, "nan.nrrd", nan),
         "nan-nifti": write(tmp_path, "nan.nii.gz", nan),  # ITK alone would read the NaN as 0
         "constant": write(tmp_path, "constant.nrrd", np.full((24, 24, 24), 7, np.float32)),
-        "ok": write(tmp_path, "ok.nrrd", noise),
+        "ok": write(tmp_path, "ok.nrrd", noise), "whole": whole,
     }
 
 
@@ -281,3 +281,25 @@ def test_a_pickle_disguised_as_a_model_is_refused_without_running_it(trained_run
     with pytest.raises(PackageError):
         load_package(pickled)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_every_input_of_a_batch_is_checked_before_the_first_case(trained_run, bad_inputs, tmp_path, monkeypatch):
+    """A bad file late in a batch ends the run before any inference: nothing is written."""
+    from UniversalSeg.data import image_io
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("a.nrrd", "b.nrrd"):
+        shutil.copy(bad_inputs["ok"], batch / name)
+    shutil.copy(bad_inputs["truncated-gz"], batch / "z.nii.gz")  # sorted last
+    out = tmp_path / "results"
+    code, err = run_cli("predict", "--model", trained_run["package"], "--input", str(batch), "--modality", "CT",
+                        "--output", str(out), "--progress", "none")
+    assert code == 2 and "z.nii.gz: the file is truncated or damaged" in err and "Traceback" not in err, err
+    assert not out.exists()
+    # the header check reads a whole .nii.gz only when its gzip trailer disagrees with its header
+    reads = []
+    monkeypatch.setattr(image_io, "check_complete", lambda path, strict=False: reads.append(path))
+    image_io.check_header(bad_inputs["whole"])
+    assert reads == []
+    image_io.check_header(bad_inputs["truncated-gz"])
+    assert reads == [bad_inputs["truncated-gz"]]

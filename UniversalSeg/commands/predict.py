@@ -136,8 +136,12 @@ def run(args) -> int:
     from ..inference.progress import make_reporter
     from ..model_download import resolve_model
 
+    from ..data.image_io import check_header
+
     check_options(args)
     jobs = _inputs(Path(args.input), Path(args.output), args.format)
+    for src, _ in jobs:  # every input's header before the model is loaded and any case is run
+        check_header(src)
     report = make_reporter(args.progress)
     package = resolve_model(args.model, progress=args.progress != "none")
     predictor = Predictor(package, device=args.device, precision=args.precision)
