@@ -8,7 +8,8 @@
 MODEL is a package folder, a .zip, or a model id from Resources/Models.json (downloaded once,
 checksum verified, cached). IMAGE is any file SimpleITK reads or a DICOM series folder; a folder
 of image files runs a batch into the --output folder. OUT ending in .seg.nrrd gives a Slicer
-segmentation (one segment per task, overlaps kept); .nii.gz / .nrrd / .mha gives a labelmap.
+segmentation (one segment per task, overlaps kept); .nii.gz / .nrrd / .mha gives a labelmap; .dcm
+gives a DICOM SEG that references the input DICOM series (names, colors and codes kept).
 Exit codes: 0 done, 2 bad input (image, names, options), 3 model problem (corrupt, newer format,
 checksum), 4 out of memory, 1 anything else.
 """
@@ -22,6 +23,7 @@ from ..errors import InputError
 
 HELP = "segment images with a model (one pass for all requested tasks)"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+OUTPUT_SUFFIXES = (".seg.nrrd", ".dcm") + IMAGE_SUFFIXES
 
 
 def register(parser):
@@ -29,7 +31,8 @@ def register(parser):
     parser.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
     parser.add_argument("--modality", required=True, help="imaging modality, e.g. CT, MR-T1, PET")
     parser.add_argument("--tasks", help="comma-separated task names (default: every task of the model)")
-    parser.add_argument("--output", required=True, help="OUT.seg.nrrd, OUT.nii.gz, or a folder for batches")
+    parser.add_argument("--output", required=True,
+                        help="OUT.seg.nrrd, OUT.nii.gz, OUT.dcm (DICOM SEG of a DICOM input), or a folder for batches")
     parser.add_argument("--format", choices=["seg", "labelmap"], default="seg",
                         help="file type written into an output folder (default seg)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -105,15 +108,15 @@ def _inputs(path: Path, output: Path, fmt: str):
         files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
         if files:
             suffix = ".seg.nrrd" if fmt == "seg" else ".nii.gz"
-            if output.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
+            if output.name.lower().endswith(OUTPUT_SUFFIXES):
                 raise InputError(f"--input {path} is a folder of {len(files)} images: --output must be a folder")
             if output.resolve() == path.resolve():
                 raise InputError(f"--output {output} is the input folder: choose another folder for the results")
             pairs = [(f, output / (_stem(f) + suffix)) for f in files]
     seen = {}
     for src, dst in pairs:
-        if not dst.name.lower().endswith((".seg.nrrd",) + IMAGE_SUFFIXES):
-            raise InputError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd or .mha")
+        if not dst.name.lower().endswith(OUTPUT_SUFFIXES):
+            raise InputError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd, .mha or .dcm")
         if dst.exists() and src.exists() and dst.resolve() == src.resolve():
             raise InputError(f"--output {dst} is the input image: it would be overwritten; choose another name")
         if dst in seen:
@@ -137,11 +140,13 @@ def run(args) -> int:
     from ..model_download import resolve_model
 
     from ..data.image_io import check_header
+    from ..inference.dicom_seg import check_dicom_output, wants_dicom_seg, write_dicom_seg
 
     check_options(args)
     jobs = _inputs(Path(args.input), Path(args.output), args.format)
-    for src, _ in jobs:  # every input's header before the model is loaded and any case is run
+    for src, dst in jobs:  # every input's header before the model is loaded and any case is run
         check_header(src)
+        check_dicom_output(src, dst)
     report = make_reporter(args.progress)
     package = resolve_model(args.model, progress=args.progress != "none")
     predictor = Predictor(package, device=args.device, precision=args.precision)
@@ -163,6 +168,8 @@ def run(args) -> int:
         result = predictor.predict(src, args.modality, tasks, options, case_report, domain=args.domain)
         if dst.name.lower().endswith(".seg.nrrd"):
             write_seg_nrrd(dst, result.reference, result.masks, infos)
+        elif wants_dicom_seg(dst):
+            write_dicom_seg(dst, src, result.masks, infos)
         else:
             write_labelmap(dst, result.masks, args.overlap_policy, result.probabilities)
         written.append(str(dst))
