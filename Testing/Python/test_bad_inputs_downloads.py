@@ -7,7 +7,9 @@ import shutil
 import socket
 import zipfile
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from bad_input_checks import assert_refused, tree_state
 from test_model_download import model_zip, server  # noqa: F401 - fixtures
@@ -33,6 +35,8 @@ def place(tmp_path, monkeypatch, server, model_zip):  # noqa: F811
     monkeypatch.setenv("UNIVERSALSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("UNIVERSALSEG_MODEL_CATALOG", str(tmp_path / "Models.json"))
     monkeypatch.chdir(tmp_path)
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))  # predict checks its input before the model
     data = model_zip.read_bytes()
     shutil.copy(model_zip, root / "model.zip")
     good = {"url": f"{url}/model.zip", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}

@@ -49,7 +49,8 @@ def test_child_environment_and_train_command():
 def test_slicer_installs_every_core_dependency():
     """Resources/requirements.txt (what Slicer pip-installs) covers the core's dependencies, and
     the module knows each one's import name (torch comes from the PyTorch extension; matplotlib
-    draws only the demo's pictures and tensorboard is optional in training)."""
+    draws only the demo's pictures, tensorboard is optional in training, and highdicom (the CLI's
+    DICOM SEG output) would replace the pydicom Slicer pins for its DICOM module)."""
     import re
     import tomllib
 
@@ -58,6 +59,6 @@ def test_slicer_installs_every_core_dependency():
     core = {name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     lines = [line for line in requirements_file().read_text().splitlines() if line.strip() and not line.startswith("#")]
     slicer = {name(r) for r in lines}
-    assert core - slicer == {"torch", "matplotlib", "tensorboard"}
+    assert core - slicer == {"torch", "matplotlib", "tensorboard", "highdicom"}
     assert slicer | {"torch"} == set(IMPORT_NAMES)
     assert all(re.search(r">=\d", line) for line in lines)  # lower bounds pinned
