@@ -48,6 +48,28 @@ def test_tversky_alpha_leans_against_the_current_error():
     assert tv.max() < 1e-3
 
 
+def test_tversky_weight_keeps_its_gradient_as_in_the_reference():
+    """Hermes' BinaryDiceLoss computes alpha = clamp(FP / (FP + FN)) from the prediction and does
+    not detach it; the gradient therefore differs from the detached variant's, and equals the
+    gradient of the formula written out with alpha as a function of the logits."""
+    torch.manual_seed(0)
+    target = (torch.rand(1, 1, 6, 6, 6) > 0.6).float()
+    logits = (torch.randn(1, 1, 6, 6, 6) * 0.3).requires_grad_()  # alpha inside (0.2, 0.8): not clamped
+    grads = {}
+    for detach in (False, True):
+        logits.grad = None
+        per_task_losses(logits, target, detach_alpha=detach)[1].sum().backward()
+        grads[detach] = logits.grad.clone()
+    p = torch.sigmoid(logits.detach()).requires_grad_()
+    tp, fp, fn = (p * target).sum(), (p * (1 - target)).sum(), ((1 - p) * target).sum()
+    alpha = fp / (fp + fn + 1e-5)
+    assert 0.2 < float(alpha) < 0.8
+    (1 - (tp + 1e-5) / (tp + alpha * fp + (1 - alpha) * fn + 1e-5)).backward()
+    by_hand = p.grad * p.detach() * (1 - p.detach())  # chain rule through the sigmoid
+    torch.testing.assert_close(grads[False], by_hand, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(grads[False], grads[True])
+
+
 def test_sampler_follows_dataset_weights():
     dataset_of_case = [0] * 2 + [1] * 10 + [2] * 5
     s = DatasetWeightedSampler(dataset_of_case, [1.0, 1.0, 2.0], samples_per_epoch=8000, seed=1)

@@ -1,6 +1,10 @@
 """Dice per dataset x task of a model package on a catalog split (whole volumes, sliding window).
 
     universalseg evaluate --model RUN/model --catalog CATALOG [--split validation] [--json out.json]
+                          [--nsd-tolerance 2.0]
+
+--json writes the table and every case's scores (for paired comparisons between models);
+--nsd-tolerance MM adds MONAI's normalized surface Dice at that boundary tolerance.
 """
 from ..errors import InputError
 
@@ -13,7 +17,8 @@ def register(parser):
     parser.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", help="also write the table here")
+    parser.add_argument("--json", help="also write the table and every case's scores here")
+    parser.add_argument("--nsd-tolerance", type=float, help="also report normalized surface Dice (tolerance, mm)")
     parser.set_defaults(run=run)
 
 
@@ -41,8 +46,10 @@ def run(args) -> int:
         raise InputError(f"the catalog has no cases in split {args.split!r}")
     device = resolve_device(args.device)
     cases = PreprocessedCases(records, package.spacing, package.modalities, progress=True)
+    if args.nsd_tolerance is not None and not 0 < args.nsd_tolerance < 1000:  # also false for NaN
+        raise InputError(f"--nsd-tolerance {args.nsd_tolerance}: a distance in mm, above 0")
     result = evaluate_cases(package.build(device), cases, package.patch_size, device, args.overlap,
-                            progress=True)
+                            progress=True, spacing=package.spacing, nsd_tolerance_mm=args.nsd_tolerance)
     print(format_dice_table(result))
     if args.json:
         with open(args.json, "w") as f:

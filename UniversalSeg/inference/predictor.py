@@ -36,6 +36,7 @@ from ..data.transforms import preprocessing
 from ..model_package import ModelPackage
 from ..networks import SegContext, autocast, prepare_input, resolve_device, resolve_precision
 from .progress import Reporter, scaled, silent
+from ..cpu_threads import ThreadGovernor
 from ..errors import InputError
 
 log = logging.getLogger("UniversalSeg.predict")
@@ -115,6 +116,7 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device)
         self.net = package.build(self.device)
         self.vocab = self.net.vocab
+        self.threads = ThreadGovernor(enabled=None if self.device.type == "cpu" else False)
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ public
@@ -278,6 +280,7 @@ class Predictor:
             with autocast(device, precision):
                 logits = self.net(window, ctx)["logits"]
             done[0] += 1
+            self.threads.update()  # between window batches: follow the cores left free
             report(done[0] / total, f"window batch {done[0]}/{total}")
             return torch.sigmoid(logits.float()).to(out_dtype)
 

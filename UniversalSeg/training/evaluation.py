@@ -2,7 +2,11 @@
 
 Validation runs on WHOLE preprocessed volumes (never crops around the label, which makes the
 reference's numbers optimistic), with MONAI's ``sliding_window_inference`` (Gaussian weighting)
-and MONAI's ``compute_dice`` (an empty prediction of an empty structure counts as 1).
+and MONAI's ``compute_dice`` (an empty prediction of an empty structure counts as 1). With a
+surface tolerance, MONAI's normalized surface Dice (NSD) is reported beside Dice: for small
+structures a one-voxel boundary error costs Dice a lot but NSD (within the tolerance) nothing.
+Per-case scores come back too, so that two models can be compared case by case
+(``training.statistics.paired_bootstrap``).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Iterable, Sequence
 
 import torch
 from monai.inferers import sliding_window_inference
-from monai.metrics import compute_dice
+from monai.metrics import compute_dice, compute_surface_dice
 
 from ..networks import SegContext, autocast
 
@@ -42,10 +46,28 @@ def dice_per_task(logits: torch.Tensor, target: torch.Tensor, threshold: float =
     return dice[0].tolist()
 
 
+def surface_dice_per_task(logits: torch.Tensor, target: torch.Tensor, spacing: Sequence[float],
+                          tolerance_mm: float, threshold: float = 0.0) -> list[float]:
+    """Normalized surface Dice per task (boundary voxels within ``tolerance_mm`` of the other
+    boundary); an empty prediction of an empty structure counts as 1, of a present one as 0."""
+    pred = (logits > threshold).float()
+    target = target.float()
+    nsd = compute_surface_dice(pred, target, [float(tolerance_mm)] * pred.shape[1], include_background=True,
+                               spacing=[float(s) for s in spacing])[0]
+    out = []
+    for k, value in enumerate(nsd.tolist()):
+        if value != value:  # NaN: MONAI's answer when the reference is empty
+            value = 1.0 if not bool(pred[0, k].any()) else 0.0
+        out.append(float(value))
+    return out
+
+
 def evaluate_cases(model, cases: Iterable[dict], patch, device, overlap=0.5, precision="fp32",
-                   progress=False) -> dict:
-    """Mean Dice per dataset x task over preprocessed cases (dicts with image, target, ids)."""
-    scores = defaultdict(list)
+                   progress=False, spacing: Sequence[float] | None = None,
+                   nsd_tolerance_mm: float | None = None) -> dict:
+    """Mean Dice (and NSD, given ``spacing`` and a tolerance) per dataset x task over preprocessed
+    cases (dicts with image, target, ids), and every case's scores under "cases"."""
+    scores, surface, per_case = defaultdict(list), defaultdict(list), []
     items = list(cases)
     if progress:
         from tqdm import tqdm
@@ -58,16 +80,27 @@ def evaluate_cases(model, cases: Iterable[dict], patch, device, overlap=0.5, pre
         logits = sliding_window_logits(model, image, case["task_ids"], case["modality_id"],
                                        case["domain_id"], patch, overlap, precision=precision)
         target = torch.as_tensor(case["target"])[None].to(device)
-        for name, d in zip(case["task_names"], dice_per_task(logits, target)):
+        nsd = (surface_dice_per_task(logits, target, spacing, nsd_tolerance_mm)
+               if nsd_tolerance_mm is not None and spacing is not None else [None] * len(case["task_names"]))
+        for name, d, s in zip(case["task_names"], dice_per_task(logits, target), nsd):
             scores[(case["dataset"], name)].append(d)
+            per_case.append({"case": case.get("case_id", ""), "dataset": case["dataset"], "task": name,
+                             "dice": d, **({"nsd": s} if s is not None else {})})
+            if s is not None:
+                surface[(case["dataset"], name)].append(s)
     model.train(was_training)
     table = {f"{ds}/{task}": sum(v) / len(v) for (ds, task), v in sorted(scores.items())}
     table_mean = sum(table.values()) / len(table) if table else 0.0
-    return {"dice": table, "mean_dice": table_mean}
+    result = {"dice": table, "mean_dice": table_mean, "cases": per_case}
+    if surface:
+        result["nsd"] = {f"{ds}/{task}": sum(v) / len(v) for (ds, task), v in sorted(surface.items())}
+    return result
 
 
 def format_dice_table(result: dict) -> str:
-    rows = [f"{'dataset / task':44s} Dice"]
-    rows += [f"{k:44s} {v:.3f}" for k, v in result["dice"].items()]
-    rows.append(f"{'mean':44s} {result['mean_dice']:.3f}")
+    nsd = result.get("nsd")
+    rows = [f"{'dataset / task':44s} Dice" + ("    NSD" if nsd else "")]
+    rows += [f"{k:44s} {v:.3f}" + (f"  {nsd[k]:.3f}" if nsd else "") for k, v in result["dice"].items()]
+    rows.append(f"{'mean':44s} {result['mean_dice']:.3f}"
+                + (f"  {sum(nsd.values()) / len(nsd):.3f}" if nsd else ""))
     return "\n".join(rows)

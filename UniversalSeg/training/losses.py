@@ -1,7 +1,10 @@
 """The partial-label loss: each sample is supervised only on the tasks its dataset annotates.
 
 Per (sample, task): sigmoid BCE + adaptive Tversky (Hermes: alpha = clamp(FP / (FP + FN), 0.2,
-0.8), detached, so the loss leans against whichever error the model currently makes more).
+0.8), so the loss leans against whichever error the model currently makes more). As in the
+reference (yhygao/universal-medical-image-segmentation, training/losses.py ``BinaryDiceLoss``),
+alpha is NOT detached: its gradient is part of the loss's (``detach_alpha=True`` gives the
+simpler variant an earlier version of ours used).
 MONAI's Dice/Tversky losses take one global alpha and reduce over all channels, so this small
 piece is written here. Entries outside ``supervised`` (padding slots, or tasks a dataset does not
 label) are removed with ``torch.where`` before the mean: their gradients are exactly zero, not
@@ -25,7 +28,8 @@ class LossWeights:
     domain: float = 0.1
 
 
-def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5):
+def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5,
+                    detach_alpha: bool = False):
     """logits, target [B, T, ...] -> (bce [B, T], tversky [B, T])."""
     logits = logits.float().flatten(2)
     target = target.float().flatten(2)
@@ -34,7 +38,9 @@ def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
     tp = (p * target).sum(-1)
     fp = (p * (1 - target)).sum(-1)
     fn = ((1 - p) * target).sum(-1)
-    alpha = (fp / (fp + fn + smooth)).clamp(0.2, 0.8).detach()
+    alpha = (fp / (fp + fn + smooth)).clamp(0.2, 0.8)
+    if detach_alpha:
+        alpha = alpha.detach()
     tversky = 1 - (tp + smooth) / (tp + alpha * fp + (1 - alpha) * fn + smooth)
     return bce, tversky
 

@@ -14,7 +14,8 @@ Output folder::
                                        RNG states, configs (torch.load(weights_only=True) safe)
     RUN/tensorboard/                   loss, learning rate, Dice per dataset x task
     RUN/train.log                      human-readable log
-    RUN/validation.json                latest Dice table
+    RUN/validation.json                latest Dice table (and every case's scores)
+    RUN/validation-history.jsonl       one line per validation: the learning curve
     RUN/model/                         the model package (EMA weights) written at the end
 
 ``resume=True`` continues from ``last.pt``: the same weights as an uninterrupted run of the same
@@ -42,6 +43,7 @@ from ..model_package import save_package
 from ..networks import (ModelConfig, SegContext, UniversalSegNet, autocast, prepare_input,
                         prepare_model, resolve_device)
 from ..networks.growable_table import GrowableTable
+from ..cpu_threads import ThreadGovernor
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
@@ -97,6 +99,9 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(resolve_device(device))
         self.device = self.dist.device
+        # CPU threads follow the cores other programs leave free (spinning OpenMP threads on a
+        # shared core made a step 3x slower); GPUs need no governor
+        self.threads = ThreadGovernor(enabled=None if self.device.type == "cpu" else False)
         self.precision = training_precision(cfg.precision, self.device)
         self.progress = progress and self.dist.is_main
         self.catalog = load_catalog(catalog_path)
@@ -217,6 +222,9 @@ class Trainer:
                                 self.cfg.overlap, self.precision if self.device.type == "cuda" else "fp32",
                                 progress=self.progress)
         (self.out / "validation.json").write_text(json.dumps({"step": self.step, **result}, indent=2))
+        with open(self.out / "validation-history.jsonl", "a") as history:  # the learning curve
+            history.write(json.dumps({"step": self.step, "mean_dice": result["mean_dice"],
+                                      "dice": result["dice"]}) + "\n")
         return result
 
     def fit(self, resume: bool = False, max_steps: Optional[int] = None, allow_changes: bool = False) -> dict:
@@ -248,6 +256,7 @@ class Trainer:
             self.sampler.skip(offset * self.cfg.batch_size)
             for batch in self.loader:
                 metrics = self.train_step(batch)
+                self.threads.update()
                 lr = self.optimizer.param_groups[0]["lr"]
                 if bar is not None:
                     bar.update(1)
