@@ -71,3 +71,24 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
     img = sitk.GetImageFromArray(np.ones((8, 8, 8), np.uint8))
     atomic_write(tmp_path / "labels.nii.gz", lambda tmp: sitk.WriteImage(img, str(tmp)))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt", "labels.nii.gz"]
+
+
+def test_a_read_only_output_folder_is_refused_before_the_model_loads(tmp_path):
+    """Root ignores file permissions, so the read-only folder is a read-only tmpfs mount."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        image = tmp_path / "ct.nrrd"
+        img = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32))
+        sitk.WriteImage(img, str(image))
+        for output in (mount / "x.seg.nrrd", mount / "new" / "folder" / "x.nii.gz"):
+            proc = subprocess.run([sys.executable, "-m", "UniversalSeg", "predict", "--model", "no-such-model",
+                                   "--input", str(image), "--modality", "CT", "--output", str(output)],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+            assert f"cannot write in {mount} (read-only or no permission)" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from ..errors import InputError
@@ -123,7 +124,21 @@ def _inputs(path: Path, output: Path, fmt: str):
             raise InputError(f"--input {seen[dst].name} and {src.name} would both be written to {dst}: "
                              "rename one of them")
         seen[dst] = src
+    _check_writable(pairs[0][1].parent)
     return pairs
+
+
+def _check_writable(folder: Path) -> None:
+    """Before an hour of inference: the output folder (or the existing folder it will be made in)
+    can be written (``access`` also reports a read-only file system to root)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--output: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--output: cannot write in {existing} (read-only or no permission); "
+                         "choose another output location")
 
 
 def _stem(path: Path) -> str:
