@@ -126,3 +126,42 @@ def test_sampler_under_two_real_gloo_processes():
     plan = DatasetWeightedSampler([0, 0, 1, 1, 1, 2], [1, 2, 1], 16, seed=7).plan(0)
     assert len(a) == len(b) == 8
     assert a == plan[0::2] and b == plan[1::2]
+
+
+def test_case_sampling_weights_datasets_by_their_cases():
+    dataset_of_case = [0] * 2 + [1] * 10 + [2] * 8
+    s = DatasetWeightedSampler(dataset_of_case, [1.0, 1.0, 1.0], samples_per_epoch=20000, seed=2, by="case")
+    counts = torch.bincount(torch.tensor([dataset_of_case[i] for i, _ in s]), minlength=3).float()
+    torch.testing.assert_close(counts / counts.sum(), torch.tensor([0.1, 0.5, 0.4]), atol=0.015, rtol=0)
+
+
+def test_stratified_batches_come_from_distinct_datasets_on_every_process():
+    dataset_of_case = [0] * 3 + [1] * 4 + [2] * 2 + [3] * 5
+    batch, world = 3, 2
+    shards = [list(DatasetWeightedSampler(dataset_of_case, [1, 1, 2, 1], 48, seed=5, rank=r, world_size=world,
+                                          stratify=batch)) for r in range(world)]
+    for shard in shards:
+        assert len(shard) == 24
+        for k in range(0, len(shard), batch):
+            sites = [dataset_of_case[c] for c, _ in shard[k:k + batch]]
+            assert len(set(sites)) == batch, sites
+    resumed = DatasetWeightedSampler(dataset_of_case, [1, 1, 2, 1], 48, seed=5, rank=1, world_size=world,
+                                     stratify=batch)
+    resumed.skip(6)
+    assert list(resumed) == shards[1][6:]  # resumable to the sample, as the default plan
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        DatasetWeightedSampler(dataset_of_case, [1, 1, 1, 1], 10, stratify=3)
+
+
+def test_reference_augmentation_preset_and_low_resolution_step():
+    from UniversalSeg.data.transforms import augmentation
+    from UniversalSeg.training.config import TrainConfig, TrainConfigError
+    cfg = TrainConfig().replace(augmentation="reference")
+    assert (cfg.augmentation.affine_prob, cfg.augmentation.rotate_degrees, cfg.augmentation.scale) == (0.5, 30.0, 0.3)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # survives the checkpoint round trip
+    names = [type(t).__name__ for t in augmentation((32, 32, 32), cfg.augmentation, 3).transforms]
+    assert "RandSimulateLowResolutiond" in names
+    assert "RandSimulateLowResolutiond" not in [type(t).__name__ for t in
+                                                augmentation((32, 32, 32), TrainConfig().augmentation, 3).transforms]
+    with pytest.raises(TrainConfigError, match="unknown augmentation preset 'strong'"):
+        TrainConfig().replace(augmentation="strong")

@@ -28,6 +28,13 @@ def register(parser):
     parser.add_argument("--patch", type=int, nargs="+", help="patch size (1 or 3 multiples of 16)")
     parser.add_argument("--spacing", type=float, nargs="+", help="model spacing in mm (1 or 3 values)")
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--augmentation", choices=["default", "reference"],
+                        help="augmentation strength: default (mild) or reference (Hermes' spatial strength, "
+                             "contrast, simulated low resolution)")
+    parser.add_argument("--sampling", choices=["dataset", "case"],
+                        help="dataset: one weight per dataset (default); case: weighted by number of cases too")
+    parser.add_argument("--stratify-batches", action="store_true", default=None,
+                        help="each batch from different datasets (per-site normalization plug-ins)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, dest="num_workers")
     parser.add_argument("--seed", type=int)
@@ -57,7 +64,8 @@ def run(args) -> int:
     cfg = cfg.replace(epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                       batch_size=args.batch_size, patch_size=patch, spacing=spacing, lr=args.lr,
                       precision=args.precision, num_workers=args.num_workers, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, augmentation=args.augmentation,
+                      sampling=args.sampling, stratify_batches=args.stratify_batches)
     from pathlib import Path
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the run")

@@ -5,6 +5,13 @@ Each epoch draws ``samples_per_epoch`` items for the WHOLE job from a generator 
 per-item augmentation seed. Rank r of W takes items r, r + W, r + 2W, ... so ranks see disjoint
 shards of one common plan, and every rank computes the plan itself (no communication).
 
+Two options of the Hermes-style recipe: ``by="case"`` weights each dataset by its catalog weight
+times its number of training cases (every case about equally often, as a plain shuffled
+concatenation would), instead of one weight per dataset; ``stratify=B`` (the per-process batch
+size) draws each process's batch from B DIFFERENT datasets where there are that many (with
+replacement otherwise), so per-site normalization (MS-Net-style domain BN) sees several sites in
+every step.
+
 Items are ``(case_index, augmentation_seed)``; the training dataset derives all randomness of that
 item from its seed, so the sequence of batches is a pure function of (seed, epoch, position):
 ``set_epoch(e)`` and ``skip(n)`` put a resumed run exactly where the killed one stopped, whatever
@@ -22,14 +29,23 @@ from ..errors import InputError
 
 class DatasetWeightedSampler(Sampler):
     def __init__(self, dataset_of_case: Sequence[int], weights: Sequence[float], samples_per_epoch: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, by: str = "dataset", stratify: int = 0):
         if samples_per_epoch % world_size:
             raise InputError(f"samples_per_epoch ({samples_per_epoch}) must be a multiple of the "
                              f"number of processes ({world_size})")
+        if by not in ("dataset", "case"):
+            raise InputError(f"sampling {by!r}: 'dataset' (one weight per dataset) or 'case'")
+        if stratify and samples_per_epoch % (stratify * world_size):
+            raise InputError(f"samples_per_epoch ({samples_per_epoch}) must be a multiple of the batch size "
+                             f"({stratify}) x the number of processes ({world_size}) for stratified batches")
         self.dataset_of_case = torch.as_tensor(dataset_of_case, dtype=torch.long)
         n = len(weights)
-        present = torch.bincount(self.dataset_of_case, minlength=n) > 0
+        counts = torch.bincount(self.dataset_of_case, minlength=n)
+        present = counts > 0
         w = torch.as_tensor(weights, dtype=torch.float64) * present
+        if by == "case":
+            w = w * counts
+        self.stratify = int(stratify)
         if w.sum() <= 0:
             raise InputError("no dataset has training cases")
         self.dataset_weights = w / w.sum()
@@ -47,7 +63,10 @@ class DatasetWeightedSampler(Sampler):
     def plan(self, epoch: int) -> list[tuple[int, int]]:
         """The whole job's items for ``epoch`` (all ranks)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        datasets = torch.multinomial(self.dataset_weights, self.samples_per_epoch, True, generator=g)
+        if self.stratify:
+            datasets = self._stratified_datasets(g)
+        else:
+            datasets = torch.multinomial(self.dataset_weights, self.samples_per_epoch, True, generator=g)
         cases = torch.empty(self.samples_per_epoch, dtype=torch.long)
         for d in datasets.unique().tolist():  # a loop over datasets, not over samples
             where = (datasets == d).nonzero(as_tuple=True)[0]
@@ -55,6 +74,18 @@ class DatasetWeightedSampler(Sampler):
             cases[where] = members[torch.randint(len(members), (len(where),), generator=g)]
         seeds = torch.randint(0, 2**31 - 1, (self.samples_per_epoch,), generator=g)
         return list(zip(cases.tolist(), seeds.tolist()))
+
+    def _stratified_datasets(self, g: torch.Generator) -> torch.Tensor:
+        """Datasets per item such that each process's batch (items r, r + W, ... of a block of
+        B x W) holds distinct datasets, drawn by weight without replacement."""
+        b, w = self.stratify, self.world_size
+        available = int((self.dataset_weights > 0).sum())
+        out = torch.empty(self.samples_per_epoch, dtype=torch.long)
+        for block in range(self.samples_per_epoch // (b * w)):
+            for r in range(w):
+                picks = torch.multinomial(self.dataset_weights, b, b > available, generator=g)
+                out[block * b * w + r + w * torch.arange(b)] = picks
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         shard = self.plan(self.epoch)[self.rank::self.world_size]

@@ -104,6 +104,19 @@ class AugmentationConfig:
     intensity_prob: float = 0.15
     noise_std: float = 0.1
     foreground_ratio: float = 0.67  # share of crops centred on a labelled voxel
+    low_resolution_prob: float = 0.0  # simulated thick-slice / low-resolution acquisition
+
+    @classmethod
+    def preset(cls, name: str) -> "AugmentationConfig":
+        """``default`` (mild, ours) or ``reference``: the Hermes reference's spatial strength
+        (p 0.5, +-30 degrees, +-30% scale) with stronger contrast changes and simulated low
+        resolution (downsampled 1-2x, then back up; nnU-Net's augmentation has the same step)."""
+        if name == "default":
+            return cls()
+        if name == "reference":
+            return cls(affine_prob=0.5, rotate_degrees=30.0, scale=0.3, intensity_prob=0.3,
+                       low_resolution_prob=0.25)
+        raise ValueError(f"unknown augmentation preset {name!r}: 'default' or 'reference'")
 
 
 def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int) -> mt.Compose:
@@ -137,4 +150,6 @@ def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int
             mt.RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0),
                                    sigma_z=(0.5, 1.0), prob=p / 2),
         ]
+    if aug.low_resolution_prob > 0:
+        steps.append(mt.RandSimulateLowResolutiond("image", prob=aug.low_resolution_prob, zoom_range=(0.5, 1.0)))
     return mt.Compose(steps)

@@ -35,6 +35,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     cache_rate: float = 1.0
+    sampling: str = "dataset"       # "case": datasets weighted by their number of cases too
+    stratify_batches: bool = False  # each batch from distinct datasets (per-site normalization)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -55,6 +57,18 @@ class TrainConfig:
             raise TrainConfigError(f"unknown training settings {sorted(unknown)}; known: {sorted(names)}")
         data = dict(data)
         aug = data.pop("augmentation", {})
+        if isinstance(aug, str):
+            try:
+                aug = AugmentationConfig.preset(aug)
+            except ValueError as exc:
+                raise TrainConfigError(f"augmentation: {exc}") from None
+        elif isinstance(aug, dict) and "preset" in aug:
+            aug = dict(aug)
+            try:
+                base = AugmentationConfig.preset(aug.pop("preset"))
+            except ValueError as exc:
+                raise TrainConfigError(f"augmentation: {exc}") from None
+            aug = {**dataclasses.asdict(base), **aug}
         if isinstance(aug, dict):
             aug_names = {f.name for f in dataclasses.fields(AugmentationConfig)}
             if set(aug) - aug_names:
@@ -103,6 +117,10 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise TrainConfigError(f"{key}: a whole number >= 0, got {v!r}")
+        if self.sampling not in ("dataset", "case"):
+            raise TrainConfigError(f"sampling: 'dataset' or 'case', got {self.sampling!r}")
+        if not isinstance(self.stratify_batches, bool):
+            raise TrainConfigError(f"stratify_batches: true or false, got {self.stratify_batches!r}")
         if self.optimizer != "adamw":
             raise TrainConfigError(f"optimizer: only 'adamw' is available, got {self.optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -120,7 +138,7 @@ class TrainConfig:
                 close = ")" if key in ("ema_decay", "overlap") else "]"
                 raise TrainConfigError(f"{key}: a number in {edge}{low}, {high}{close}, got {v!r}")
         aug = self.augmentation
-        for key in ("affine_prob", "intensity_prob", "foreground_ratio"):
+        for key in ("affine_prob", "intensity_prob", "foreground_ratio", "low_resolution_prob"):
             v = getattr(aug, key)
             if not (_finite(v) and 0 <= v <= 1):
                 raise TrainConfigError(f"augmentation.{key}: a probability in [0, 1], got {v!r}")

@@ -139,7 +139,8 @@ class Trainer:
         per_epoch = self.cfg.iterations_per_epoch * self.cfg.batch_size * self.dist.world_size
         self.sampler = DatasetWeightedSampler(dataset_of_case, [d.weight for d in c.datasets],
                                               per_epoch, self.cfg.seed, self.dist.rank,
-                                              self.dist.world_size)
+                                              self.dist.world_size, by=self.cfg.sampling,
+                                              stratify=self.cfg.batch_size if self.cfg.stratify_batches else 0)
         self.loader = DataLoader(patches, batch_size=self.cfg.batch_size, sampler=self.sampler,
                                  collate_fn=collate_patches, num_workers=self.cfg.num_workers,
                                  drop_last=True, pin_memory=self.device.type == "cuda",
@@ -338,6 +339,8 @@ RESUMABLE_CHANGES = {"num_workers", "checkpoint_every", "validate_every", "cache
 def changed_settings(before: dict, now: dict) -> list[str]:
     """'name: old -> new' for every training setting that differs and matters for the result."""
     before, now = json.loads(json.dumps(before)), json.loads(json.dumps(now))  # tuples == lists
+    defaults = TrainConfig().to_dict()  # settings added since the run began had their defaults
+    before = {**defaults, **before, "augmentation": {**defaults["augmentation"], **before.get("augmentation", {})}}
     return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
 
