@@ -79,16 +79,52 @@ def _ctx_for_domains(domain_ids, num_domains):
                       ids, domain_weights=F.one_hot(ids, num_domains).float())
 
 
-def test_domain_separable_conv_mixed_batch_equals_per_sample():
+def test_domain_separable_conv_is_the_reference_separable_adapter():
+    """3D U2-Net's separable adapter, per sample of a mixed batch: the domain's depthwise
+    convolution, the domain's instance norm (scale, shift) and LeakyReLU(0.01), then the SHARED
+    pointwise convolution (u2net_torch: dwise = conv + norm_act, then pwise)."""
     torch.manual_seed(0)
     conv = DomainSeparableConv3d(6, 5, num_domains=3)
+    with torch.no_grad():
+        conv.scale.uniform_(0.5, 2.0)
+        conv.shift.uniform_(-1.0, 1.0)
     x = torch.randn(3, 6, 8, 8, 8)
     mixed = conv(x, _ctx_for_domains([2, 0, 2], 3))
     for i, d in enumerate([2, 0, 2]):
         depthwise = F.conv3d(x[i:i + 1], conv.depthwise[d], padding=1, groups=6)
-        torch.testing.assert_close(mixed[i:i + 1], conv.pointwise(depthwise), rtol=1e-5, atol=1e-5)
-    per_domain = 3 * 6 * 27 + 6 * 5
-    assert sum(p.numel() for p in conv.parameters()) == per_domain < 6 * 5 * 27
+        normed = F.instance_norm(depthwise, weight=conv.scale[d], bias=conv.shift[d], eps=1e-5)
+        expected = conv.pointwise(F.leaky_relu(normed, 0.01))
+        torch.testing.assert_close(mixed[i:i + 1], expected, rtol=1e-4, atol=1e-5)
+    per_domain = 3 * 6 * 27 + 2 * 3 * 6
+    assert sum(p.numel() for p in conv.parameters()) == per_domain + 6 * 5 < 6 * 5 * 27
+
+
+def test_u2net_plugin_gives_every_domain_its_own_input_and_output_layer():
+    from UniversalSeg.networks.harmonization import DomainOutputProjection, DomainStemConv3d
+    torch.manual_seed(0)
+    net = UniversalSegNet(tiny_config(harmonization=PLUGINS["domain_separable"])).eval()
+    assert isinstance(net.backbone.stem, DomainStemConv3d) and net.backbone.stem.weight.shape[0] == 3
+    assert isinstance(net.backbone.output_layer, DomainOutputProjection)
+    x = torch.randn(2, 1, 8, 8, 8)
+    stem = net.backbone.stem
+    out = stem(x, _ctx_for_domains([1, 2], 3))
+    for i, d in enumerate([1, 2]):
+        torch.testing.assert_close(out[i:i + 1], F.conv3d(x[i:i + 1], stem.weight[d], padding=1),
+                                   rtol=1e-4, atol=1e-5)
+    features = torch.randn(2, 4, 8, 8, 8)
+    projection = net.backbone.output_layer
+    torch.testing.assert_close(projection(features, _ctx_for_domains([0, 2], 3)), features)  # identity at start
+    with torch.no_grad():
+        projection.weight[2].mul_(2.0)
+    moved = projection(features, _ctx_for_domains([0, 2], 3))
+    torch.testing.assert_close(moved[0], features[0])
+    torch.testing.assert_close(moved[1], 2 * features[1])
+    # and the whole network: the same image gives different logits for different domains
+    image = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        a = net(image, net.context(["liver"], "CT", "hospital-a"))["logits"]
+        b = net(image, net.context(["liver"], "CT", "hospital-b"))["logits"]
+    assert not torch.allclose(a, b)
 
 
 def test_domain_batch_norm_keeps_statistics_per_domain():

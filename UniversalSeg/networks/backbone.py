@@ -19,7 +19,7 @@ from torch import nn
 
 from .blocks import Stage, upsample2x
 from .config import ModelConfig
-from .harmonization import StemConv3d, make_norm
+from .harmonization import make_norm, make_output_layer, make_stem
 
 SiteHook = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -29,7 +29,7 @@ class ResUNetBackbone(nn.Module):
         super().__init__()
         c = cfg.channels
         self.out_channels = c[0]
-        self.stem = StemConv3d(cfg.in_channels, c[0])
+        self.stem = make_stem(cfg)  # per domain with 3D U2-Net's plug-in
         self.encoder = nn.ModuleList([Stage(cfg, c[0], c[0], 1, "enc0")])
         for level in range(1, 5):
             self.encoder.append(Stage(cfg, c[level - 1], c[level], cfg.encoder_blocks[level - 1],
@@ -38,6 +38,7 @@ class ResUNetBackbone(nn.Module):
             Stage(cfg, c[level] + c[level + 1], c[level], cfg.decoder_blocks[level], f"dec{level}")
             for level in range(3, -1, -1))
         self.final_norm = make_norm(cfg, c[0], "dec0")
+        self.output_layer = make_output_layer(cfg)  # per domain with 3D U2-Net's plug-in
 
     def memory_format(self) -> torch.memory_format:
         """The format the weights were put in (``prepare_model``); activations follow it."""
@@ -51,7 +52,7 @@ class ResUNetBackbone(nn.Module):
         hook = site_hook or (lambda stage, f: f)
         fmt = self.memory_format()  # keep every activation in it: no silent format conversions
         skips = []
-        h = self.stem(x).contiguous(memory_format=fmt)
+        h = self.stem(x, ctx).contiguous(memory_format=fmt)
         for level, stage in enumerate(self.encoder):
             if level:
                 h = F.max_pool3d(h, 2).contiguous(memory_format=fmt)
@@ -60,4 +61,5 @@ class ResUNetBackbone(nn.Module):
         for stage, skip in zip(self.decoder, reversed(skips[:-1])):
             h = torch.cat([skip, upsample2x(h)], dim=1).contiguous(memory_format=fmt)
             h = hook(stage.name, stage(h, ctx))
-        return F.relu(self.final_norm(h, ctx), inplace=True)
+        h = F.relu(self.final_norm(h, ctx), inplace=True)
+        return h if self.output_layer is None else self.output_layer(h, ctx)

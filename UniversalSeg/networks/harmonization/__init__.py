@@ -10,7 +10,8 @@ norm: instance      ``InstanceNorm``                      Hermes / nnU-Net defau
 norm: domain_batch  ``DomainBatchNorm``                   Dou et al., MS-Net (one BN per site)
 norm: polynomial    ``PolynomialHarmonizationNorm``       U-Harmony (normalize -> denormalize)
 norm: class_aware   ``ClassAwareNorm`` (listed stages)    DualNorm-UNet / CateNorm
-conv: domain_sep..  ``DomainSeparableConv3d``             3D U2-Net
+conv: domain_sep..  ``DomainSeparableConv3d``, per-domain  3D U2-Net (separable adapter)
+                    input / output layers
 ==================  ====================================  =====================================
 
 Domain-specific layers read ``ctx.domain_weights``, filled by the network from the domain id or,
@@ -26,13 +27,14 @@ from ..config import ModelConfig
 from .class_aware_norm import ClassAwareNorm, TaskMaskEmbedding
 from .domain_batch_norm import DomainBatchNorm
 from .domain_gate import DomainGate
-from .domain_separable_conv import DomainSeparableConv3d
+from .domain_separable_conv import DomainOutputProjection, DomainSeparableConv3d, DomainStemConv3d
 from .instance_norm import InstanceNorm, standardize
 from .polynomial_harmonization import PolynomialHarmonizationNorm
 
-__all__ = ["ClassAwareNorm", "DomainBatchNorm", "DomainGate", "DomainSeparableConv3d",
+__all__ = ["ClassAwareNorm", "DomainBatchNorm", "DomainGate", "DomainOutputProjection", "DomainSeparableConv3d",
+           "DomainStemConv3d",
            "InstanceNorm", "PolynomialHarmonizationNorm", "SharedConv3d", "StemConv3d", "TaskMaskEmbedding",
-           "make_conv", "make_norm", "needs_domains", "standardize"]
+           "make_conv", "make_norm", "make_output_layer", "make_stem", "needs_domains", "standardize"]
 
 
 class SharedConv3d(nn.Conv3d):
@@ -77,6 +79,18 @@ def make_norm(cfg: ModelConfig, channels: int, stage: str) -> nn.Module:
     if h.norm == "class_aware" and stage in h.class_aware_stages:
         return ClassAwareNorm(channels, h.class_aware_embedding, level=int(stage[-1]))
     return InstanceNorm(channels)
+
+
+def make_stem(cfg: ModelConfig) -> nn.Module:
+    if cfg.harmonization.conv == "domain_separable":
+        return DomainStemConv3d(cfg.in_channels, cfg.channels[0], len(cfg.domains))
+    return StemConv3d(cfg.in_channels, cfg.channels[0])
+
+
+def make_output_layer(cfg: ModelConfig) -> nn.Module | None:
+    if cfg.harmonization.conv == "domain_separable":
+        return DomainOutputProjection(cfg.channels[0], len(cfg.domains))
+    return None
 
 
 def make_conv(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
