@@ -183,3 +183,26 @@ def test_class_aware_maps_do_not_depend_on_task_order_or_padding():
         assert maps[level].shape == (1, 16, 8 // 2 ** level, 8 // 2 ** level, 8 // 2 ** level)
         torch.testing.assert_close(maps_perm[level], maps[level])
         torch.testing.assert_close(padded[level], maps[level])
+
+
+def test_catenorm_first_pass_is_supervised_and_its_mask_detached():
+    """CateNorm as its reference trains it: the plain first pass gets its own loss; the soft mask it
+    hands to the second pass carries no gradient; modulation in the high-resolution encoder."""
+    from UniversalSeg.networks.config import HarmonizationConfig
+    from UniversalSeg.training.losses import PartialLabelLoss
+    assert HarmonizationConfig().class_aware_stages == ("enc0", "enc1", "enc2", "enc3")
+    torch.manual_seed(0)
+    net = UniversalSegNet(tiny_config(harmonization={"norm": "class_aware"})).train()
+    image = torch.randn(1, 1, 32, 32, 32)
+    ctx = net.context(["liver", "tumor"], "CT")
+    out = net(image, ctx)
+    assert out["first_logits"].shape == out["logits"].shape and out["first_logits"].requires_grad
+    target = (torch.rand_like(out["logits"]) > 0.8).float()
+    loss, parts = PartialLabelLoss()(out, target, ctx.task_mask, ctx.modality_ids, ctx.domain_ids)
+    assert set(parts) >= {"segmentation", "first_pass"}
+    first_grad = torch.autograd.grad(parts["first_pass"] * 0 + loss, out["first_logits"], retain_graph=True)[0]
+    assert first_grad.abs().sum() > 0  # the first pass is trained by its own term
+    second_only = PartialLabelLoss()({"logits": out["logits"]}, target, ctx.task_mask, None, None)[0]
+    assert torch.autograd.grad(second_only, out["first_logits"], allow_unused=True)[0] is None  # mask detached
+    with torch.no_grad():
+        assert "first_logits" not in net.eval()(image, ctx)

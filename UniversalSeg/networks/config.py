@@ -57,7 +57,7 @@ class HarmonizationConfig:
     norm: str = "instance"  # one of NORM_KINDS
     conv: str = "shared"  # one of CONV_KINDS
     polynomial_degree: int = 3  # U-Harmony denormalization polynomial degree (>= 1)
-    class_aware_stages: tuple[str, ...] = ("enc4", "dec3")  # CateNorm only at low resolution
+    class_aware_stages: tuple[str, ...] = ("enc0", "enc1", "enc2", "enc3")  # CateNorm's inc, down1-3
     class_aware_embedding: int = 16  # channels of the task-embedded soft mask
 
 

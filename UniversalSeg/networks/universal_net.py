@@ -81,9 +81,15 @@ class UniversalSegNet(nn.Module):
             outputs["domain_logits"] = domain_logits
             ctx = ctx.replace(domain_weights=DomainGate.weights(domain_logits.float(), ctx.domain_ids))
         if self.mask_embedding is not None:
-            # CateNorm's two passes: a plain pass predicts the soft mask, the second uses it.
-            with torch.no_grad():
+            # CateNorm's two passes: a plain pass predicts the soft mask, the second uses it. As in
+            # the reference (lambert-x/CateNorm, train.py) the first pass is SUPERVISED in training
+            # (its logits come back as "first_logits" and the loss adds their term); the mask it
+            # hands on is detached. At inference it runs without gradients.
+            with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
                 first = self._single_pass(image, ctx)[0]
+            if self.training:
+                outputs["first_logits"] = first
+            first = first.detach()
             probs = torch.sigmoid(first.float()).to(first.dtype)
             ctx = ctx.replace(class_maps=self.mask_embedding(probs, ctx.task_ids, self.class_aware_levels))
         logits, modality_logits = self._single_pass(image, ctx)

@@ -52,12 +52,20 @@ class PartialLabelLoss(nn.Module):
 
     def forward(self, outputs: dict, target: torch.Tensor, supervised: torch.Tensor,
                 modality_ids: torch.Tensor, domain_ids: torch.Tensor):
-        bce, tversky = per_task_losses(outputs["logits"], target)
-        per = self.w.bce * bce + self.w.tversky * tversky
         count = supervised.sum().clamp(min=1)
-        seg = torch.where(supervised, per, torch.zeros_like(per)).sum() / count
+
+        def segmentation(logits):
+            bce, tversky = per_task_losses(logits, target)
+            per = self.w.bce * bce + self.w.tversky * tversky
+            return torch.where(supervised, per, torch.zeros_like(per)).sum() / count
+
+        seg = segmentation(outputs["logits"])
         parts = {"segmentation": seg.detach()}
         total = seg
+        if "first_logits" in outputs:  # CateNorm's supervised first pass (CateNorm-style: the two
+            first = segmentation(outputs["first_logits"])  # losses are summed into one step, where
+            total = total + first                          # the reference takes two optimizer steps)
+            parts["first_pass"] = first.detach()
         if "modality_logits" in outputs and self.w.modality:
             mod = F.cross_entropy(outputs["modality_logits"].float(), modality_ids)
             total = total + self.w.modality * mod

@@ -2,8 +2,13 @@
 
 Paper idea (SPADE-style): normalise without affine, then modulate with spatially varying
 ``x * (1 + gamma(m)) + beta(m)`` where gamma and beta come from small convolutions over a soft
-class mask m. Two passes per iteration: a plain pass predicts the mask (detached), the second
-pass normalises with it.
+class mask m. Two passes per iteration: a plain pass predicts the mask, the second pass
+normalises with it (the mask detached). As in the reference (lambert-x/CateNorm): the first pass
+is supervised too (``UniversalSegNet`` returns its logits in training, the loss adds them; the
+reference takes one optimizer step per pass, we sum the two losses into one step), and the
+modulation sits in the high-resolution encoder (default ``enc0``-``enc3``: the reference README's
+DualNorm example puts its ``--spade-aux-blocks`` in ``inc down1 down2 down3``). The reference
+starts from a pretrained baseline; ours trains both passes from the start.
 
 Our design decisions
 - In a universal model the requested task set changes from sample to sample, so a fixed
@@ -12,9 +17,8 @@ Our design decisions
   ``sum_t p_t * e_task(t)`` over the requested tasks, a [B, k, d, h, w] map whose meaning does not
   depend on task order or count (padding tasks contribute zero). New tasks add rows; requests for
   old tasks compute exactly what they did before.
-- Only at low-resolution stages (``harmonization.class_aware_stages``, default 1/16 and the first
-  1/8 decoder stage) for memory; the probabilities are average-pooled to the stage's resolution
-  before the embedding, never embedded at full resolution.
+- Stages are a knob (``harmonization.class_aware_stages``); the probabilities are average-pooled
+  to each stage's resolution before the embedding (k channels, not one per task).
 - gamma / beta convolutions are zero-initialised, so training starts as plain instance norm.
 """
 from __future__ import annotations
