@@ -206,3 +206,15 @@ def test_catenorm_first_pass_is_supervised_and_its_mask_detached():
     assert torch.autograd.grad(second_only, out["first_logits"], allow_unused=True)[0] is None  # mask detached
     with torch.no_grad():
         assert "first_logits" not in net.eval()(image, ctx)
+
+
+@pytest.mark.parametrize("norm, layer", [("polynomial", PolynomialHarmonizationNorm), ("domain_batch", DomainBatchNorm)])
+def test_which_stages_harmonize_is_a_knob(norm, layer):
+    from UniversalSeg.networks.harmonization import InstanceNorm
+    net = UniversalSegNet(tiny_config(harmonization={"norm": norm, "harmonized_stages": ["enc3", "enc4"]}))
+    kinds = {stage.name: {type(m) for m in stage.modules() if isinstance(m, (layer, InstanceNorm))}
+             for stage in list(net.backbone.encoder) + list(net.backbone.decoder)}
+    assert kinds["enc3"] == kinds["enc4"] == {layer}
+    assert all(kinds[s] == {InstanceNorm} for s in ("enc0", "enc1", "enc2", "dec3", "dec2", "dec1", "dec0"))
+    everywhere = UniversalSegNet(tiny_config(harmonization={"norm": norm}))
+    assert sum(isinstance(m, layer) for m in everywhere.modules()) > sum(isinstance(m, layer) for m in net.modules())

@@ -59,6 +59,9 @@ class HarmonizationConfig:
     polynomial_degree: int = 3  # U-Harmony denormalization polynomial degree (>= 1)
     class_aware_stages: tuple[str, ...] = ("enc0", "enc1", "enc2", "enc3")  # CateNorm's inc, down1-3
     class_aware_embedding: int = 16  # channels of the task-embedded soft mask
+    # where the domain norms (domain_batch, polynomial) replace instance norm; a knob because
+    # U-Harmony does not publish which layers it harmonizes (default: every stage)
+    harmonized_stages: tuple[str, ...] = ("enc0", "enc1", "enc2", "enc3", "enc4", "dec3", "dec2", "dec1", "dec0")
 
 
 @dataclass(frozen=True)
@@ -210,10 +213,10 @@ class ModelConfig:
             raise ConfigError(f"harmonization.conv: {h.conv!r} is not one of {list(CONV_KINDS)}")
         _positive_int(h.polynomial_degree, "harmonization.polynomial_degree")
         _positive_int(h.class_aware_embedding, "harmonization.class_aware_embedding")
-        for s in h.class_aware_stages:
-            if s not in STAGES:
-                raise ConfigError(f"harmonization.class_aware_stages: unknown stage {s!r}; "
-                                  f"stages are {list(STAGES)}")
+        for key in ("class_aware_stages", "harmonized_stages"):
+            for s in getattr(h, key):
+                if s not in STAGES:
+                    raise ConfigError(f"harmonization.{key}: unknown stage {s!r}; stages are {list(STAGES)}")
         needs_domains = h.norm in ("domain_batch", "polynomial") or h.conv == "domain_separable"
         if needs_domains and not self.domains:
             raise ConfigError(

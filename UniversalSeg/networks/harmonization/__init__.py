@@ -8,7 +8,8 @@ config              layer                                 paper
 ==================  ====================================  =====================================
 norm: instance      ``InstanceNorm``                      Hermes / nnU-Net default
 norm: domain_batch  ``DomainBatchNorm``                   Dou et al., MS-Net (one BN per site)
-norm: polynomial    ``PolynomialHarmonizationNorm``       U-Harmony (normalize -> denormalize)
+norm: polynomial    ``PolynomialHarmonizationNorm``       U-Harmony-style (normalize ->
+                                                          denormalize; ours: basis, gate, stages)
 norm: class_aware   ``ClassAwareNorm`` (listed stages)    DualNorm-UNet / CateNorm
 conv: domain_sep..  ``DomainSeparableConv3d``, per-domain  3D U2-Net (separable adapter)
                     input / output layers
@@ -72,9 +73,9 @@ def needs_domains(cfg: ModelConfig) -> bool:
 
 def make_norm(cfg: ModelConfig, channels: int, stage: str) -> nn.Module:
     h, domains = cfg.harmonization, len(cfg.domains)
-    if h.norm == "domain_batch":
+    if h.norm == "domain_batch" and stage in h.harmonized_stages:
         return DomainBatchNorm(channels, domains)
-    if h.norm == "polynomial":
+    if h.norm == "polynomial" and stage in h.harmonized_stages:
         return PolynomialHarmonizationNorm(channels, domains, h.polynomial_degree)
     if h.norm == "class_aware" and stage in h.class_aware_stages:
         return ClassAwareNorm(channels, h.class_aware_embedding, level=int(stage[-1]))

@@ -1,4 +1,4 @@
-"""Normalize, then denormalize per domain with a learned polynomial (U-Harmony, 2026).
+"""Normalize, then denormalize per domain with a learned polynomial (U-Harmony-style, 2026).
 
 Paper idea: standardise each sample and channel (instance norm, no affine), then "denormalize"
 with a learned, polynomially parameterised transform that restores dataset-specific statistics;
@@ -15,6 +15,8 @@ id. The paper does not publish the polynomial form or the gate; these are ours:
   cannot explode in bf16, while the linear term keeps its full range.
 - Mixing: coefficients = ``ctx.domain_weights`` @ table (one-hot for a known domain, the domain
   gate's softmax for an unknown one); one vectorised einsum for the batch.
+- Where: ``harmonization.harmonized_stages`` (default every stage) picks the stages whose norms
+  harmonize; the others keep plain instance norm. The paper does not say which layers it uses.
 """
 from __future__ import annotations
 
