@@ -135,22 +135,27 @@ def test_case_sampling_weights_datasets_by_their_cases():
     torch.testing.assert_close(counts / counts.sum(), torch.tensor([0.1, 0.5, 0.4]), atol=0.015, rtol=0)
 
 
-def test_stratified_batches_come_from_distinct_datasets_on_every_process():
+def test_composed_batches_on_every_process():
+    """distinct-sites: every batch from different datasets; every-site (MS-Net): every batch holds
+    each dataset equally often. Per process under DDP sharding, resumable to the sample."""
     dataset_of_case = [0] * 3 + [1] * 4 + [2] * 2 + [3] * 5
-    batch, world = 3, 2
-    shards = [list(DatasetWeightedSampler(dataset_of_case, [1, 1, 2, 1], 48, seed=5, rank=r, world_size=world,
-                                          stratify=batch)) for r in range(world)]
-    for shard in shards:
-        assert len(shard) == 24
-        for k in range(0, len(shard), batch):
-            sites = [dataset_of_case[c] for c, _ in shard[k:k + batch]]
-            assert len(set(sites)) == batch, sites
-    resumed = DatasetWeightedSampler(dataset_of_case, [1, 1, 2, 1], 48, seed=5, rank=1, world_size=world,
-                                     stratify=batch)
-    resumed.skip(6)
-    assert list(resumed) == shards[1][6:]  # resumable to the sample, as the default plan
+    world = 2
+    for batches, batch in (("distinct-sites", 3), ("every-site", 8)):
+        make = lambda r: DatasetWeightedSampler(dataset_of_case, [1, 1, 2, 1], 16 * batch, seed=5, rank=r,
+                                                world_size=world, batches=batches, batch_size=batch)
+        shards = [list(make(r)) for r in range(world)]
+        for shard in shards:
+            assert len(shard) == 8 * batch
+            for k in range(0, len(shard), batch):
+                sites = sorted(dataset_of_case[c] for c, _ in shard[k:k + batch])
+                assert sites == (sorted(set(sites)) if batches == "distinct-sites" else [0, 0, 1, 1, 2, 2, 3, 3])
+        resumed = make(1)
+        resumed.skip(batch)
+        assert list(resumed) == shards[1][batch:]
     with pytest.raises(ValueError, match="multiple of the batch size"):
-        DatasetWeightedSampler(dataset_of_case, [1, 1, 1, 1], 10, stratify=3)
+        DatasetWeightedSampler(dataset_of_case, [1, 1, 1, 1], 10, batches="distinct-sites", batch_size=3)
+    with pytest.raises(ValueError, match="multiple of the number of datasets"):
+        DatasetWeightedSampler(dataset_of_case, [1, 1, 1, 1], 12, batches="every-site", batch_size=6)
 
 
 def test_reference_augmentation_preset_and_low_resolution_step():

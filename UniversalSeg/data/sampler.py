@@ -7,10 +7,11 @@ shards of one common plan, and every rank computes the plan itself (no communica
 
 Two options of the Hermes-style recipe: ``by="case"`` weights each dataset by its catalog weight
 times its number of training cases (every case about equally often, as a plain shuffled
-concatenation would), instead of one weight per dataset; ``stratify=B`` (the per-process batch
-size) draws each process's batch from B DIFFERENT datasets where there are that many (with
-replacement otherwise), so per-site normalization (MS-Net-style domain BN) sees several sites in
-every step.
+concatenation would), instead of one weight per dataset. ``batches`` composes each process's
+batch of ``batch_size`` items: "mixed" (independent draws), "distinct-sites" (B DIFFERENT datasets
+drawn by weight, with replacement only when there are fewer than B), or "every-site" (B / S items
+of EVERY one of the S datasets, as MS-Net trains: each site its own batch through its own BN in
+every step; the batch size must be a multiple of S).
 
 Items are ``(case_index, augmentation_seed)``; the training dataset derives all randomness of that
 item from its seed, so the sequence of batches is a pure function of (seed, epoch, position):
@@ -27,17 +28,23 @@ from torch.utils.data import Sampler
 from ..errors import InputError
 
 
+BATCHES = ("mixed", "distinct-sites", "every-site")
+
+
 class DatasetWeightedSampler(Sampler):
     def __init__(self, dataset_of_case: Sequence[int], weights: Sequence[float], samples_per_epoch: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, by: str = "dataset", stratify: int = 0):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, by: str = "dataset",
+                 batches: str = "mixed", batch_size: int = 1):
         if samples_per_epoch % world_size:
             raise InputError(f"samples_per_epoch ({samples_per_epoch}) must be a multiple of the "
                              f"number of processes ({world_size})")
         if by not in ("dataset", "case"):
             raise InputError(f"sampling {by!r}: 'dataset' (one weight per dataset) or 'case'")
-        if stratify and samples_per_epoch % (stratify * world_size):
+        if batches not in BATCHES:
+            raise InputError(f"batches {batches!r}: one of {', '.join(BATCHES)}")
+        if batches != "mixed" and samples_per_epoch % (batch_size * world_size):
             raise InputError(f"samples_per_epoch ({samples_per_epoch}) must be a multiple of the batch size "
-                             f"({stratify}) x the number of processes ({world_size}) for stratified batches")
+                             f"({batch_size}) x the number of processes ({world_size}) for {batches} batches")
         self.dataset_of_case = torch.as_tensor(dataset_of_case, dtype=torch.long)
         n = len(weights)
         counts = torch.bincount(self.dataset_of_case, minlength=n)
@@ -45,7 +52,11 @@ class DatasetWeightedSampler(Sampler):
         w = torch.as_tensor(weights, dtype=torch.float64) * present
         if by == "case":
             w = w * counts
-        self.stratify = int(stratify)
+        self.batches, self.batch_size = batches, int(batch_size)
+        sites = int((w > 0).sum())
+        if batches == "every-site" and self.batch_size % sites:
+            raise InputError(f"every-site batches: the batch size ({batch_size}) must be a multiple of the "
+                             f"number of datasets with training cases ({sites})")
         if w.sum() <= 0:
             raise InputError("no dataset has training cases")
         self.dataset_weights = w / w.sum()
@@ -63,8 +74,8 @@ class DatasetWeightedSampler(Sampler):
     def plan(self, epoch: int) -> list[tuple[int, int]]:
         """The whole job's items for ``epoch`` (all ranks)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        if self.stratify:
-            datasets = self._stratified_datasets(g)
+        if self.batches != "mixed":
+            datasets = self._composed_datasets(g)
         else:
             datasets = torch.multinomial(self.dataset_weights, self.samples_per_epoch, True, generator=g)
         cases = torch.empty(self.samples_per_epoch, dtype=torch.long)
@@ -75,15 +86,17 @@ class DatasetWeightedSampler(Sampler):
         seeds = torch.randint(0, 2**31 - 1, (self.samples_per_epoch,), generator=g)
         return list(zip(cases.tolist(), seeds.tolist()))
 
-    def _stratified_datasets(self, g: torch.Generator) -> torch.Tensor:
+    def _composed_datasets(self, g: torch.Generator) -> torch.Tensor:
         """Datasets per item such that each process's batch (items r, r + W, ... of a block of
-        B x W) holds distinct datasets, drawn by weight without replacement."""
-        b, w = self.stratify, self.world_size
-        available = int((self.dataset_weights > 0).sum())
+        B x W) holds distinct datasets (drawn by weight) or every dataset equally often."""
+        b, w = self.batch_size, self.world_size
+        present = (self.dataset_weights > 0).nonzero(as_tuple=True)[0]
+        every = present.repeat_interleave(b // len(present)) if self.batches == "every-site" else None
         out = torch.empty(self.samples_per_epoch, dtype=torch.long)
         for block in range(self.samples_per_epoch // (b * w)):
             for r in range(w):
-                picks = torch.multinomial(self.dataset_weights, b, b > available, generator=g)
+                picks = every if every is not None else \
+                    torch.multinomial(self.dataset_weights, b, b > len(present), generator=g)
                 out[block * b * w + r + w * torch.arange(b)] = picks
         return out
 

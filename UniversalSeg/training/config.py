@@ -36,7 +36,7 @@ class TrainConfig:
     num_workers: int = 2
     cache_rate: float = 1.0
     sampling: str = "dataset"       # "case": datasets weighted by their number of cases too
-    stratify_batches: bool = False  # each batch from distinct datasets (per-site normalization)
+    batches: str = "mixed"          # "distinct-sites", or "every-site" (MS-Net: every site in every step)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -119,8 +119,8 @@ class TrainConfig:
                 raise TrainConfigError(f"{key}: a whole number >= 0, got {v!r}")
         if self.sampling not in ("dataset", "case"):
             raise TrainConfigError(f"sampling: 'dataset' or 'case', got {self.sampling!r}")
-        if not isinstance(self.stratify_batches, bool):
-            raise TrainConfigError(f"stratify_batches: true or false, got {self.stratify_batches!r}")
+        if self.batches not in ("mixed", "distinct-sites", "every-site"):
+            raise TrainConfigError(f"batches: 'mixed', 'distinct-sites' or 'every-site', got {self.batches!r}")
         if self.optimizer != "adamw":
             raise TrainConfigError(f"optimizer: only 'adamw' is available, got {self.optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -140,7 +140,7 @@ class Trainer:
         self.sampler = DatasetWeightedSampler(dataset_of_case, [d.weight for d in c.datasets],
                                               per_epoch, self.cfg.seed, self.dist.rank,
                                               self.dist.world_size, by=self.cfg.sampling,
-                                              stratify=self.cfg.batch_size if self.cfg.stratify_batches else 0)
+                                              batches=self.cfg.batches, batch_size=self.cfg.batch_size)
         self.loader = DataLoader(patches, batch_size=self.cfg.batch_size, sampler=self.sampler,
                                  collate_fn=collate_patches, num_workers=self.cfg.num_workers,
                                  drop_last=True, pin_memory=self.device.type == "cuda",
