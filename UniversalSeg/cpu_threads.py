@@ -13,7 +13,9 @@ sets ``torch.set_num_threads`` to the cores they left (a core counts when at lea
 free: while our spinning threads share a core with another program, that program gets only about
 half of it). The upper limit is torch's thread count when the governor starts (cores, or cores
 per process under torchrun). A thread count the user chose (``OMP_NUM_THREADS``,
-``UNIVERSALSEG_THREADS``) is left alone; so is any system without ``/proc``.
+``UNIVERSALSEG_THREADS``) is left alone; so is any system without ``/proc``. A changing thread count
+can change the last bits of CPU reductions: runs that must be bit-exactly reproducible (or resumed
+bit-exactly) fix the count with one of those variables.
 """
 from __future__ import annotations
 

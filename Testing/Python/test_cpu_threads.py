@@ -71,5 +71,9 @@ def test_a_busy_process_is_measured_as_a_core_taken():
                 hog.wait()
         return free_cores(before, after, len(cores))
 
-    taken = free_during(1.5, False) - free_during(1.5, True)
-    assert 0.5 <= taken <= 1.25, taken
+    attempts = []
+    for _ in range(3):  # another program's burst during one interval must not fail the test
+        attempts.append(free_during(1.5, False) - free_during(1.5, True))
+        if 0.5 <= attempts[-1] <= 1.25:
+            break
+    assert 0.5 <= attempts[-1] <= 1.25, attempts

@@ -83,12 +83,13 @@ def test_logic_creates_named_segments_in_the_right_place(scene, trained_run, syn
     assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.6
     centroid_got = ras_of_voxels(volume, np.argwhere(got)).mean(0)
     centroid_truth = ras_of_voxels(volume, np.argwhere(truth)).mean(0)
-    # within one voxel along every RAS axis (5.6 x 5.6 x 11 mm here); a flipped or shifted grid
-    # would put the liver ~55 mm away (it lies 28 mm right of the midline)
+    # within two voxels along every RAS axis (5.6 x 5.6 x 11 mm here: the 60-step test model's
+    # liver is not perfect); a flipped or shifted grid would put the liver ~55 mm away (it lies
+    # 28 mm right of the midline). The predictor's geometry to the voxel: test_inference_geometry.py
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)
     voxel_ras = np.abs(slicer.util.arrayFromVTKMatrix(m)[:3, :3]).sum(1)
-    assert (np.abs(centroid_got - centroid_truth) < voxel_ras).all(), (centroid_got, centroid_truth, voxel_ras)
+    assert (np.abs(centroid_got - centroid_truth) < 2 * voxel_ras).all(), (centroid_got, centroid_truth, voxel_ras)
     assert centroid_truth[0] > 10  # RAS: +x is the patient's right, where the liver lies
     assert segment_tag(liver, FINGERPRINT_TAG)
     assert not Path(job.workdir).exists()

@@ -19,7 +19,10 @@ Output folder::
     RUN/model/                         the model package (EMA weights) written at the end
 
 ``resume=True`` continues from ``last.pt``: the same weights as an uninterrupted run of the same
-steps (the sampler plan and every augmentation are functions of the seed and the position).
+steps (the sampler plan and every augmentation are functions of the seed and the position). On
+CPU that also needs a fixed thread count (``UNIVERSALSEG_THREADS`` or ``OMP_NUM_THREADS``): by
+default the thread governor follows the free cores, and another thread count can change the last
+bits of a reduction (on GPUs the governor is off).
 Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank reads its own shard
 of the sampling plan, and rank 0 alone validates, logs and writes files.
 """
