@@ -12,7 +12,11 @@ validation cases of the seen institutions AND on an institution left out of trai
       no priors (static head);
   (d) universal + each harmonization plug-in (domain BN, polynomial/U-Harmony, class-aware,
       domain-separable convolutions); the held-out institution is run without a domain id.
-Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a PNG bar chart.
+Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a PNG bar chart;
+and, on TEST cases never used in training (synthetic: ``--test-cases`` per institution from
+another data seed; real data: ``--test-catalog``), paired bootstrap 95 % intervals of the Dice
+difference per task with a non-inferiority verdict (margin -0.02), and normalized surface Dice
+(``--nsd-tolerance``, default one model voxel) for every case in accuracy.json.
 
     python Testing/Benchmarks/accuracy.py --out Testing/Benchmarks/results/accuracy \
            [--steps 300] [--seeds 0 1 2] [--cases 8] [--shape 40] [--base-width 16] [--jobs 2]
@@ -24,6 +28,7 @@ Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -37,6 +42,7 @@ from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig
 from UniversalSeg.training.config import TrainConfig
 from UniversalSeg.training.evaluation import evaluate_cases
+from UniversalSeg.training.statistics import paired_bootstrap
 from UniversalSeg.training.trainer import run_training
 from UniversalSeg.visualization import bar_chart
 
@@ -64,9 +70,10 @@ def single_dataset_catalog(catalog_path: Path, name: str, out: Path) -> Path:
     return out
 
 
-def evaluate(package_path, catalog, split_names):
+def evaluate(package_path, catalog, split_names, cases_out=None, nsd_tolerance=None):
     """Dice per dataset/task on the given splits, for the tasks and modalities the model knows
-    (a per-institution model knows only its own); unknown domains run with domain id -1."""
+    (a per-institution model knows only its own); unknown domains run with domain id -1.
+    ``cases_out``: a list that receives every (case, task) score (Dice, and NSD with a tolerance)."""
     import torch
     package = load_package(package_path)
     cfg = package.config
@@ -88,7 +95,11 @@ def evaluate(package_path, catalog, split_names):
     if not records:
         return {}
     cases = PreprocessedCases(records, package.spacing, package.modalities)
-    return evaluate_cases(package.build("cpu"), cases, package.patch_size, torch.device("cpu"))["dice"]
+    result = evaluate_cases(package.build("cpu"), cases, package.patch_size, torch.device("cpu"),
+                            spacing=package.spacing, nsd_tolerance_mm=nsd_tolerance)
+    if cases_out is not None:
+        cases_out.extend(result["cases"])
+    return result["dice"]
 
 
 def train_config(steps: int, seed: int, spacing: float, patch: int) -> TrainConfig:
@@ -174,6 +185,25 @@ def verdicts(summary):
     return out
 
 
+def paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str = "dice") -> dict:
+    """Per seen dataset/task: the paired bootstrap interval of mean(mine - base) over the TEST
+    cases (each case's score averaged over seeds first), and the non-inferiority verdict."""
+    def per_case(method, seeds):
+        scores = {}
+        for s in seeds:
+            for c in runs[f"{method}/seed{s}"].get("test_cases", []):
+                if metric in c:
+                    scores.setdefault((c["dataset"], c["task"], c["case"]), []).append(c[metric])
+        return {k: statistics.fmean(v) for k, v in scores.items()}
+    a, b = per_case(base, seeds_base), per_case(mine, seeds_mine)
+    out = {}
+    for ds_task in sorted({k[:2] for k in a} & {k[:2] for k in b}):
+        keys = sorted(k for k in a if k[:2] == ds_task and k in b)
+        comparison = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
+        out["/".join(ds_task)] = comparison.to_dict()
+    return out
+
+
 def markdown(report) -> str:
     """The README's tables, written from accuracy.json: Dice mean +- SD over seeds per task and
     method, parameter counts, and the verdict against the per-institution baselines."""
@@ -200,6 +230,15 @@ def markdown(report) -> str:
             f"(tasks the baseline cannot segment count 0: {', '.join(v['heldout_tasks_baseline_cannot_segment']) or 'none'}; "
             f"on shared tasks {v['heldout_mean_on_shared_tasks']['universal']:.3f} vs "
             f"{v['heldout_mean_on_shared_tasks']['baseline']:.3f}) - goal {'met' if v['goal_met'] else 'NOT met'}.")
+    for name, table in report.get("paired", {}).items():
+        n = next(iter(table.values()))["cases"] if table else 0
+        lines += ["", f"{name} (test cases, paired bootstrap 95 % interval of the Dice difference, "
+                      f"{n} cases per task; non-inferior: interval above -0.02):", "",
+                  "| task | mean difference | 95 % interval | non-inferior | better |", "| --- | --- | --- | --- | --- |"]
+        for task, v in table.items():
+            lines.append(f"| {task} | {v['difference']:+.3f} | [{v['low']:+.3f}, {v['high']:+.3f}] | "
+                         f"{'yes' if v['non_inferior'] else 'no'} | {'yes' if v['better'] else 'no'} |")
+        lines.append(f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +259,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (default: cores / jobs)")
     ap.add_argument("--seeds-total-budget", type=int, nargs="+", help="seeds of universal-total-budget "
                     "(default: --seeds; it costs as much as the five per-institution models)")
+    ap.add_argument("--test-cases", type=int, default=20,
+                    help="synthetic data: test cases per institution, from another data seed (default 20)")
+    ap.add_argument("--data-seed", type=int, default=0, help="synthetic data: the training collection's seed")
+    ap.add_argument("--test-catalog", help="real data: a catalog of test cases (default: the validation split)")
+    ap.add_argument("--nsd-tolerance", type=float, default=None,
+                    help="also score normalized surface Dice at this tolerance in mm (default: one model voxel)")
     ap.add_argument("--table-from", metavar="JSON", help="only print the Markdown tables of an accuracy.json")
     ap.add_argument("--methods", nargs="+",
                     default=["universal", "per-institution", "per-institution-split", "naive", *PLUGINS])
@@ -233,10 +278,16 @@ def main(argv=None):
     if args.catalog:
         catalog_path, heldout_path = Path(args.catalog), Path(args.heldout) if args.heldout else None
         spacing = args.spacing or 1.5
+        test_path = Path(args.test_catalog) if args.test_catalog else None
     else:
-        catalog_path = generate_collection(out / "data", cases=args.cases, shape=args.shape, seed=0)
+        catalog_path = generate_collection(out / "data", cases=args.cases, shape=args.shape, seed=args.data_seed)
         heldout_path = catalog_path.parent / "catalog-heldout.yaml"
         spacing = args.spacing or 180.0 / args.shape
+        # test cases never seen in training: the same institutions drawn from another data seed
+        test_path = generate_collection(out / "test-data", cases=args.test_cases, shape=args.shape,
+                                        seed=args.data_seed + 1000) if args.test_cases else None
+    test = load_catalog(test_path) if test_path else None
+    nsd_tolerance = args.nsd_tolerance or spacing
     seen = load_catalog(catalog_path)
     held = load_catalog(heldout_path) if heldout_path else None
     seeds = {m: (args.seeds_total_budget or args.seeds) if m == "universal-total-budget" else args.seeds
@@ -247,16 +298,21 @@ def main(argv=None):
     results = {}
     for (method, seed), jobs in plans.items():
         key = f"{method}/seed{seed}"
-        seen_dice, held_dice, params = {}, {}, 0
+        seen_dice, held_dice, params, test_cases = {}, {}, 0, []
         for cat, _, _, run in jobs:
             package = run / "model"
             params += sum(v.numel() for v in load_package(package).state_dict.values())
             seen_dice.update(evaluate(package, load_catalog(cat), ["validation"]))
+            if test is not None:  # a per-institution model is scored on its own institution only
+                names = {d.name for d in load_catalog(cat).datasets}
+                own = [d for d in test.datasets if d.name in names]
+                evaluate(package, dataclasses.replace(test, datasets=own), ["train", "validation", "test"],
+                         test_cases, nsd_tolerance)
             if held is not None:
                 for k, v in evaluate(package, held, ["train", "validation", "test"]).items():
                     held_dice.setdefault(k, []).append(v)
         held_dice = {k: max(v) for k, v in held_dice.items()}  # per-institution: best model per task
-        results[key] = {"seen": seen_dice, "heldout": held_dice, "parameters": params}
+        results[key] = {"seen": seen_dice, "heldout": held_dice, "parameters": params, "test_cases": test_cases}
         print(f"{key:36s} seen mean {statistics.fmean(seen_dice.values()):.3f}  held-out mean "
               f"{statistics.fmean(held_dice.values()) if held_dice else float('nan'):.3f}  params {params / 1e6:.2f}M",
               flush=True)
@@ -271,9 +327,16 @@ def main(argv=None):
         summary[method] = {"dice": row, "parameters": runs[0]["parameters"], "seeds": seeds[method],
                            "seen_mean": statistics.fmean(v["mean"] for k, v in row.items() if k.startswith("seen:"))}
     verdict = verdicts(summary)
+    paired_tables = {}
+    if test is not None:
+        for mine, base in (("universal", "per-institution"), ("universal", "per-institution-split"),
+                           ("universal", "naive")):
+            if mine in args.methods and base in args.methods:
+                paired_tables[f"{mine} vs {base}"] = paired(results, mine, base, seeds[mine], seeds[base])
     report = {"command": "python Testing/Benchmarks/accuracy.py " + " ".join(argv),
               "steps": args.steps, "seeds": args.seeds, "base_width": args.base_width, "summary": summary,
-              "runs": results, "universal_vs_per_institution": verdict}
+              "runs": results, "universal_vs_per_institution": verdict, "paired": paired_tables,
+              "nsd_tolerance_mm": nsd_tolerance}
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     (out / "accuracy.md").write_text(markdown(report))
     for part in ("seen", "heldout"):

@@ -39,8 +39,34 @@ def test_accuracy_study_on_a_catalog(synth_collection, tmp_path, capsys):
     assert "heldout:mr-t1-hospital-f/kidney" in uni["dice"]
     table = (out / "accuracy.md").read_text()
     assert "| **left-out** mr-t1-hospital-f/kidney |" in table and "universal vs per-institution-split" in table
+    assert report["paired"] == {}  # no test cases given: no paired verdict from validation cases
     for part in ("seen", "heldout"):
         assert (out / f"accuracy-{part}.png").stat().st_size > 10000
     capsys.readouterr()
     study.main(["--table-from", str(out / "accuracy.json")])
     assert capsys.readouterr().out.strip() == table.strip()
+
+
+def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
+    """Synthetic path: test cases from another data seed, every case scored (Dice and NSD), and
+    the paired bootstrap table per seen task."""
+    study = load_study()
+    out = tmp_path / "study"
+    study.main(["--out", str(out), "--steps", "3", "--seeds", "0", "--cases", "3", "--shape", "32",
+                "--test-cases", "3", "--base-width", "4", "--patch", "32",
+                "--methods", "universal", "per-institution-split"])
+    report = json.loads((out / "accuracy.json").read_text())
+    train_ids = {p.name for p in (out / "data").rglob("*_0000.nii.gz")}
+    test_files = list((out / "test-data").rglob("*_0000.nii.gz"))
+    assert len(test_files) == 6 * 3
+    # another data seed: the same names, other anatomy
+    a = out / "data" / "ct-hospital-a" / "imagesTr" / "ct-hospital-a_000_0000.nii.gz"
+    b = out / "test-data" / "ct-hospital-a" / "imagesTr" / "ct-hospital-a_000_0000.nii.gz"
+    assert a.name in train_ids and a.read_bytes() != b.read_bytes()
+    cases = report["runs"]["universal/seed0"]["test_cases"]
+    assert len({c["case"] for c in cases if c["dataset"] == "ct-hospital-a"}) == 3
+    assert all(0 <= c["dice"] <= 1 and 0 <= c["nsd"] <= 1 for c in cases)
+    table = report["paired"]["universal vs per-institution-split"]
+    assert len(table) == 11 and all(v["cases"] == 3 and v["low"] <= v["difference"] <= v["high"]
+                                    for v in table.values())
+    assert "paired bootstrap 95 % interval" in (out / "accuracy.md").read_text()

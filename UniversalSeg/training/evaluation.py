@@ -10,6 +10,7 @@ Per-case scores come back too, so that two models can be compared case by case
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -52,8 +53,10 @@ def surface_dice_per_task(logits: torch.Tensor, target: torch.Tensor, spacing: S
     boundary); an empty prediction of an empty structure counts as 1, of a present one as 0."""
     pred = (logits > threshold).float()
     target = target.float()
-    nsd = compute_surface_dice(pred, target, [float(tolerance_mm)] * pred.shape[1], include_background=True,
-                               spacing=[float(s) for s in spacing])[0]
+    with warnings.catch_warnings():  # "prediction ... is all 0": the empty cases are handled below
+        warnings.simplefilter("ignore", UserWarning)
+        nsd = compute_surface_dice(pred, target, [float(tolerance_mm)] * pred.shape[1], include_background=True,
+                                   spacing=[float(s) for s in spacing])[0]
     out = []
     for k, value in enumerate(nsd.tolist()):
         if value != value:  # NaN: MONAI's answer when the reference is empty
