@@ -2,9 +2,9 @@
 
 torch's CPU wheels use GNU OpenMP, whose threads spin while they wait for each other. With as
 many threads as cores and one core busy with another program, every parallel region waits for
-the thread that shares the busy core: a training step took 3x as long here (see
-Testing/Benchmarks/busy_core.py), and 8x in the demo. One thread per FREE core avoids it; passive
-waiting (``OMP_WAIT_POLICY=PASSIVE``) avoids it too but made the idle machine 1.4x slower.
+the thread that shares the busy core: a training step took 3.5x as long here and the demo 2.9x
+(Testing/Benchmarks/busy_core.py). One thread per FREE core avoids it; passive waiting
+(``OMP_WAIT_POLICY=PASSIVE``) avoids it too but made the idle machine 1.3x slower.
 
 ``ThreadGovernor.update()`` is called between steps (training steps, sliding-window batches):
 at most every ``interval`` seconds it reads how much CPU time the machine's other processes used

@@ -302,9 +302,10 @@ def main(argv=None):
         for cat, _, _, run in jobs:
             package = run / "model"
             params += sum(v.numel() for v in load_package(package).state_dict.values())
-            seen_dice.update(evaluate(package, load_catalog(cat), ["validation"]))
+            trained_on = load_catalog(cat)
+            seen_dice.update(evaluate(package, trained_on, ["validation"]))
             if test is not None:  # a per-institution model is scored on its own institution only
-                names = {d.name for d in load_catalog(cat).datasets}
+                names = {d.name for d in trained_on.datasets}
                 own = [d for d in test.datasets if d.name in names]
                 evaluate(package, dataclasses.replace(test, datasets=own), ["train", "validation", "test"],
                          test_cases, nsd_tolerance)

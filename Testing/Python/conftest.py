@@ -1,4 +1,8 @@
 """Shared fixtures: tiny networks and small volumes so the suite stays fast on 2 CPU cores."""
+import contextlib
+import os
+import subprocess
+
 import pytest
 import torch
 
@@ -101,3 +105,17 @@ def tiny_model(tmp_path_factory, slicer_lib):
     import sys
     from UniversalSegmentationLib.self_test import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), sys.executable)
+
+
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    """A small tmpfs at ``path`` (full disks, read-only folders: root ignores file permissions);
+    skips the test where it cannot be mounted (not root), unmounts afterwards."""
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)

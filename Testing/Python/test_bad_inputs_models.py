@@ -79,9 +79,9 @@ def _encrypt(path, archive):
     path.write_bytes(bytes(data))
 
 
-def _bomb(path, archive):
-    """The real zip; the test lowers the unpacked-size limit below the weights' size (a real bomb
-    is test_info_reads_only_the_description_never_the_weights)."""
+def _as_is(path, archive):
+    """The intact zip: the zip-bomb case lowers the unpacked-size limit below its weights' size
+    (a real bomb is test_info_reads_only_the_description_never_the_weights)."""
 
 
 CASES = {  # name: (prepare(model folder), message)
@@ -107,7 +107,7 @@ CASES = {  # name: (prepare(model folder), message)
     "pickle-weights": (_pickled_weights, "is not a safetensors file (refused without unpickling"),
     "zip-truncated": (_zip_then(_truncate), "neither a model package folder nor a valid zip"),
     "zip-encrypted": (_zip_then(_encrypt), "model packages are not encrypted"),
-    "zip-bomb": (_zip_then(_bomb), "refused without unpacking it"),
+    "zip-bomb": (_zip_then(_as_is), "refused without unpacking it"),
 }
 
 

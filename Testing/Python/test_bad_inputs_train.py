@@ -1,9 +1,7 @@
 """Bad input to ``universalseg train`` and its catalogs: exit 2, one line that names the problem,
 no traceback, and nothing created or changed (the run folder is not even made)."""
 import json
-import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from bad_input_checks import assert_refused, tree_state
-from conftest import TINY_TRAIN_NET
+from conftest import TINY_TRAIN_NET, tmpfs
 from UniversalSeg.cli import main
 
 CATALOG = "datasets:\n- name: a\n  modality: CT\n  root: ct-hospital-a\n  labels: {liver: [1], spleen: [3], kidney: [4]}\n"
@@ -126,32 +124,17 @@ def test_a_file_as_run_folder_is_refused(work, capsys):
     assert (work / "run").read_text() == "my notes"
 
 
-def _mount_tmpfs(path, options):
-    path.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-
-
 def test_a_read_only_run_folder_and_a_full_disk_end_in_one_line(work, capsys):
     """Root ignores file permissions, so the read-only folder is a read-only mount; the full disk a
     300 KiB tmpfs that fills while the first checkpoint is written."""
-    read_only, small = work / "ro", work / "small"
-    _mount_tmpfs(read_only, "ro,size=64k")
-    try:
-        _mount_tmpfs(small, "size=300k")
-        try:
-            code = _train(work, ["--checkpoint-every", "1"], out=read_only / "run")
-            err = capsys.readouterr().err
-            assert code == 2 and "Traceback" not in err and "Read-only file system" in err, err[-2000:]
-            code = _train(work, ["--checkpoint-every", "1"], out=small / "run")
-            err = capsys.readouterr().err
-            assert code == 2 and "Traceback" not in err, err[-2000:]
-            assert "No space left on device" in err and "free space" in err, err[-2000:]
-            checkpoints = small / "run" / "checkpoints"
-            assert not list(checkpoints.glob(".*")), "a temporary checkpoint was left behind"
-            assert not (checkpoints / "last.pt").exists() or torch.load(checkpoints / "last.pt", weights_only=True)
-        finally:
-            subprocess.run(["umount", str(small)], capture_output=True)
-    finally:
-        subprocess.run(["umount", str(read_only)], capture_output=True)
+    with tmpfs(work / "ro", "ro,size=64k") as read_only, tmpfs(work / "small", "size=300k") as small:
+        code = _train(work, ["--checkpoint-every", "1"], out=read_only / "run")
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and "Read-only file system" in err, err[-2000:]
+        code = _train(work, ["--checkpoint-every", "1"], out=small / "run")
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err[-2000:]
+        assert "No space left on device" in err and "free space" in err, err[-2000:]
+        checkpoints = small / "run" / "checkpoints"
+        assert not list(checkpoints.glob(".*")), "a temporary checkpoint was left behind"
+        assert not (checkpoints / "last.pt").exists() or torch.load(checkpoints / "last.pt", weights_only=True)

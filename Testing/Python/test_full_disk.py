@@ -1,6 +1,5 @@
 """A full disk: every output either is complete or does not exist, with a one-line error and exit 2
 (ITK's NIfTI writer only prints "wrote only N of M bytes" and returns)."""
-import os
 import subprocess
 import sys
 
@@ -8,23 +7,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import tmpfs
 from UniversalSeg.data.image_io import check_complete
 from UniversalSeg.inference.writers import atomic_write
 
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 96 KiB tmpfs (root can mount one here and in CI), nearly full."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root); test_short_write_is_never_renamed_into_place covers it")
-    try:
+    """A 96 KiB tmpfs (root can mount one here and in CI), nearly full; without root,
+    test_short_write_is_never_renamed_into_place covers the rule."""
+    with tmpfs(tmp_path / "disk", "size=96k") as mount:
         (mount / "filler").write_bytes(bytes(80 * 1024))
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 @pytest.mark.parametrize("output", ["o.nii", "o.nii.gz", "o.seg.nrrd", "o.nrrd"])
@@ -75,20 +69,13 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
 
 def test_a_read_only_output_folder_is_refused_before_the_model_loads(tmp_path):
     """Root ignores file permissions, so the read-only folder is a read-only tmpfs mount."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        image = tmp_path / "ct.nrrd"
-        img = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32))
-        sitk.WriteImage(img, str(image))
+    image = tmp_path / "ct.nrrd"
+    img = sitk.GetImageFromArray(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32))
+    sitk.WriteImage(img, str(image))
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         for output in (mount / "x.seg.nrrd", mount / "new" / "folder" / "x.nii.gz"):
             proc = subprocess.run([sys.executable, "-m", "UniversalSeg", "predict", "--model", "no-such-model",
                                    "--input", str(image), "--modality", "CT", "--output", str(output)],
                                   capture_output=True, text=True)
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
             assert f"cannot write in {mount} (read-only or no permission)" in proc.stderr
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)

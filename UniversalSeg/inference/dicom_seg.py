@@ -89,7 +89,7 @@ def write_dicom_seg(path, source_folder, masks: dict[str, sitk.Image], infos: di
     import pydicom
 
     files = series_files(Path(source_folder))
-    sources = [pydicom.dcmread(f) for f in files]
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # headers: the voxels are read already
     tasks = list(masks)
     pixels = np.stack([sitk.GetArrayViewFromImage(masks[t]) > 0 for t in tasks], axis=-1)  # (k, j, i, segment)
     if pixels.shape[0] != len(sources):

@@ -92,9 +92,4 @@ class DomainOutputProjection(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx) -> torch.Tensor:
         w = _mix(self.weight, ctx).to(x.dtype)  # [B, C_out, C_in]
-        return torch.einsum("boc,bc...->bo...", w, x).contiguous(memory_format=_format(x))
-
-
-def _format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last_3d if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
-        and not x.is_contiguous() else torch.contiguous_format
+        return torch.einsum("boc,bc...->bo...", w, x)
