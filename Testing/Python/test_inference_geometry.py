@@ -8,13 +8,15 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from monai import transforms as mt
 
 from UniversalSeg.data.image_io import to_metatensor
 from UniversalSeg.data.modalities import KNOWN_MODALITIES
-from UniversalSeg.data.terminology import task_info
+from UniversalSeg.data.terminology import TaskInfo, task_info
+from UniversalSeg.errors import InputError
 from UniversalSeg.inference import Predictor, PredictOptions
 from UniversalSeg.model_package import load_package, save_package
 from UniversalSeg.networks import UniversalSegNet
@@ -167,3 +169,29 @@ def test_roi_crop_keeps_the_grid_and_empties_the_outside(tmp_path):
     assert np.all(ras.min(0) >= np.array(roi[0::2]) - 1.01) and np.all(ras.max(0) <= np.array(roi[1::2]) + 1.01)
     inside = sitk.GetArrayViewFromImage(expected) > 0
     assert (arr > 0).sum() < inside.sum()
+
+
+def test_largest_component_clean_up_keeps_as_many_parts_as_the_structure_has(tmp_path):
+    """Both kidneys survive the clean-up (a task covering a paired organ has 2 parts), a liver
+    keeps its largest part, lesions are never removed; old packages get the known counts."""
+    arr = np.zeros((40, 40, 40), np.float32)  # SimpleITK order (k, j, i)
+    arr[5:15, 5:15, 5:15] = 100      # 1000 voxels
+    arr[5:13, 25:33, 25:33] = 100    # 512
+    arr[25:30, 5:10, 25:30] = 100    # 125
+    image = sitk.GetImageFromArray(arr)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    predictor = oracle_predictor(tmp_path, (2.0, 2.0, 2.0), image)
+    tasks = ["liver", "kidney", "tumor"]
+    masks = predictor.predict(image, "CT", tasks, PredictOptions(largest_component=True)).masks
+    sizes = {t: sorted(np.bincount(sitk.GetArrayFromImage(sitk.ConnectedComponent(masks[t], True)).ravel())[1:])
+             for t in tasks}
+    assert sizes == {"liver": [1000], "kidney": [512, 1000], "tumor": [125, 512, 1000]}
+    plain = predictor.predict(image, "CT", ["kidney"], PredictOptions()).masks["kidney"]
+    assert int(sitk.GetArrayViewFromImage(plain).sum()) == 1637
+    # a model.json written before "parts" existed: known tasks get their count, others 1
+    old = {k: v for k, v in task_info("kidney").to_dict().items() if k != "parts"}
+    assert TaskInfo.from_dict(old).parts == 2
+    assert TaskInfo.from_dict({"name": "thing", "color": [1, 2, 3]}).parts == 1
+    assert task_info("adrenal", {"parts": 2}).parts == 2
+    with pytest.raises(InputError, match="parts must be a whole number"):
+        task_info("adrenal", {"parts": -1})

@@ -45,7 +45,8 @@ def register(parser):
                         help="crop to this box, RAS millimetres")
     parser.add_argument("--no-crop", action="store_true", help="do not crop to the body/foreground")
     parser.add_argument("--fast", action="store_true", help="overlap 0.25 (fewer windows)")
-    parser.add_argument("--largest-component", action="store_true", help="keep each task's largest component")
+    parser.add_argument("--largest-component", action="store_true", help="keep each task's largest connected components: as many as the structure "
+                        "has parts (both kidneys: 2); lesions are left untouched")
     parser.add_argument("--threshold", default=None,
                         help="probability threshold: one number, or task=value,task=value")
     parser.add_argument("--overlap-policy", choices=["order", "probability"], default="order",

@@ -121,6 +121,7 @@ def _render(inst: Institution, anatomy, shape: int, rng: np.random.Generator):
         # per-case contrast jitter: a few HU on CT, a few percent on MR / PET
         image[region] = value[tissue] + (j - 1) * 100 if inst.modality == "CT" else value[tissue] * j
     img = sitk.GetImageFromArray(image.transpose(2, 1, 0))
+    img.SetSpacing(tuple(float(s) for s in spacing))  # the blur's sigma is in mm: 0.6 voxel (PET 1.5)
     img = sitk.SmoothingRecursiveGaussian(img, float(spacing.min()) * (1.5 if inst.modality == "PET" else 0.6))
     arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
     if inst.modality == "CT":

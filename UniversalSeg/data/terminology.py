@@ -56,6 +56,9 @@ class TaskInfo:
     category: Optional[Code] = None
     type: Optional[Code] = None
     context: str = DICOM_MASTER_CONTEXT  # the Slicer terminology context the codes come from
+    # separate connected parts the structure has: 2 for a task covering both kidneys or lungs;
+    # 0 for lesions (any number). Largest-component clean-up keeps this many (0: none removed).
+    parts: int = 1
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -66,27 +69,33 @@ class TaskInfo:
     def from_dict(cls, data: dict) -> "TaskInfo":
         def code(v):
             return None if v is None else Code(**v)
-        return cls(str(data["name"]), str(data.get("display_name", data["name"])),
+        name = str(data["name"])
+        known = KNOWN_TASKS.get(name)  # packages written before "parts" existed: the known count
+        parts = data.get("parts", known.parts if known else 1)
+        if isinstance(parts, bool) or not isinstance(parts, int) or not 0 <= parts <= 1000:
+            raise InputError(f"task {name!r}: parts must be a whole number 0-1000 (0: any number of "
+                             f"parts, e.g. lesions), got {parts!r}")
+        return cls(name, str(data.get("display_name", name)),
                    tuple(int(c) for c in data["color"]), code(data.get("category")),
-                   code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT))
+                   code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT), parts)
 
 
-def _known(name, display, color, category, scheme_value_meaning):
+def _known(name, display, color, category, scheme_value_meaning, parts=1):
     context = SLICER_ANATOMY_CONTEXT if category == ANATOMY else DICOM_MASTER_CONTEXT
-    return TaskInfo(name, display, color, Code(*category), Code(*scheme_value_meaning), context)
+    return TaskInfo(name, display, color, Code(*category), Code(*scheme_value_meaning), context, parts)
 
 
 KNOWN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
     _known("liver", "Liver", (221, 130, 101), ANATOMY, ("SCT", "10200004", "Liver")),
     _known("spleen", "Spleen", (157, 108, 162), ANATOMY, ("SCT", "78961009", "Spleen")),
-    _known("kidney", "Kidney", (185, 102, 83), ANATOMY, ("SCT", "64033007", "Kidney")),
+    _known("kidney", "Kidney", (185, 102, 83), ANATOMY, ("SCT", "64033007", "Kidney"), parts=2),
     _known("pancreas", "Pancreas", (249, 180, 111), ANATOMY, ("SCT", "15776009", "Pancreas")),
     _known("brain", "Brain", (250, 250, 225), ANATOMY, ("SCT", "12738006", "Brain")),
     _known("heart", "Heart", (206, 110, 84), ANATOMY, ("SCT", "80891009", "Heart")),
-    _known("lung", "Lung", (197, 165, 145), ANATOMY, ("SCT", "39607008", "Lung")),
+    _known("lung", "Lung", (197, 165, 145), ANATOMY, ("SCT", "39607008", "Lung"), parts=2),
     _known("prostate", "Prostate", (230, 158, 140), ANATOMY, ("SCT", "41216001", "Prostate")),
-    _known("liver-tumor", "Liver tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm")),
-    _known("tumor", "Tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm")),
+    _known("liver-tumor", "Liver tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm"), parts=0),
+    _known("tumor", "Tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm"), parts=0),
 ]}
 
 # Colors for tasks without a known entry: distinct, readable on grey images.
@@ -103,9 +112,9 @@ def task_info(name: str, overrides: Optional[dict] = None, index: int = 0) -> Ta
         return base
     data = base.to_dict()
     for key, value in overrides.items():
-        if key not in ("display_name", "color", "category", "type", "context"):
+        if key not in ("display_name", "color", "category", "type", "context", "parts"):
             raise InputError(f"task {name!r}: unknown field {key!r}; fields are display_name, "
-                             "color, category, type, context")
+                             "color, category, type, context, parts")
         data[key] = value
     if ("category" in overrides or "type" in overrides) and "context" not in overrides:
         data["context"] = DICOM_MASTER_CONTEXT  # own codes: the list that holds them all

@@ -15,8 +15,9 @@ Steps (one direction only):
    aggregated in half precision on the device when running in bf16/fp16; CUDA out-of-memory
    retries with smaller window batches, then aggregates on the CPU, then runs on the CPU;
 5. per task: SimpleITK linear resampling of the probabilities back onto the input grid (origin,
-   spacing, direction, size copied from the input), threshold, optional largest connected
-   component. One task at a time, so memory holds a single float32 full-resolution array.
+   spacing, direction, size copied from the input), threshold, optional clean-up keeping each
+   task's largest connected components (as many as the structure has parts: both kidneys; lesions
+   are never cleaned up this way). One task at a time, so memory holds a single float32 full-resolution array.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class PredictOptions:
     overlap: float = 0.5
     sw_batch_size: Optional[int] = None  # windows per pass; None: 1 on CPU (memory), 4 on GPU
     thresholds: dict = field(default_factory=dict)  # task -> threshold (default from the package)
-    largest_component: bool = False
+    largest_component: bool = False  # keep each task's largest components (TaskInfo.parts of them)
     roi: Optional[Sequence[float]] = None  # RAS mm: (x0, x1, y0, y1, z0, z1)
     crop_foreground: bool = True
     keep_probabilities: bool = False
@@ -162,6 +163,7 @@ class Predictor:
         crop_affine[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
         origin, spacing, direction = metatensor_affine_to_lps(crop_affine)
         masks, kept = {}, {}
+        parts = {t.name: t.parts for t in self.package.tasks}
         step = scaled(report, 0.85, 1.0, "resample")
         for i, task in enumerate(tasks):
             step(i / len(tasks), f"{task}: back to the input grid")
@@ -176,7 +178,7 @@ class Predictor:
             threshold = float(options.thresholds.get(task, self.package.meta["inference"].get("threshold", 0.5)))
             mask = sitk.BinaryThreshold(on_input, threshold, 2.0, 1, 0)  # prob >= threshold
             if options.largest_component:
-                mask = largest_component(mask)
+                mask = largest_components(mask, parts.get(task, 1))
             masks[task] = mask
             if options.keep_probabilities:
                 kept[task] = on_input
@@ -289,8 +291,10 @@ class Predictor:
         return probs[0].to("cpu")
 
 
-def largest_component(mask: sitk.Image) -> sitk.Image:
-    """Keep the largest 26-connected component of a binary mask (nothing if empty)."""
+def largest_components(mask: sitk.Image, keep: int = 1) -> sitk.Image:
+    """Keep the ``keep`` largest 26-connected components of a binary mask (``keep`` 0: all)."""
+    if keep == 0:
+        return mask
     components = sitk.ConnectedComponent(mask, True)
     relabeled = sitk.RelabelComponent(components, sortByObjectSize=True)
-    return sitk.Cast(relabeled == 1, sitk.sitkUInt8)
+    return sitk.Cast(sitk.BinaryThreshold(relabeled, 1, keep, 1, 0), sitk.sitkUInt8)
