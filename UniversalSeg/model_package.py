@@ -58,7 +58,8 @@ class ModelPackage:
 
 def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
                  modalities: dict[str, IntensityPolicy], spacing, patch_size,
-                 provenance: Optional[dict] = None) -> Path:
+                 provenance: Optional[dict] = None, half: bool = False) -> Path:
+    """``half``: store floating-point weights as float16 (half the size; loaded back as float32)."""
     out = Path(out)
     cfg = model.config
     if [t.name for t in tasks] != list(cfg.tasks):
@@ -77,6 +78,11 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
                        "universalseg_version": __version__, **(provenance or {})},
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if half:
+        big = [k for k, v in state.items() if v.is_floating_point() and v.numel() and v.abs().max() > 60000]
+        if big:
+            raise PackageError(f"weights {big[:3]} exceed float16's range; save in full precision")
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -117,5 +123,6 @@ def load_package(path: str | Path) -> ModelPackage:
     except Exception as exc:
         raise PackageError(f"{path}: {WEIGHTS_FILE} is not a safetensors file (refused without "
                            f"unpickling anything): {str(exc)[:160]}") from None
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}  # half storage
     return ModelPackage(config, summary.tasks, modalities, summary.spacing, summary.patch_size, meta, state)
 

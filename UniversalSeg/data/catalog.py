@@ -21,6 +21,11 @@ label 2 lies inside the liver)::
         modality: MR-T1
         cases: [{id: c1, image: b/c1.nii.gz, label: b/c1-seg.nii.gz}]   # explicit list
         labels: {1: spleen}
+      - name: synthetic-t2
+        modality: MR-T2
+        synthesize: {tissues: {0: air, 1: csf, 2: gray-matter, 3: white-matter}}
+        cases: [{id: head1, label: heads/head1.nii.gz}]   # label maps only: images are drawn
+        labels: {brain: [1, 2, 3], gray-matter: 2}       # from them at every step (training only)
 
 Paths are relative to the catalog file. ``load_catalog`` validates the structure (errors name the
 key); ``check_files`` opens every file and refuses missing files, non-3D images, label grids that
@@ -65,6 +70,7 @@ class DatasetSpec:
     label_map: dict[str, tuple[int, ...]]  # global task -> label values (ordered like catalog.tasks)
     weight: float
     splits: dict[str, list[Case]]
+    synthesize: Optional[dict[int, str]] = None  # label value -> tissue: images drawn from labels
 
     @property
     def tasks(self) -> list[str]:
@@ -158,7 +164,7 @@ def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
     if not isinstance(name, str) or not name:
         raise CatalogError(f"{where}: needs a 'name'")
     where = f"dataset {name!r}"
-    allowed = {"name", "modality", "root", "cases", "labels", "weight", "split"}
+    allowed = {"name", "modality", "root", "cases", "labels", "weight", "split", "synthesize"}
     unknown = set(raw) - allowed
     if unknown:
         raise CatalogError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -169,12 +175,13 @@ def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
         raise CatalogError(f"{where}: weight must be a positive number, got {weight!r}")
+    synthesize = _synthesis(raw["synthesize"], modality, where) if "synthesize" in raw else None
     msd = None
     if "root" in raw:
         root = (base / raw["root"]).resolve()
         cases, msd = _msd_cases(root, where)
     elif "cases" in raw:
-        cases = _listed_cases(raw["cases"], base, where)
+        cases = _listed_cases(raw["cases"], base, where, labels_only=synthesize is not None)
     else:
         raise CatalogError(f"{where}: give 'root' (MSD / nnU-Net layout) or a 'cases' list")
     labels = raw.get("labels")
@@ -183,15 +190,44 @@ def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
     if not labels:
         raise CatalogError(f"{where}: 'labels' must map label values to task names")
     label_map = _label_map(labels, where)
-    return DatasetSpec(name, modality, label_map, float(weight),
-                       _split(cases, raw.get("split", {}), name, where))
+    split = raw.get("split", {})
+    if synthesize is not None:  # images drawn at random cannot be a fixed validation set
+        if not isinstance(split, dict) or any(split.get(k) for k in ("validation", "test")):
+            raise CatalogError(f"{where}: a 'synthesize' dataset trains only; validate and test on a "
+                               "dataset with images (leave out its 'split')")
+        split = {"validation": 0.0}
+    return DatasetSpec(name, modality, label_map, float(weight), _split(cases, split, name, where),
+                       synthesize)
 
 
-def _listed_cases(raw_cases, base: Path, where: str) -> list[Case]:
+def _synthesis(raw, modality: str, where: str) -> dict[int, str]:
+    from .synthesis import check_tissues
+    if not isinstance(raw, dict) or set(raw) != {"tissues"} or not isinstance(raw["tissues"], dict) \
+            or not raw["tissues"]:
+        raise CatalogError(f"{where}: 'synthesize' must be {{tissues: {{label value: tissue name}}}}")
+    tissues = {}
+    for k, v in raw["tissues"].items():
+        if isinstance(k, bool) or not str(k).isdigit() or not isinstance(v, str):
+            raise CatalogError(f"{where}: synthesize.tissues maps label values (0, 1, ...) to tissue "
+                               f"names, got {k!r}: {v!r}")
+        tissues[int(k)] = v
+    try:
+        check_tissues(tissues, modality, f"{where}: synthesize")
+    except InputError as exc:
+        raise CatalogError(str(exc)) from None
+    return tissues
+
+
+def _listed_cases(raw_cases, base: Path, where: str, labels_only: bool = False) -> list[Case]:
     if not isinstance(raw_cases, list) or not raw_cases:
         raise CatalogError(f"{where}: 'cases' must be a non-empty list of {{id, image, label}}")
     cases = []
     for j, c in enumerate(raw_cases):
+        if labels_only:  # synthesize: the label map stands in for the image
+            if not isinstance(c, dict) or not isinstance(c.get("label"), str):
+                raise CatalogError(f"{where}: cases[{j}] needs a 'label' (a 'synthesize' dataset "
+                                   "draws its images from label maps)")
+            c = {**c, "image": c["label"]}
         if not isinstance(c, dict) or "image" not in c:
             raise CatalogError(f"{where}: cases[{j}] needs at least 'image'")
         image = base / c["image"]

@@ -35,6 +35,7 @@ def case_records(catalog: Catalog, split: str, tasks: Sequence[str], modalities:
                 "task_ids": [list(tasks).index(t) for t in ds.label_map],
                 "modality_id": list(modalities).index(ds.modality),
                 "domain_id": list(domains).index(ds.name) if ds.name in domains else -1,
+                "synthesis": dict(ds.synthesize) if ds.synthesize else None,
             })
     return records
 
@@ -49,10 +50,13 @@ class PreprocessedCases(CacheDataset):
 
 
 class AugmentedPatches(Dataset):
-    def __init__(self, cases: PreprocessedCases, patch: Sequence[int], aug: AugmentationConfig):
+    def __init__(self, cases: PreprocessedCases, patch: Sequence[int], aug: AugmentationConfig,
+                 policies=None, spacing=None):
         self.cases = cases
         max_value = max(max(v) for rec in cases.data for vals in [rec["task_values"]] for v in vals)
-        self.augment = augmentation(patch, aug, num_classes=max_value + 1)
+        synthesized = any(rec.get("synthesis") for rec in cases.data)
+        self.augment = augmentation(patch, aug, num_classes=max_value + 1,
+                                    synthesis=(policies, spacing) if synthesized else None)
 
     def __len__(self) -> int:
         return len(self.cases)

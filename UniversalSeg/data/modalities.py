@@ -42,6 +42,7 @@ KNOWN_MODALITIES: dict[str, IntensityPolicy] = {
     "MR-T1c": PERCENTILE,
     "MR-T2": PERCENTILE,
     "MR-FLAIR": PERCENTILE,
+    "MR-PD": PERCENTILE,
     "MR-DWI": PERCENTILE,
     "cine-MR": PERCENTILE,
     "PET": PERCENTILE,

@@ -119,8 +119,59 @@ class AugmentationConfig:
         raise ValueError(f"unknown augmentation preset {name!r}: 'default' or 'reference'")
 
 
-def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int) -> mt.Compose:
-    """Random part for training: needs "image", "target" and "label" (crop centres)."""
+class SynthesizeImaged(mt.Randomizable, mt.MapTransform):
+    """For a case of a ``synthesize`` dataset (its record carries "synthesis": {value: tissue}):
+    deform its label map (a smooth random displacement on a coarse grid, as SynthSeg's; one in
+    five times keep only the brain values 1-3, as a skull-stripped image shows), draw a new image
+    from it (``data.synthesis``), normalize it with the modality's intensity policy like any image,
+    and recompute the task targets from the deformed labels. Other cases pass through untouched."""
+
+    def __init__(self, policies: dict[str, IntensityPolicy], spacing: Sequence[float],
+                 max_displacement: float = 3.0, strip_prob: float = 0.2):
+        mt.MapTransform.__init__(self, ["image", "target", "label"])
+        self.policies, self.spacing = policies, tuple(float(s) for s in spacing)
+        self.max_displacement, self.strip_prob = max_displacement, strip_prob
+
+    def randomize(self, data=None):
+        self.seed = int(self.R.randint(2 ** 31))
+
+    def __call__(self, data):
+        if not data.get("synthesis"):
+            return data
+        from .synthesis import synthesize
+        self.randomize()
+        rng = np.random.default_rng(self.seed)
+        d = dict(data)
+        label = torch.as_tensor(d["label"])[0].float()
+        shape = label.shape
+        if self.max_displacement > 0:  # coarse random field -> smooth dense displacement (voxels)
+            coarse = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 5, 5, 5)).astype(np.float32))
+            flow = torch.nn.functional.interpolate(coarse, size=tuple(shape), mode="trilinear",
+                                                   align_corners=True) * self.max_displacement
+            axes = [torch.linspace(-1, 1, n) for n in shape]
+            grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (d, h, w) order
+            scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape])
+            grid = grid + flow[0].permute(1, 2, 3, 0) * scale
+            label = torch.nn.functional.grid_sample(label[None, None], grid.flip(-1)[None], mode="nearest",
+                                                    padding_mode="border", align_corners=True)[0, 0]
+        if rng.uniform() < self.strip_prob:
+            label = torch.where(label <= 3, label, torch.zeros_like(label))
+        tissues = {int(k): v for k, v in d["synthesis"].items()}
+        image = synthesize(label, tissues, d["modality"], self.spacing, rng)
+        image = normalize_intensity(image[None], self.policies[d["modality"]])
+        d["image"] = MetaTensor(image, affine=getattr(d["image"], "affine", None)) \
+            if isinstance(d["image"], MetaTensor) else image
+        values = [torch.as_tensor(v, dtype=label.dtype) for v in d["task_values"]]
+        d["target"] = torch.stack([torch.isin(label, v) for v in values]).to(torch.uint8)
+        d["label"] = label[None]
+        return d
+
+
+def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int,
+                 synthesis=None) -> mt.Compose:
+    """Random part for training: needs "image", "target" and "label" (crop centres).
+    ``synthesis``: (intensity policies, model spacing) when some cases draw their images from
+    their label maps (``SynthesizeImaged`` runs after the spatial part, before intensities)."""
     patch = tuple(int(p) for p in patch)
     keys = ["image", "target", "label"]
     big = tuple(int(round(p * 1.25)) for p in patch) if aug.affine_prob > 0 else patch
@@ -130,16 +181,21 @@ def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int
         mt.SpatialPadd(keys, spatial_size=big),
         mt.RandCropByLabelClassesd(keys, label_key="label", spatial_size=big, ratios=ratios,
                                    num_classes=num_classes, num_samples=1, warn=False),
-        mt.DeleteItemsd("label"),
     ]
+    # a synthesized case needs its label map after the spatial part: it is deformed alike
+    spatial = ["image", "target", "label"] if synthesis else ["image", "target"]
+    if not synthesis:
+        steps.append(mt.DeleteItemsd("label"))
     if aug.affine_prob > 0:
         rad = np.deg2rad(aug.rotate_degrees)
         steps += [
-            mt.RandAffined(["image", "target"], prob=aug.affine_prob, rotate_range=(rad, rad, rad),
-                           scale_range=(aug.scale,) * 3, mode=["bilinear", "nearest"],
+            mt.RandAffined(spatial, prob=aug.affine_prob, rotate_range=(rad, rad, rad),
+                           scale_range=(aug.scale,) * 3, mode=["bilinear", "nearest", "nearest"][:len(spatial)],
                            padding_mode="zeros", spatial_size=big),
-            mt.CenterSpatialCropd(["image", "target"], roi_size=patch),
+            mt.CenterSpatialCropd(spatial, roi_size=patch),
         ]
+    if synthesis:
+        steps += [SynthesizeImaged(*synthesis), mt.DeleteItemsd("label")]
     p = aug.intensity_prob
     if p > 0:
         steps += [

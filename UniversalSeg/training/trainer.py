@@ -137,7 +137,8 @@ class Trainer:
         self.val_records = case_records(c, "validation", m.tasks, m.modalities, m.domains)
         self.train_cases = PreprocessedCases(train, self.cfg.spacing, c.modalities,
                                              self.cfg.cache_rate, progress=self.progress)
-        patches = AugmentedPatches(self.train_cases, self.cfg.patch_size, self.cfg.augmentation)
+        patches = AugmentedPatches(self.train_cases, self.cfg.patch_size, self.cfg.augmentation,
+                                   c.modalities, self.cfg.spacing)
         dataset_of_case = [c.domain_names.index(r["dataset"]) for r in train]
         per_epoch = self.cfg.iterations_per_epoch * self.cfg.batch_size * self.dist.world_size
         self.sampler = DatasetWeightedSampler(dataset_of_case, [d.weight for d in c.datasets],

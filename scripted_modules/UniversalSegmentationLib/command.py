@@ -149,7 +149,7 @@ def guess_modality(known: Sequence[str], dicom_modality: str = "", volume_name: 
     if dicom_modality and by_dicom.get(dicom_modality.upper()) in known:
         return by_dicom[dicom_modality.upper()]
     name = volume_name.lower().replace("_", " ").replace("-", " ")
-    hints = [("flair", "MR-FLAIR"), ("t2", "MR-T2"), ("t1", "MR-T1"), ("pet", "PET"), ("suv", "PET"),
+    hints = [("flair", "MR-FLAIR"), ("pd", "MR-PD"), ("t2", "MR-T2"), ("t1", "MR-T1"), ("pet", "PET"), ("suv", "PET"),
              ("cine", "cine-MR"), ("ct", "CT"), ("mr", "MR-T1")]
     for hint, modality in hints:
         if hint in name.split() or hint in name.replace(" ", ""):

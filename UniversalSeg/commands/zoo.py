@@ -1,0 +1,34 @@
+"""Build a shipped model from its recipe (``UniversalSeg/zoo``).
+
+    universalseg zoo build brain --out DIR [--steps 1500] [--seed 0] [--resume]
+
+Writes DIR/data (label maps + catalog), DIR/run (checkpoints, logs) and DIR/brain-synth-1.0.zip,
+the package that ships in Resources/Models (copy it there and update Models.json's sha256/size).
+"""
+from ..errors import InputError
+
+HELP = "build a shipped model (brain) from its recipe"
+RECIPES = ("brain",)
+
+
+def register(parser):
+    sub = parser.add_subparsers(dest="zoo_command", required=True)
+    build = sub.add_parser("build", help="train a shipped model from its recipe")
+    build.add_argument("name", choices=RECIPES)
+    build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--device", default="auto")
+    build.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    build.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..zoo.brain import build_brain
+    if args.steps < 1:
+        raise InputError("--steps must be at least 1")
+    path = build_brain(args.out, steps=args.steps, seed=args.seed, device=args.device,
+                       progress=not args.no_progress, resume=args.resume)
+    print(f"wrote {path}")
+    return 0

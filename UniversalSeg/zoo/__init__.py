@@ -1,0 +1,1 @@
+"""Recipes that build the models shipped in ``Resources/Models`` (``universalseg zoo build NAME``)."""
