@@ -1,7 +1,8 @@
 """Model catalog and downloads: streaming, resumable, checksum-verified, cached; offline import.
 
 The catalog (``Resources/Models.json``) lists published packages: id, version, url, sha256, size,
-license, tasks, modalities. ``fetch_model`` streams the zip into the user cache
+license, tasks, modalities. An entry with ``file`` (a path relative to the catalog) is SHIPPED:
+installed with the extension, used in place, offline, after its checksum is verified. ``fetch_model`` streams the zip into the user cache
 (``$UNIVERSALSEG_CACHE`` or ``~/.cache/universalseg``) as ``<id>-<version>.zip.part``, continuing
 a partial download with an HTTP Range request, hashes it while it arrives, and only renames it
 into place when the SHA-256 matches; on a mismatch the partial file is deleted, so the cache never
@@ -44,8 +45,9 @@ class DownloadError(RuntimeError):
 class CatalogEntry:
     id: str
     version: str
-    url: str
     sha256: str
+    url: str = ""
+    file: str = ""  # shipped with UniversalSeg: relative to the catalog file
     size: Optional[int] = None
     license: str = ""
     tasks: tuple = ()
@@ -55,6 +57,10 @@ class CatalogEntry:
     @property
     def filename(self) -> str:
         return f"{self.id}-{self.version}.zip"
+
+    @property
+    def shipped(self) -> bool:
+        return bool(self.file)
 
 
 def cache_dir() -> Path:
@@ -97,12 +103,30 @@ def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
                                        or not 0 < entry.size <= MAX_DOWNLOAD_BYTES):
             raise PackageError(f"{path}: models[{i}] ({entry.id}) size {entry.size!r} must be the zip's size in "
                                f"bytes (1 to {MAX_DOWNLOAD_BYTES})")
+        if not entry.url and not entry.file:
+            raise PackageError(f"{path}: models[{i}] ({entry.id}) needs a 'url' or a shipped 'file'")
+        if entry.file and (not isinstance(entry.file, str) or Path(entry.file).is_absolute()
+                           or ".." in Path(entry.file).parts or not entry.file.endswith(".zip")):
+            raise PackageError(f"{path}: models[{i}] ({entry.id}) file {entry.file!r} must be a .zip path "
+                               "inside the catalog's folder")
         for field in ("id", "version"):
             if not SAFE_NAME.fullmatch(str(getattr(entry, field))):
                 raise PackageError(f"{path}: models[{i}] {field} {getattr(entry, field)!r} is not allowed: use "
                                    "letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
         entries.append(entry)
     return entries
+
+
+def shipped_model_path(entry: CatalogEntry, catalog: Optional[Path] = None) -> Path:
+    """The verified path of a shipped package (``entry.file``), used in place."""
+    path = (Path(catalog) if catalog else default_catalog_path()).parent / entry.file
+    if not path.is_file():
+        raise PackageError(f"the shipped model {entry.id} {entry.version} is missing ({path}); "
+                           "reinstall UniversalSeg")
+    if entry.size is not None and path.stat().st_size != entry.size or sha256_of(path) != entry.sha256.lower():
+        raise PackageError(f"the shipped model file {path} does not match its checksum in the model "
+                           "catalog: it was changed or damaged; reinstall UniversalSeg")
+    return path
 
 
 def cached_packages(cache: Optional[Path] = None) -> list[Path]:
@@ -243,6 +267,8 @@ def resolve_model_path(spec: str, progress: bool = True, catalog: Optional[Path]
     if SAFE_NAME.fullmatch(spec) and cached.exists():
         return cached
     entries = {e.id: e for e in load_model_catalog(catalog)}
+    if spec in entries and entries[spec].shipped:
+        return shipped_model_path(entries[spec], catalog)
     if spec in entries:
         return fetch_model(entries[spec], progress=progress)
     known = sorted(entries) + [p.name for p in cached_packages()]

@@ -165,12 +165,15 @@ def test_names_from_catalogs_and_imports_never_leave_the_cache(model_zip, tmp_pa
             import_model(model_zip, name=name)
     assert not (tmp_path / "outside.zip").exists() and not list(tmp_path.rglob("*outside*"))
     data = model_zip.read_bytes()
-    for field, value in (("id", "../../evil"), ("version", "1/../../x"), ("sha256", "z" * 64)):
+    for field, value, message in (("id", "../../evil", "id"), ("version", "1/../../x", "version"),
+                                  ("sha256", "z" * 64, "sha256"), ("file", "../../outside.zip", "file"),
+                                  ("file", "/etc/model.zip", "file"), ("file", "Models/x.tar", "file"),
+                                  ("url", "", "needs a 'url' or a shipped 'file'")):
         e = entry(model_zip.as_uri(), data)
         raw = {**e.__dict__, "tasks": [], "modalities": [], field: value}
         catalog = tmp_path / f"{field}.json"
         catalog.write_text(json.dumps({"models": [raw]}))
-        with pytest.raises(PackageError, match=f"{'sha256' if field == 'sha256' else field}"):
+        with pytest.raises(PackageError, match=message):
             load_model_catalog(catalog)
 
 

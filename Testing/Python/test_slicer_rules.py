@@ -61,11 +61,11 @@ PATH_FILTERS = {"Dirs", "Files", "Drives", "NoSymLinks", "AllEntries", "TypeMask
 SLICER_TERMINOLOGY = {
     "Segmentation category and type - 3D Slicer General Anatomy list": {
         ("123037004", t) for t in ("10200004", "78961009", "64033007", "15776009", "12738006", "80891009",
-                                   "39607008", "41216001")},
+                                   "39607008", "41216001", "389081007", "389080008", "69536005")},
     "Segmentation category and type - DICOM master list": {
         ("49755003", "108369006")} | {
         ("123037004", t) for t in ("10200004", "78961009", "64033007", "15776009", "12738006", "80891009",
-                                   "39607008", "41216001")},
+                                   "39607008", "41216001", "389081007", "389080008", "65216001", "69536005")},
 }
 
 
@@ -207,7 +207,8 @@ def test_cmake_lists_every_module_file():
 
 
 @pytest.mark.parametrize("name", ["liver", "spleen", "kidney", "pancreas", "brain", "heart", "lung",
-                                  "prostate", "liver-tumor", "tumor"])
+                                  "prostate", "liver-tumor", "tumor", "gray-matter", "white-matter", "csf",
+                                  "head"])
 def test_terminology_codes_are_in_the_slicer_context_they_name(name):
     from UniversalSeg.data.terminology import KNOWN_TASKS
     info = KNOWN_TASKS[name]

@@ -1,8 +1,11 @@
-"""Print what a model segments: tasks (with colors and codes), modalities, spacing, provenance.
+"""Print what a model segments: tasks (with colors and codes), modalities, spacing, provenance,
+and the model card (what it was trained on, intended use, known limits, validation) when it has one.
 
     universalseg info MODEL [--json]
 """
-HELP = "show a model's tasks, modalities and provenance"
+import textwrap
+
+HELP = "show a model's tasks, modalities, provenance and model card"
 
 
 def register(parser):
@@ -43,4 +46,12 @@ def run(args) -> int:
     if prov:
         print(f"trained     {prov.get('created', '?')}, {prov.get('steps', '?')} steps on "
               f"{', '.join(prov.get('datasets', [])) or '?'}")
+    card = prov.get("card") if isinstance(prov.get("card"), dict) else {}
+    for key, title in CARD_FIELDS:
+        if isinstance(card.get(key), str):
+            print(textwrap.fill(card[key], 100, initial_indent=f"{title:13s}", subsequent_indent=" " * 13))
     return 0
+
+
+CARD_FIELDS = (("summary", "summary"), ("trained_on", "trained on"), ("intended_use", "intended use"),
+               ("limits", "limits"), ("validation", "validation"), ("build", "built by"))

@@ -24,12 +24,14 @@ def register(parser):
 
 
 def run(args) -> int:
-    from ..model_download import cache_dir, cached_packages, fetch_model, import_model, load_model_catalog
+    from ..model_download import (cache_dir, cached_packages, fetch_model, import_model, load_model_catalog,
+                                  shipped_model_path)
     if args.action == "list":
         entries = load_model_catalog()
         print(f"catalog ({len(entries)}):")
         for e in entries:
-            print(f"  {e.id} {e.version}  {', '.join(e.modalities)}  {len(e.tasks)} tasks  {e.license}")
+            where = "  shipped" if e.shipped else ""
+            print(f"  {e.id} {e.version}  {', '.join(e.modalities)}  {len(e.tasks)} tasks  {e.license}{where}")
         cached = cached_packages()
         print(f"cached in {cache_dir() / 'models'} ({len(cached)}):")
         for p in cached:
@@ -38,6 +40,9 @@ def run(args) -> int:
         entries = {e.id: e for e in load_model_catalog()}
         if args.id not in entries:
             raise InputError(f"no model {args.id!r} in the catalog; known: {sorted(entries)}")
+        if entries[args.id].shipped:  # nothing to download: verify it in place
+            print(shipped_model_path(entries[args.id]))
+            return 0
         on_bytes = None
         if args.progress == "json":
             from ..inference.progress import JsonLinesProgress

@@ -70,9 +70,10 @@ def _blur(x: torch.Tensor, sigmas) -> torch.Tensor:
 
 
 def synthesize(labels: torch.Tensor, tissues: dict[int, str], modality: str, spacing,
-               rng: np.random.Generator) -> torch.Tensor:
-    """labels [D, H, W] (integer tissue values at ``spacing`` mm) -> a float32 image of
-    ``modality`` (MR: arbitrary units; CT: HU) on the same grid."""
+               rng: np.random.Generator, acquisition: bool = True) -> torch.Tensor:
+    """labels [D, H, W] (integer tissue values at ``spacing`` mm, per array axis) -> a float32
+    image of ``modality`` (MR: arbitrary units; CT: HU) on the same grid. ``acquisition`` False:
+    no random resolution, noise or global scale (for benchmarks that acquire images themselves)."""
     model = TISSUE_MODELS[modality]
     labels = labels.long()
     shape = labels.shape
@@ -91,6 +92,8 @@ def synthesize(labels: torch.Tensor, tissues: dict[int, str], modality: str, spa
     if not ct:
         image = image * torch.exp(rng.uniform(0.0, 0.5) * _smooth(shape, rng, 4))  # bias field
         image = image.clamp(min=0) ** float(np.exp(rng.normal(0, 0.2)))  # gamma
+    if not acquisition:
+        return image
     # acquisition resolution: 1-5 mm, half of the time one thick axis
     acquired = rng.uniform(1.0, 3.0, 3)
     if rng.uniform() < 0.5:

@@ -94,16 +94,13 @@ KNOWN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
     _known("heart", "Heart", (206, 110, 84), ANATOMY, ("SCT", "80891009", "Heart")),
     _known("lung", "Lung", (197, 165, 145), ANATOMY, ("SCT", "39607008", "Lung"), parts=2),
     _known("prostate", "Prostate", (230, 158, 140), ANATOMY, ("SCT", "41216001", "Prostate")),
-    # brain tissues: codes of DICOM CID 7153 (CNS Segmentation Type) and CID 4031 (Head), looked up
-    # in the DICOM master list
-    _known("gray-matter", "Gray matter", (128, 174, 128), ANATOMY, ("SCT", "389081007", "Gray matter"),
+    # brain tissues: codes and colors as Slicer's terminology files have them (5.10, Modules/Loadable/
+    # Terminologies/Resources): CSF is only in the DICOM master list
+    _known("gray-matter", "Gray matter", (200, 200, 235), ANATOMY, ("SCT", "389081007", "Gray Matter"), parts=0),
+    _known("white-matter", "White matter", (250, 250, 210), ANATOMY, ("SCT", "389080008", "White Matter")),
+    _known("csf", "Cerebrospinal fluid", (85, 188, 255), ANATOMY, ("SCT", "65216001", "Cerebrospinal Fluid"),
            parts=0, context=DICOM_MASTER_CONTEXT),
-    _known("white-matter", "White matter", (241, 214, 145), ANATOMY, ("SCT", "389080008", "White matter"),
-           context=DICOM_MASTER_CONTEXT),
-    _known("csf", "Cerebrospinal fluid", (88, 106, 215), ANATOMY, ("SCT", "65216001", "Cerebrospinal fluid"),
-           parts=0, context=DICOM_MASTER_CONTEXT),
-    _known("head", "Head", (177, 122, 101), ANATOMY, ("SCT", "69536005", "Head"),
-           context=DICOM_MASTER_CONTEXT),
+    _known("head", "Head", (177, 122, 101), ANATOMY, ("SCT", "69536005", "Head")),
     _known("liver-tumor", "Liver tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm"), parts=0),
     _known("tumor", "Tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm"), parts=0),
 ]}

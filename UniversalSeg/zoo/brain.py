@@ -85,7 +85,6 @@ def train_config(steps: int, seed: int, patch: int = 48) -> TrainConfig:
 def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str = "small", width: int = 12,
                 patch: int = 48, device: str = "auto", progress: bool = True, resume: bool = False) -> Path:
     """Build the package (see the module docstring); width 12 keeps it under 25 MB in float16."""
-    from ..model_package import load_package, save_package
     from ..training.trainer import run_training
     out = Path(out)
     t0 = time.time()
@@ -100,15 +99,33 @@ def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str =
     result = run_training(catalog, net, cfg, out / "run", resume=resume, device=device, progress=progress)
     if not result["package"]:
         raise RuntimeError("training stopped before its last step; run again with --resume")
-    package = load_package(result["package"])
-    model = package.build("cpu")
     seconds = round(time.time() - t0)
-    provenance = {**package.meta["provenance"], "model_id": MODEL_ID, "version": VERSION,
-                  "card": {**CARD, "build": f"universalseg zoo build brain --steps {steps} --seed {seed} "
-                                            f"({seconds} s on this machine)"}}
-    zip_path = out / f"{MODEL_ID}-{VERSION}.zip"
-    save_package(zip_path, model, package.tasks, package.modalities, package.spacing, package.patch_size,
-                 provenance, half=True)
+    zip_path = write_package(result["package"], out, steps, seed, seconds)
     (out / "build.json").write_text(json.dumps({"seconds": seconds, "steps": result["steps"],
                                                 "package": str(zip_path)}, indent=2))
+    return zip_path
+
+
+def validation_text(results: dict) -> str:
+    """The card's validation line from Testing/Benchmarks/brain_model.py's JSON."""
+    parts = [f"{name}: " + ", ".join(f"{t} {d:.2f}" for t, d in row.items())
+             for name, row in results["dice"].items()]
+    return ("Dice (Testing/Benchmarks/brain_model.py, acquisitions never used in training; one template "
+            "anatomy behind training and test): " + "; ".join(parts) + ".")
+
+
+def write_package(run_package: str | Path, out: Path, steps: int, seed: int, seconds: int,
+                  validation: str = "") -> Path:
+    """The trained run's package as the shipped file: half-precision weights, today's terminology
+    for every task, and the model card (with ``validation``: the benchmark's numbers, once run)."""
+    from ..data.terminology import task_info
+    from ..model_package import load_package, save_package
+    package = load_package(run_package)
+    provenance = {**package.meta["provenance"], "model_id": MODEL_ID, "version": VERSION,
+                  "card": {**CARD, "build": f"universalseg zoo build brain --steps {steps} --seed {seed} "
+                                            f"({seconds} s on a 2-core CPU)",
+                           **({"validation": validation} if validation else {})}}
+    zip_path = Path(out) / f"{MODEL_ID}-{VERSION}.zip"
+    save_package(zip_path, package.build("cpu"), [task_info(t) for t in package.config.tasks],
+                 package.modalities, package.spacing, package.patch_size, provenance, half=True)
     return zip_path

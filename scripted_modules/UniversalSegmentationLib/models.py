@@ -16,7 +16,7 @@ from .paths import ensure_core_importable
 
 ensure_core_importable()
 from UniversalSeg.data.terminology import task_info  # noqa: E402
-from UniversalSeg.model_download import cached_packages, load_model_catalog  # noqa: E402
+from UniversalSeg.model_download import cached_packages, default_catalog_path, load_model_catalog  # noqa: E402
 from UniversalSeg.model_metadata import read_summary  # noqa: E402
 
 
@@ -33,18 +33,35 @@ def available_models(folders: Sequence[str] = ()) -> list[ModelChoice]:
     choices += [ModelChoice(f"{Path(f).parent.name}/{Path(f).name} (folder)", f) for f in folders if os.path.isdir(f)]
     names = {p.name for p in cached}
     for e in load_model_catalog():
-        if e.filename not in names:
+        if e.shipped:  # installed with the extension: used in place, checksum verified when run
+            choices.insert(0, ModelChoice(f"{e.id} {e.version} (shipped)", e.id))
+        elif e.filename not in names:
             size = f", {e.size / 1e6:.0f} MB" if e.size else ""
             choices.append(ModelChoice(f"{e.id} {e.version} (download{size})", e.id, True))
     return choices
 
 
 def model_summary(choice: ModelChoice) -> dict:
-    """Tasks (name, display name, color) and modalities, without the weights."""
+    """Tasks (name, display name, color), modalities and the model card text, without the weights."""
     if choice.needs_download:
         entry = next(e for e in load_model_catalog() if e.id == choice.spec)
         tasks, modalities = [task_info(t, index=i) for i, t in enumerate(entry.tasks)], list(entry.modalities)
+        card = entry.description
     else:
-        summary = read_summary(choice.spec)
+        shipped = {e.id: e for e in load_model_catalog() if e.shipped}
+        path = default_catalog_path().parent / shipped[choice.spec].file if choice.spec in shipped else choice.spec
+        summary = read_summary(path)
         tasks, modalities = summary.tasks, summary.modalities
-    return {"tasks": [t.to_dict() for t in tasks], "modalities": modalities}
+        card = card_text(summary.meta.get("provenance", {}).get("card"))
+    return {"tasks": [t.to_dict() for t in tasks], "modalities": modalities, "card": card}
+
+
+CARD_FIELDS = (("summary", "Summary"), ("trained_on", "Trained on"), ("intended_use", "Intended use"),
+               ("limits", "Known limits"), ("validation", "Validation"))
+
+
+def card_text(card) -> str:
+    """A model card (``provenance.card`` of model.json) as the panel shows it (the model list's tooltip)."""
+    if not isinstance(card, dict):
+        return ""
+    return "\n\n".join(f"{title}: {card[key]}" for key, title in CARD_FIELDS if isinstance(card.get(key), str))

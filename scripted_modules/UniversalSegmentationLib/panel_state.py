@@ -20,6 +20,7 @@ class PanelState:
     modalities: list = field(default_factory=list)
     checked: set = field(default_factory=set)
     error: str = ""
+    card: str = ""                                   # the model card: what it knows, its limits
 
     def load_models(self, folders, select: Optional[str] = None) -> int:
         """Refresh the model list; returns the index to show (``select``'s, else the first)."""
@@ -32,14 +33,14 @@ class PanelState:
 
     def select_model(self, index: int) -> None:
         """A model picked: its structures (all checked) and modalities, or the reason it can't be read."""
-        self.index, self.tasks, self.modalities, self.error = index, [], [], ""
+        self.index, self.tasks, self.modalities, self.error, self.card = index, [], [], "", ""
         if self.choice is not None:
             try:
                 summary = model_summary(self.choice)
             except Exception as exc:  # noqa: BLE001 - shown in the panel, the list stays usable
                 self.error = f"Cannot read the model: {exc}"
                 return
-            self.tasks, self.modalities = summary["tasks"], summary["modalities"]
+            self.tasks, self.modalities, self.card = summary["tasks"], summary["modalities"], summary["card"]
         self.checked = {t["name"] for t in self.tasks}
 
     def visible(self, text: str) -> list:
