@@ -129,8 +129,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onModelChanged(self, index):
         self.state.select_model(index)
-        self.ui.statusLabel.text = self.state.error
-        self.ui.modelSelector.toolTip = self.state.card  # the model card: trained on, use, limits
+        self.ui.statusLabel.text, self.ui.modelSelector.toolTip = self.state.error, self.state.card  # card: use, limits
         self.ui.modalitySelector.clear()
         self.ui.modalitySelector.addItems(self.state.modalities)
         self.showTasks()

@@ -39,7 +39,7 @@ def nilearn_data() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or spec.origin is None:
         raise FileNotFoundError("nilearn is not installed: it ships the MNI152 template "
-                                "(pip install nilearn)")
+                                "(pip install 'universalseg[zoo]' or nilearn)")
     return Path(spec.origin).parent / "datasets" / "data"
 
 
