@@ -64,14 +64,8 @@ def acquire(labels: sitk.Image, modality: str, spacing, rng, tissue_model=None, 
     averaged over each acquired voxel (a thick slice is the mean of the thin ones), plus a bias
     field and noise beyond the training ranges when asked. Returns (image, labels on its grid)."""
     arr = torch.from_numpy(sitk.GetArrayFromImage(labels).astype(np.int64))
-    if tissue_model:  # e.g. random intensities per tissue
-        saved = TISSUE_MODELS[modality]
-        TISSUE_MODELS[modality] = tissue_model
-    try:
-        fine = synthesize(arr, TISSUES, modality, labels.GetSpacing()[::-1], rng, acquisition=False).numpy()
-    finally:
-        if tissue_model:
-            TISSUE_MODELS[modality] = saved
+    fine = synthesize(arr, TISSUES, modality, labels.GetSpacing()[::-1], rng, acquisition=False,
+                      model=tissue_model).numpy()
     img = sitk.GetImageFromArray(fine.astype(np.float32))
     img.CopyInformation(labels)
     sigma = [max(s / 2.5, 0.01) for s in spacing]  # the acquisition's own partial volume

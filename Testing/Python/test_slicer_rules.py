@@ -221,3 +221,14 @@ def test_own_codes_fall_back_to_the_list_that_holds_every_code():
     lesion = task_info("liver", {"type": ["SCT", "108369006", "Neoplasm"], "category": ["SCT", "49755003", "x"]})
     assert lesion.context == DICOM_MASTER_CONTEXT
     assert task_info("my-structure").context == DICOM_MASTER_CONTEXT
+
+
+def test_tooltips_are_set_on_widgets_of_the_ui():
+    """`widget.toolTip = text` is PythonQt setting QWidget's toolTip property (Slicer's own DICOM
+    module does it on a QComboBox, Modules/Scripted/DICOM/DICOM.py): each target must be a widget
+    of our .ui, so the property exists."""
+    source = MODULE.read_text()
+    targets = set(re.findall(r"self\.ui\.(\w+)\.toolTip\b", source))
+    widgets = {w.get("name"): w.get("class") for w in ET.parse(UI).iter("widget")}
+    assert targets == {"modelSelector"} and widgets["modelSelector"] == "QComboBox"
+    assert "toolTip" in QWIDGET

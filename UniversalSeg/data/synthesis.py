@@ -70,11 +70,12 @@ def _blur(x: torch.Tensor, sigmas) -> torch.Tensor:
 
 
 def synthesize(labels: torch.Tensor, tissues: dict[int, str], modality: str, spacing,
-               rng: np.random.Generator, acquisition: bool = True) -> torch.Tensor:
+               rng: np.random.Generator, acquisition: bool = True, model: dict | None = None) -> torch.Tensor:
     """labels [D, H, W] (integer tissue values at ``spacing`` mm, per array axis) -> a float32
     image of ``modality`` (MR: arbitrary units; CT: HU) on the same grid. ``acquisition`` False:
-    no random resolution, noise or global scale (for benchmarks that acquire images themselves)."""
-    model = TISSUE_MODELS[modality]
+    no random resolution, noise or global scale (for benchmarks that acquire images themselves).
+    ``model``: tissue -> (low, high) intensities instead of the modality's own ranges."""
+    model = model or TISSUE_MODELS[modality]
     labels = labels.long()
     shape = labels.shape
     image = torch.zeros(shape, dtype=torch.float32)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ..data.transforms import AugmentationConfig
 from ..data.brain_template import TASK_VALUES, TISSUES, head_label_map, template_tissues
 from ..networks import ModelConfig
 from ..training.config import TrainConfig
@@ -78,8 +79,8 @@ def train_config(steps: int, seed: int, patch: int = 48) -> TrainConfig:
     return TrainConfig(spacing=(2.0, 2.0, 2.0), patch_size=(patch,) * 3, batch_size=2, epochs=epochs,
                        iterations_per_epoch=max(1, steps // epochs), validate_every=10 ** 6, lr=2e-3,
                        warmup_epochs=0.5, num_workers=0, checkpoint_every=100, seed=seed,
-                       augmentation={"affine_prob": 0.7, "rotate_degrees": 20.0, "scale": 0.15,
-                                     "intensity_prob": 0.0, "foreground_ratio": 0.5})
+                       augmentation=AugmentationConfig(affine_prob=0.7, rotate_degrees=20.0, scale=0.15,
+                                                       intensity_prob=0.0, foreground_ratio=0.5))
 
 
 def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str = "small", width: int = 12,
@@ -95,7 +96,7 @@ def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str =
     catalog = write_catalog(data, heads)
     net = ModelConfig.preset(preset, tasks=list(TASKS), modalities=list(MODALITIES), base_width=width,
                              fusion={"head_dim": 2 * width})
-    cfg = TrainConfig.from_dict(train_config(steps, seed, patch).to_dict())
+    cfg = train_config(steps, seed, patch)
     result = run_training(catalog, net, cfg, out / "run", resume=resume, device=device, progress=progress)
     if not result["package"]:
         raise RuntimeError("training stopped before its last step; run again with --resume")
