@@ -4,8 +4,9 @@
 1. writes the synthetic multi-institution collection (5 institutions, 4 modalities, partial
    labels; a 6th institution held out of training);
 2. trains ONE small-preset universal model on all of it, jointly (progress bar, bf16 on GPUs);
-3. predicts the validation cases of every institution and the held-out institution's cases with
-   the exported package, exactly as ``universalseg predict`` does;
+3. predicts TEST cases never used in training (``test_cases`` per institution, drawn from data
+   seed + 1000, the held-out institution's included) with the exported package, exactly as
+   ``universalseg predict`` does;
 4. writes per case a ``.seg.nrrd`` (named, colored segments with SNOMED terminology: open it in
    3D Slicer) and a PNG overlay montage (prediction solid, reference dashed), a Dice table per
    institution x task (printed and ``dice.json``), and the model package ``model.zip`` (select or
@@ -34,13 +35,15 @@ from .visualization import bar_chart, overlay_montage
 log = logging.getLogger("UniversalSeg.demo")
 
 
-def demo_train_config(steps: int, shape: int, seed: int) -> TrainConfig:
+def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConfig:
+    """The demo's recipe; ``changes`` override settings (Testing/Benchmarks/demo_study.py)."""
     spacing = 180.0 / shape  # the collection's field of view is 180 mm
     epochs = max(1, steps // 50)
-    return TrainConfig(spacing=(spacing,) * 3, patch_size=(32, 32, 32) if shape <= 40 else (48, 48, 48),
-                       batch_size=2, epochs=epochs, iterations_per_epoch=max(1, steps // epochs),
-                       validate_every=epochs, lr=3e-3, warmup_epochs=0.5, num_workers=0,
-                       checkpoint_every=50, seed=seed)
+    cfg = TrainConfig(spacing=(spacing,) * 3, patch_size=(32, 32, 32) if shape <= 40 else (48, 48, 48),
+                      batch_size=2, epochs=epochs, iterations_per_epoch=max(1, steps // epochs),
+                      validate_every=epochs, lr=3e-3, warmup_epochs=0.5, num_workers=0,
+                      checkpoint_every=50, seed=seed)
+    return cfg.replace(**changes) if changes else cfg
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -49,12 +52,16 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40, seed: int = 0,
-             preset: str = "small", device: str = "auto", progress: bool = True) -> dict:
+             preset: str = "small", device: str = "auto", progress: bool = True, test_cases: int = 4,
+             overlays: int = 1, train_changes: dict | None = None) -> dict:
+    """``overlays``: PNG montages per institution (the first N test cases)."""
     out = Path(out)
     t0 = time.time()
-    print(f"[1/4] synthetic multi-institution collection -> {out / 'data'}", flush=True)
+    print(f"[1/4] synthetic multi-institution collection -> {out / 'data'} (training), "
+          f"{out / 'test-data'} (test, data seed {seed + 1000})", flush=True)
     catalog_path = generate_collection(out / "data", cases=cases, shape=shape, seed=seed, progress=progress)
-    cfg = demo_train_config(steps, shape, seed)
+    test_path = generate_collection(out / "test-data", cases=test_cases, shape=shape, seed=seed + 1000)
+    cfg = demo_train_config(steps, shape, seed, **(train_changes or {}))
     net = ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"])
     print(f"[2/4] training the {preset} universal model jointly on every institution "
           f"({cfg.total_steps} steps, patch {cfg.patch_size[0]}^3 at {cfg.spacing[0]:.2f} mm)", flush=True)
@@ -68,14 +75,12 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
     predictor = Predictor(package, device=device)
     infos = {t.name: t for t in package.tasks}
 
-    print(f"[3/4] predicting held-out cases -> {out / 'predictions'}", flush=True)
-    seen = load_catalog(catalog_path)
-    held = load_catalog(catalog_path.parent / "catalog-heldout.yaml")
-    jobs = [(ds, c, "validation") for ds in seen.datasets for c in ds.splits["validation"]]
-    jobs += [(ds, c, "left out of training") for ds in held.datasets
-             for c in ds.splits["validation"] + ds.splits["train"][:2]]
+    print(f"[3/4] predicting {test_cases} test cases per institution -> {out / 'predictions'}", flush=True)
+    jobs = [(ds, c, why, n) for name, why in (("catalog.yaml", "test"), ("catalog-heldout.yaml", "left out of training"))
+            for ds in load_catalog(test_path.parent / name).datasets
+            for n, c in enumerate(ds.splits["train"] + ds.splits["validation"])]
     table: dict[str, dict[str, list]] = {}
-    for ds, case, why in jobs:
+    for ds, case, why, n in jobs:
         tasks = [t for t in ds.tasks if t in package.config.tasks]
         pred = predictor.predict(case.image, ds.modality, tasks, PredictOptions(largest_component=True))
         seg_path = write_seg_nrrd(out / "predictions" / f"{case.id}.seg.nrrd", pred.reference, pred.masks, infos)
@@ -89,13 +94,15 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
             ref = sitk.GetImageFromArray(truth.astype(np.uint8))
             ref.CopyInformation(label)
             reference[t] = ref
-        overlay_montage(pred.reference, pred.masks, {t: infos[t].color for t in tasks},
-                        out / "predictions" / f"{case.id}.png",
-                        title=f"{case.id} - {ds.modality} - {why} (solid: prediction, dashed: reference)",
-                        reference=reference)
+        if n < overlays:
+            overlay_montage(pred.reference, pred.masks, {t: infos[t].color for t in tasks},
+                            out / "predictions" / f"{case.id}.png",
+                            title=f"{case.id} - {ds.modality} - {why} (solid: prediction, dashed: reference)",
+                            reference=reference)
         log.debug("wrote %s", seg_path)
 
-    print("[4/4] Dice per institution x task (largest component, on the input grid)", flush=True)
+    print(f"[4/4] Dice per institution x task, mean of {test_cases} test cases (largest component, "
+          "on the input grid)", flush=True)
     means = {inst: {t: float(np.mean(v)) for t, v in tasks.items()} for inst, tasks in table.items()}
     lines = [f"{'institution':44s} " + " ".join(f"{t:>12s}" for t in package.config.tasks)]
     for inst, row in means.items():
@@ -103,7 +110,8 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
                                                 for t in package.config.tasks))
     print("\n".join(lines))
     summary = {"dice": means, "cases": {k: {t: v for t, v in r.items()} for k, r in table.items()},
-               "steps": result["steps"], "seconds": round(time.time() - t0, 1),
+               "steps": result["steps"], "seconds": round(time.time() - t0, 1), "seed": seed,
+               "test_cases": test_cases, "train_config": cfg.to_dict(),
                "model": str(model_zip), "catalog": str(catalog_path)}
     (out / "dice.json").write_text(json.dumps(summary, indent=2))
     bar_chart({inst: row for inst, row in means.items()}, out / "dice.png",

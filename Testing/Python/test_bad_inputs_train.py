@@ -81,6 +81,8 @@ CASES = {  # name: (prepare(work) or None, extra arguments, message)
     "broken-config": (lambda w: (w / "net.json").write_text("{\"tasks\": [}"), [], "is not valid JSON"),
     "train-config-key": (lambda w: (w / "t.yaml").write_text("lr: 0.1\nlearning_rate: 2\n"),
                          ["--train-config", "{work}/t.yaml"], "unknown training settings ['learning_rate']"),
+    "train-config-loss": (lambda w: (w / "t.yaml").write_text("loss: focal\n"),
+                          ["--train-config", "{work}/t.yaml"], "loss: one of adaptive-tversky, dice, got 'focal'"),
     "device": (None, ["--device", "gpu0"], "device 'gpu0' is not a device"),
 }
 

@@ -8,15 +8,19 @@ from UniversalSeg.model_package import load_package
 
 
 def test_demo_end_to_end_reduced(tmp_path):
-    summary = run_demo(tmp_path, steps=4, cases=3, shape=32, progress=False)
+    summary = run_demo(tmp_path, steps=4, cases=3, shape=32, progress=False, test_cases=2)
     dice = json.loads((tmp_path / "dice.json").read_text())
     assert set(dice["dice"]) == {
-        "ct-hospital-a (validation)", "ct-hospital-b (validation)", "mr-t1-hospital-c (validation)",
-        "mr-t2-hospital-d (validation)", "pet-hospital-e (validation)", "mr-t1-hospital-f (left out of training)"}
+        "ct-hospital-a (test)", "ct-hospital-b (test)", "mr-t1-hospital-c (test)",
+        "mr-t2-hospital-d (test)", "pet-hospital-e (test)", "mr-t1-hospital-f (left out of training)"}
     assert all(0 <= v <= 1 for row in dice["dice"].values() for v in row.values())
+    assert all(len(v) == 2 for row in dice["cases"].values() for v in row.values())  # 2 test cases each
     segs = sorted((tmp_path / "predictions").glob("*.seg.nrrd"))
     pngs = sorted((tmp_path / "predictions").glob("*.png"))
-    assert len(segs) == len(pngs) == 5 + 3  # one validation case per institution + 3 held-out cases
+    assert len(segs) == 6 * 2 and len(pngs) == 6  # every test case; a montage of the first per site
+    # test cases come from another data seed: none of their images is a training image
+    train_imgs = {p.read_bytes() for p in (tmp_path / "data").rglob("imagesTr/*.nii.gz")}
+    assert not any(p.read_bytes() in train_imgs for p in (tmp_path / "test-data").rglob("imagesTr/*.nii.gz"))
     seg = slicerio.read_segmentation(str(segs[0]), skip_voxels=True)
     assert all(s["name"] in {"Liver", "Spleen", "Kidney", "Liver tumor"} for s in seg["segments"])
     assert (tmp_path / "dice.png").stat().st_size > 10000

@@ -70,6 +70,26 @@ def test_tversky_weight_keeps_its_gradient_as_in_the_reference():
     assert not torch.allclose(grads[False], grads[True])
 
 
+def test_dice_loss_is_the_soft_dice_of_each_sample_and_task():
+    """loss='dice' (TrainConfig.loss): 1 - (2 TP + s) / (2 TP + FP + FN + s), i.e. Tversky at
+    alpha 0.5, per (sample, task); the BCE term is the same as the adaptive loss's."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 5, 5, 5)
+    target = (torch.rand(2, 3, 5, 5, 5) > 0.5).float()
+    bce, dice = per_task_losses(logits, target, fixed_alpha=0.5)
+    p = torch.sigmoid(logits).flatten(2)
+    t = target.flatten(2)
+    inter = (p * t).sum(-1)
+    expected = 1 - (2 * inter + 2e-5) / (p.sum(-1) + t.sum(-1) + 2e-5)
+    torch.testing.assert_close(dice, expected)
+    torch.testing.assert_close(bce, per_task_losses(logits, target)[0])
+    supervised = torch.ones(2, 3, dtype=torch.bool)
+    loss, _ = PartialLabelLoss(kind="dice")({"logits": logits}, target, supervised, None, None)
+    torch.testing.assert_close(loss, (bce + expected).mean())
+    adaptive, _ = PartialLabelLoss()({"logits": logits}, target, supervised, None, None)
+    assert not torch.allclose(loss, adaptive)
+
+
 def test_sampler_follows_dataset_weights():
     dataset_of_case = [0] * 2 + [1] * 10 + [2] * 5
     s = DatasetWeightedSampler(dataset_of_case, [1.0, 1.0, 2.0], samples_per_epoch=8000, seed=1)
@@ -170,3 +190,45 @@ def test_reference_augmentation_preset_and_low_resolution_step():
                                                 augmentation((32, 32, 32), TrainConfig().augmentation, 3).transforms]
     with pytest.raises(TrainConfigError, match="unknown augmentation preset 'strong'"):
         TrainConfig().replace(augmentation="strong")
+
+
+def _box_case(size=32):
+    from monai.data import MetaTensor
+    label = torch.zeros(1, size, size, size)
+    label[0, 4:14, 8:24, 8:24] = 1  # on the left of axis 0 only: a mirror moves it
+    return {"image": MetaTensor(label * 10.0), "target": MetaTensor(label.to(torch.uint8)),
+            "label": MetaTensor(label)}
+
+
+def test_left_right_flip_mirrors_image_and_targets_together():
+    from UniversalSeg.data.transforms import AugmentationConfig, augmentation
+    aug = AugmentationConfig(affine_prob=0.0, intensity_prob=0.0, flip_prob=1.0)
+    chain = augmentation((32, 32, 32), aug, 2)
+    chain.set_random_state(seed=3)
+    case = _box_case()
+    out = chain(dict(case))
+    out = out[0] if isinstance(out, list) else out
+    torch.testing.assert_close(out["target"].as_tensor(), case["target"].as_tensor().flip(1))  # RAS axis 0
+    torch.testing.assert_close(out["image"].as_tensor(), case["image"].as_tensor().flip(1))
+    assert "RandFlipd" not in [type(t).__name__ for t in augmentation((32,) * 3, AugmentationConfig(), 2).transforms]
+
+
+def test_shear_bends_the_box_and_keeps_image_and_targets_aligned():
+    from UniversalSeg.data.transforms import AugmentationConfig, augmentation
+    results = {}
+    for shear in (0.0, 0.3):
+        aug = AugmentationConfig(affine_prob=1.0, rotate_degrees=0.0, scale=0.0, shear=shear, intensity_prob=0.0)
+        chain = augmentation((32, 32, 32), aug, 2)
+        chain.set_random_state(seed=5)
+        out = chain(_box_case(40))
+        out = out[0] if isinstance(out, list) else out
+        target = out["target"].as_tensor()[0].bool()
+        idx = target.nonzero()
+        box = torch.prod(idx.max(0).values - idx.min(0).values + 1)
+        results[shear] = float(target.sum()) / float(box)  # 1.0: still an axis-aligned box
+        image = out["image"].as_tensor()[0]
+        assert float(((image > 5) == target).float().mean()) > 0.98  # same transform for both
+    assert results[0.0] == 1.0 and results[0.3] < 0.9
+    from UniversalSeg.training.config import TrainConfig, TrainConfigError
+    with pytest.raises(TrainConfigError, match="augmentation.shear: a number in"):
+        TrainConfig().replace(augmentation={"shear": 2.0})

@@ -1,6 +1,6 @@
 """Sub-commands of ``universalseg``; each module has HELP, ``register(parser)`` and sets ``run``."""
-from . import demo, evaluate, info, models, network, predict, synth, train, zoo
+from . import demo, evaluate, finetune, info, models, network, predict, synth, train, zoo
 
-COMMANDS = {"demo": demo, "synth": synth, "train": train, "evaluate": evaluate, "predict": predict,
+COMMANDS = {"demo": demo, "synth": synth, "train": train, "finetune": finetune, "evaluate": evaluate, "predict": predict,
             "info": info, "models": models, "network": network,
             "zoo": zoo}

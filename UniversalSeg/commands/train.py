@@ -36,6 +36,8 @@ def register(parser):
     parser.add_argument("--batches", choices=["mixed", "distinct-sites", "every-site"],
                         help="batch composition: mixed (default), distinct-sites, or every-site (MS-Net: "
                              "each site in every step; --batch-size a multiple of the number of datasets)")
+    parser.add_argument("--loss", choices=["adaptive-tversky", "dice"],
+                        help="region term beside BCE: adaptive-tversky (Hermes, default) or dice")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, dest="num_workers")
     parser.add_argument("--seed", type=int)
@@ -66,7 +68,7 @@ def run(args) -> int:
                       batch_size=args.batch_size, patch_size=patch, spacing=spacing, lr=args.lr,
                       precision=args.precision, num_workers=args.num_workers, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, augmentation=args.augmentation,
-                      sampling=args.sampling, batches=args.batches)
+                      sampling=args.sampling, batches=args.batches, loss=args.loss)
     from pathlib import Path
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the run")

@@ -54,19 +54,13 @@ def _smooth(shape, rng: np.random.Generator, cells: int) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, sigmas) -> torch.Tensor:
-    """Separable Gaussian blur of a [D, H, W] tensor, sigma per axis in voxels."""
-    out = x[None, None]
-    for axis, sigma in enumerate(sigmas):
-        if sigma < 0.2:
-            continue
-        radius = max(1, int(np.ceil(3 * sigma)))
-        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        k = (k / k.sum()).reshape([1, 1] + [len(t) if a == axis else 1 for a in range(3)])
-        pad = [0, 0] * 3
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), k)
-    return out[0, 0]
+    """Gaussian blur of a [D, H, W] tensor, sigma per axis in voxels (below 0.2: that axis is
+    left alone). MONAI's kernels and separable filtering, with replicated edges: MONAI's
+    ``GaussianFilter`` pads with zeros, which would darken MR and brighten CT air at a patch's border."""
+    from monai.networks.layers.convutils import gaussian_1d
+    from monai.networks.layers.simplelayers import separable_filtering
+    kernels = [gaussian_1d(float(s), truncated=3.0) if s >= 0.2 else torch.ones(1) for s in sigmas]
+    return separable_filtering(x[None, None], kernels, mode="replicate")[0, 0]
 
 
 def synthesize(labels: torch.Tensor, tissues: dict[int, str], modality: str, spacing,

@@ -34,6 +34,12 @@ class LoadCased(mt.MapTransform):
 
     def __call__(self, data):
         d = dict(data)
+        if d.get("synthesis") and d.get("image") == d.get("label") and isinstance(d.get("label"), str):
+            # a synthesize case: its label map stands in for the image (replaced in training) - read once
+            d["label"] = read_image(d["label"], label=True)
+            d["image"] = MetaTensor(d["label"].as_tensor().float(), affine=d["label"].affine,
+                                    meta=dict(d["label"].meta))
+            return d
         for key in self.key_iterator(d):
             if d[key] is not None and not isinstance(d[key], torch.Tensor):
                 d[key] = read_image(d[key], label=(key == "label"))
@@ -101,6 +107,8 @@ class AugmentationConfig:
     affine_prob: float = 0.2
     rotate_degrees: float = 15.0
     scale: float = 0.15
+    shear: float = 0.0  # each of the six 3D shear factors in [-shear, shear] (MONAI RandAffine)
+    flip_prob: float = 0.0  # left-right mirror (RAS axis 0); only where the anatomy is symmetric
     intensity_prob: float = 0.15
     noise_std: float = 0.1
     foreground_ratio: float = 0.67  # share of crops centred on a labelled voxel
@@ -190,10 +198,13 @@ def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int
         rad = np.deg2rad(aug.rotate_degrees)
         steps += [
             mt.RandAffined(spatial, prob=aug.affine_prob, rotate_range=(rad, rad, rad),
-                           scale_range=(aug.scale,) * 3, mode=["bilinear", "nearest", "nearest"][:len(spatial)],
+                           scale_range=(aug.scale,) * 3, shear_range=(aug.shear,) * 6 if aug.shear else None,
+                           mode=["bilinear", "nearest", "nearest"][:len(spatial)],
                            padding_mode="zeros", spatial_size=big),
             mt.CenterSpatialCropd(spatial, roi_size=patch),
         ]
+    if aug.flip_prob > 0:  # patches are RAS after preprocessing: axis 0 is left-right
+        steps.append(mt.RandFlipd(spatial, prob=aug.flip_prob, spatial_axis=0))
     if synthesis:
         steps += [SynthesizeImaged(*synthesis), mt.DeleteItemsd("label")]
     p = aug.intensity_prob

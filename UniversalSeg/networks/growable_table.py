@@ -6,8 +6,9 @@ separate parameter, so an optimizer can train only the new rows while the old on
 (``requires_grad=False``), with no gradient masking that weight decay or momentum could undo.
 Look-ups gather rows by index, so a request for old rows computes exactly what it did before.
 
-State dicts always carry both keys; ``consolidate()`` (or loading a state dict) folds ``extra``
-into ``weight`` so a saved model is rebuilt from its config alone.
+State dicts always carry both keys; ``consolidate()`` (or loading a state dict with another split)
+folds ``extra`` into ``weight`` so a saved model is rebuilt from its config alone; a state with the
+table's own split (a checkpoint of a grown model, loaded into the same grown model) loads as is.
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ class GrowableTable(nn.Module):
         w, e = state_dict.get(prefix + "weight"), state_dict.get(prefix + "extra")
         if w is None:
             return
+        if e is not None and w.shape == self.weight.shape and e.shape == self.extra.shape:
+            return  # the same split (a resumed incremental run): load as is, old rows stay frozen
         merged = w if e is None or e.shape[0] == 0 else torch.cat([w, e], 0)
         if merged.shape[0] != self.num_rows:
             return  # let load_state_dict report the size mismatch

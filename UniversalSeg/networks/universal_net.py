@@ -157,7 +157,10 @@ class UniversalSegNet(nn.Module):
             raise InputError(f"this model has no {kind} priors to grow (fusion.sites is empty and "
                              "the head is static for modalities); retrain with priors instead")
         if freeze:
+            grown = [t.extra for k in ("task", "modality") for t in self._tables(k) if t.extra.shape[0]]
             self.requires_grad_(False)
+            for extra in grown:  # rows added by an earlier call (new tasks, then new modalities) still train
+                extra.requires_grad_(True)
             self._frozen_for_increment = True
             self.train(self.training)
         for table in tables:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data.transforms import AugmentationConfig
 from ..errors import InputError
+from .losses import LOSSES
 
 
 class TrainConfigError(InputError):
@@ -37,6 +38,7 @@ class TrainConfig:
     cache_rate: float = 1.0
     sampling: str = "dataset"       # "case": datasets weighted by their number of cases too
     batches: str = "mixed"          # "distinct-sites", or "every-site" (MS-Net: every site in every step)
+    loss: str = "adaptive-tversky"  # Hermes' region term; "dice": Tversky with alpha fixed at 0.5
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -121,6 +123,8 @@ class TrainConfig:
             raise TrainConfigError(f"sampling: 'dataset' or 'case', got {self.sampling!r}")
         if self.batches not in ("mixed", "distinct-sites", "every-site"):
             raise TrainConfigError(f"batches: 'mixed', 'distinct-sites' or 'every-site', got {self.batches!r}")
+        if self.loss not in LOSSES:
+            raise TrainConfigError(f"loss: one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.optimizer != "adamw":
             raise TrainConfigError(f"optimizer: only 'adamw' is available, got {self.optimizer!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -138,11 +142,11 @@ class TrainConfig:
                 close = ")" if key in ("ema_decay", "overlap") else "]"
                 raise TrainConfigError(f"{key}: a number in {edge}{low}, {high}{close}, got {v!r}")
         aug = self.augmentation
-        for key in ("affine_prob", "intensity_prob", "foreground_ratio", "low_resolution_prob"):
+        for key in ("affine_prob", "intensity_prob", "foreground_ratio", "low_resolution_prob", "flip_prob"):
             v = getattr(aug, key)
             if not (_finite(v) and 0 <= v <= 1):
                 raise TrainConfigError(f"augmentation.{key}: a probability in [0, 1], got {v!r}")
-        for key, high in (("rotate_degrees", 180), ("scale", 0.9), ("noise_std", 10)):
+        for key, high in (("rotate_degrees", 180), ("scale", 0.9), ("shear", 0.5), ("noise_std", 10)):
             v = getattr(aug, key)
             if not (_finite(v) and 0 <= v <= high):
                 raise TrainConfigError(f"augmentation.{key}: a number in [0, {high}], got {v!r}")

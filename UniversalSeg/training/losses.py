@@ -4,7 +4,8 @@ Per (sample, task): sigmoid BCE + adaptive Tversky (Hermes: alpha = clamp(FP / (
 0.8), so the loss leans against whichever error the model currently makes more). As in the
 reference (yhygao/universal-medical-image-segmentation, training/losses.py ``BinaryDiceLoss``),
 alpha is NOT detached: its gradient is part of the loss's (``detach_alpha=True`` gives the
-simpler variant an earlier version of ours used).
+simpler variant an earlier version of ours used). ``loss="dice"`` fixes alpha at 0.5: the soft
+Dice loss (per sample and task), the choice the demo's seeded study supports (README).
 MONAI's Dice/Tversky losses take one global alpha and reduce over all channels, so this small
 piece is written here. Entries outside ``supervised`` (padding slots, or tasks a dataset does not
 label) are removed with ``torch.where`` before the mean: their gradients are exactly zero, not
@@ -20,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
+LOSSES = ("adaptive-tversky", "dice")
+
+
 @dataclass(frozen=True)
 class LossWeights:
     bce: float = 1.0
@@ -29,8 +33,9 @@ class LossWeights:
 
 
 def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5,
-                    detach_alpha: bool = False):
-    """logits, target [B, T, ...] -> (bce [B, T], tversky [B, T])."""
+                    detach_alpha: bool = False, fixed_alpha: float | None = None):
+    """logits, target [B, T, ...] -> (bce [B, T], tversky [B, T]); ``fixed_alpha`` replaces the
+    adaptive weight (0.5: soft Dice)."""
     logits = logits.float().flatten(2)
     target = target.float().flatten(2)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
@@ -38,7 +43,10 @@ def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
     tp = (p * target).sum(-1)
     fp = (p * (1 - target)).sum(-1)
     fn = ((1 - p) * target).sum(-1)
-    alpha = (fp / (fp + fn + smooth)).clamp(0.2, 0.8)
+    if fixed_alpha is not None:
+        alpha = torch.full_like(fp, fixed_alpha)
+    else:
+        alpha = (fp / (fp + fn + smooth)).clamp(0.2, 0.8)
     if detach_alpha:
         alpha = alpha.detach()
     tversky = 1 - (tp + smooth) / (tp + alpha * fp + (1 - alpha) * fn + smooth)
@@ -46,16 +54,19 @@ def per_task_losses(logits: torch.Tensor, target: torch.Tensor, smooth: float = 
 
 
 class PartialLabelLoss(nn.Module):
-    def __init__(self, weights: LossWeights = LossWeights()):
+    def __init__(self, weights: LossWeights = LossWeights(), kind: str = "adaptive-tversky"):
         super().__init__()
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}")
         self.w = weights
+        self.fixed_alpha = 0.5 if kind == "dice" else None
 
     def forward(self, outputs: dict, target: torch.Tensor, supervised: torch.Tensor,
                 modality_ids: torch.Tensor, domain_ids: torch.Tensor):
         count = supervised.sum().clamp(min=1)
 
         def segmentation(logits):
-            bce, tversky = per_task_losses(logits, target)
+            bce, tversky = per_task_losses(logits, target, fixed_alpha=self.fixed_alpha)
             per = self.w.bce * bce + self.w.tversky * tversky
             return torch.where(supervised, per, torch.zeros_like(per)).sum() / count
 

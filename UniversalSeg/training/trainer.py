@@ -51,6 +51,8 @@ from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluation import evaluate_cases, format_dice_table
+from .finetune import FineTuneStart, anchor_penalty, starting_network
+from .finetune import provenance as finetune_provenance
 from .losses import PartialLabelLoss
 from ..errors import InputError
 
@@ -96,8 +98,9 @@ def lr_factor(step: int, warmup: int, total: int, power: float) -> float:
 
 
 class Trainer:
-    def __init__(self, catalog_path: str | Path, model_config: ModelConfig, cfg: TrainConfig,
-                 out_dir: str | Path, device: str = "auto", progress: bool = True):
+    def __init__(self, catalog_path: str | Path | Catalog, model_config: Optional[ModelConfig], cfg: TrainConfig,
+                 out_dir: str | Path, device: str = "auto", progress: bool = True,
+                 start: Optional[FineTuneStart] = None):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(resolve_device(device))
@@ -107,15 +110,23 @@ class Trainer:
         self.threads = ThreadGovernor(enabled=None if self.device.type == "cpu" else False)
         self.precision = training_precision(cfg.precision, self.device)
         self.progress = progress and self.dist.is_main
-        self.catalog = load_catalog(catalog_path)
-        self.catalog_path = Path(catalog_path)
+        self.catalog = catalog_path if isinstance(catalog_path, Catalog) else load_catalog(catalog_path)
+        self.catalog_path = Path(self.catalog.path or catalog_path)
+        self.start = start
         if self.dist.is_main:
             check_files(self.catalog, progress=self.progress)  # every bad file before training
         barrier(self.dist)
-        self.model_config = fit_config_to_catalog(model_config, self.catalog)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        net = UniversalSegNet(self.model_config)
+        if start is None:
+            self.model_config = fit_config_to_catalog(model_config, self.catalog)
+            net = UniversalSegNet(self.model_config)
+        else:  # fine-tuning: the parent's network and weights (grown for new tasks / modalities)
+            net = starting_network(start, self.catalog)
+            self.model_config = net.config
+            self.catalog.modalities = {**self.catalog.modalities, **start.package.modalities}
         self.net = prepare_model(net, self.device)
+        self.reference = ({k: v.detach().clone() for k, v in self.net.named_parameters() if v.requires_grad}
+                          if start is not None and start.anchor else None)
         self.model = (DistributedDataParallel(self.net, device_ids=[self.device.index]
                                               if self.device.type == "cuda" else None)
                       if self.dist.enabled else self.net)
@@ -126,7 +137,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, cfg.total_steps, cfg.poly_power))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.loss_fn = PartialLabelLoss()
+        self.loss_fn = PartialLabelLoss(kind=cfg.loss)
         self._build_data()
         self.step, self.best = 0, -1.0
 
@@ -166,6 +177,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
             "model_config": self.model_config.to_dict(), "train_config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
+            "finetune": self.start.identity if self.start is not None else None,
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -177,6 +189,11 @@ class Trainer:
         if ckpt["model_config"] != self.model_config.to_dict():
             raise CheckpointError(f"{path} was written for another network or catalog (tasks, "
                                   "modalities or architecture differ); use a new --out folder")
+        now = self.start.identity if self.start is not None else None
+        if ckpt.get("finetune") != now:
+            raise CheckpointError(f"--resume: the run in {self.out} fine-tunes "
+                                  f"{_describe(ckpt.get('finetune'))}, not {_describe(now)}; repeat its "
+                                  "--model and --mode, or use a new --out folder")
         changed = changed_settings(ckpt["train_config"], self.cfg.to_dict())
         if changed and not allow_changes:
             raise CheckpointError(f"--resume: the run in {self.out} was started with other settings ("
@@ -204,6 +221,10 @@ class Trainer:
         with autocast(self.device, self.precision):
             outputs = self.model(image, ctx)
         loss, parts = self.loss_fn(outputs, target, ctx.task_mask, ctx.modality_ids, ctx.domain_ids)
+        if self.reference is not None:  # fine-tuning's L2-SP anchor to the parent's weights
+            anchor = anchor_penalty(self.net, self.reference)
+            loss = loss + self.start.anchor * anchor
+            parts["anchor"] = anchor.detach()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower the "
                                      "learning rate or check the images for extreme values")
@@ -327,7 +348,10 @@ class Trainer:
         val = self.out / "validation.json"
         if val.exists():
             provenance["validation"] = json.loads(val.read_text())
-        tasks = [self.catalog.tasks[t] for t in self.model_config.tasks]
+        known = {t.name: t for t in self.start.package.tasks} if self.start else {}
+        tasks = [known[t] if t in known else self.catalog.tasks[t] for t in self.model_config.tasks]
+        if self.start is not None:
+            provenance["finetune"] = finetune_provenance(self.start, self.catalog)
         return save_package(self.out / name, net, tasks, self.catalog.modalities, self.cfg.spacing,
                             self.cfg.patch_size, provenance)
 
@@ -349,9 +373,16 @@ def changed_settings(before: dict, now: dict) -> list[str]:
             if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
 
 
-def run_training(catalog_path, model_config: ModelConfig, cfg: TrainConfig, out_dir, resume=False,
-                 device="auto", max_steps: Optional[int] = None, progress=True, allow_changes: bool = False) -> dict:
-    trainer = Trainer(catalog_path, model_config, cfg, out_dir, device, progress)
+def _describe(identity: Optional[dict]) -> str:
+    if not identity:
+        return "nothing (a training from scratch)"
+    return f"{identity['model']} (SHA-256 {identity['sha256'][:12]}) in mode {identity['mode']}"
+
+
+def run_training(catalog_path, model_config: Optional[ModelConfig], cfg: TrainConfig, out_dir, resume=False,
+                 device="auto", max_steps: Optional[int] = None, progress=True, allow_changes: bool = False,
+                 start: Optional[FineTuneStart] = None) -> dict:
+    trainer = Trainer(catalog_path, model_config, cfg, out_dir, device, progress, start=start)
     handler = _file_log(Path(out_dir), trainer.dist)
     try:
         result = trainer.fit(resume=resume, max_steps=max_steps, allow_changes=allow_changes)

@@ -80,7 +80,8 @@ def train_config(steps: int, seed: int, patch: int = 48) -> TrainConfig:
                        iterations_per_epoch=max(1, steps // epochs), validate_every=10 ** 6, lr=2e-3,
                        warmup_epochs=0.5, num_workers=0, checkpoint_every=100, seed=seed,
                        augmentation=AugmentationConfig(affine_prob=0.7, rotate_degrees=20.0, scale=0.15,
-                                                       intensity_prob=0.0, foreground_ratio=0.5))
+                                                       shear=0.05, flip_prob=0.5, intensity_prob=0.3,
+                                                       foreground_ratio=0.5))
 
 
 def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str = "small", width: int = 12,

@@ -1,0 +1,80 @@
+"""Fine-tune a model on your own (corrected) cases: better on your scans, or new structures.
+
+    universalseg finetune --model MODEL --catalog MY_CASES.yaml --out RUN
+                          [--mode adapt|add-tasks] [--replay ORIGINAL.yaml] [--resume]
+
+MODEL is a package (folder or .zip), a cached name or a catalog id. ``--mode adapt`` (default)
+fine-tunes every weight on the model's own tasks; ``--replay`` mixes the model's original data
+in (``--replay-share`` of the samples) and ``--anchor`` pulls the weights towards the parent's
+(L2-SP), both against forgetting. ``--mode add-tasks`` learns the catalog's NEW structures with
+every old weight frozen: the old structures' outputs stay bit-identical. The package in
+RUN/model records its parent, the mode and the cases per task. Settings default to the parent's
+training settings (its spacing and patch always); see ``training/finetune.py``.
+"""
+from ..errors import InputError
+
+HELP = "fine-tune a model on your own cases (adapt, or add new structures with the old ones frozen)"
+
+
+def register(parser):
+    parser.add_argument("--model", required=True, help="model package (folder/.zip), cached name or catalog id")
+    parser.add_argument("--catalog", required=True, help="your cases: a dataset catalog (.yaml / .json)")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, model)")
+    parser.add_argument("--mode", default="adapt", choices=["adapt", "add-tasks"])
+    parser.add_argument("--replay", help="the model's original catalog, replayed against forgetting (adapt)")
+    parser.add_argument("--replay-share", type=float, default=0.5,
+                        help="share of the samples drawn from --replay (default 0.5)")
+    parser.add_argument("--anchor", type=float,
+                        help="L2-SP weight towards the parent's weights (adapt; default 0.01 without "
+                             "--replay, 0 with it)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the parent's / 10 in adapt, "
+                                                 "the parent's in add-tasks)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--name", default="", help="name of the new version (default <parent>-finetuned)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--workers", type=int, default=0, dest="num_workers")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import json
+    from pathlib import Path
+
+    from ..data.catalog import load_catalog
+    from ..model_download import resolve_model_path
+    from ..model_package import load_package
+    from ..training.config import TrainConfig, TrainConfigError
+    from ..training.finetune import FineTuneStart, merge_replay
+    from ..training.trainer import run_training
+
+    if args.steps < 1:
+        raise InputError(f"--steps {args.steps}: must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file: give a folder for the run")
+    if args.mode == "add-tasks" and args.replay:
+        raise InputError("--replay guards adapt against forgetting; add-tasks freezes every old weight "
+                         "and needs none")
+    path = resolve_model_path(args.model, progress=not args.no_progress)
+    package = load_package(path)
+    user = load_catalog(args.catalog)
+    catalog = merge_replay(user, load_catalog(args.replay) if args.replay else None, args.replay_share)
+    anchor = args.anchor if args.anchor is not None else (0.01 if args.mode == "adapt" and not args.replay else 0.0)
+    start = FineTuneStart(package, path, args.mode, anchor, args.name, tuple(user.domain_names))
+    try:
+        base = TrainConfig.from_dict(package.meta.get("provenance", {}).get("training") or {})
+    except TrainConfigError:
+        base = TrainConfig()
+    lr = args.lr if args.lr is not None else base.lr / (10 if args.mode == "adapt" else 1)
+    epochs = max(1, args.steps // 50)
+    cfg = base.replace(spacing=list(package.spacing), patch_size=list(package.patch_size), lr=lr,
+                       epochs=epochs, iterations_per_epoch=max(1, args.steps // epochs), warmup_epochs=0.2,
+                       validate_every=epochs, seed=args.seed, batch_size=args.batch_size,
+                       num_workers=args.num_workers, checkpoint_every=50)
+    result = run_training(catalog, None, cfg, args.out, resume=args.resume, device=args.device,
+                          progress=not args.no_progress, start=start)
+    print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
+    return 0
