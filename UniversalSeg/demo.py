@@ -72,34 +72,8 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
     package_dir = Path(result["package"])
     model_zip = Path(shutil.make_archive(str(out / "model"), "zip", package_dir))
     package = load_package(model_zip)
-    predictor = Predictor(package, device=device)
-    infos = {t.name: t for t in package.tasks}
-
     print(f"[3/4] predicting {test_cases} test cases per institution -> {out / 'predictions'}", flush=True)
-    jobs = [(ds, c, why, n) for name, why in (("catalog.yaml", "test"), ("catalog-heldout.yaml", "left out of training"))
-            for ds in load_catalog(test_path.parent / name).datasets
-            for n, c in enumerate(ds.splits["train"] + ds.splits["validation"])]
-    table: dict[str, dict[str, list]] = {}
-    for ds, case, why, n in jobs:
-        tasks = [t for t in ds.tasks if t in package.config.tasks]
-        pred = predictor.predict(case.image, ds.modality, tasks, PredictOptions(largest_component=True))
-        seg_path = write_seg_nrrd(out / "predictions" / f"{case.id}.seg.nrrd", pred.reference, pred.masks, infos)
-        label = sitk.ReadImage(str(case.label))
-        lab = sitk.GetArrayViewFromImage(label)
-        reference = {}
-        for t in tasks:
-            truth = np.isin(lab, ds.label_map[t])
-            got = sitk.GetArrayViewFromImage(pred.masks[t]) > 0
-            table.setdefault(f"{ds.name} ({why})", {}).setdefault(t, []).append(dice(got, truth))
-            ref = sitk.GetImageFromArray(truth.astype(np.uint8))
-            ref.CopyInformation(label)
-            reference[t] = ref
-        if n < overlays:
-            overlay_montage(pred.reference, pred.masks, {t: infos[t].color for t in tasks},
-                            out / "predictions" / f"{case.id}.png",
-                            title=f"{case.id} - {ds.modality} - {why} (solid: prediction, dashed: reference)",
-                            reference=reference)
-        log.debug("wrote %s", seg_path)
+    table = score_test_cases(package, test_path.parent, device, out / "predictions", overlays)
 
     print(f"[4/4] Dice per institution x task, mean of {test_cases} test cases (largest component, "
           "on the input grid)", flush=True)
@@ -119,3 +93,38 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
     print(f"done in {summary['seconds']:.0f} s: {out / 'dice.json'}, {out / 'dice.png'}, "
           f"{out / 'predictions'} (.seg.nrrd + .png), model {model_zip}")
     return summary
+
+
+def score_test_cases(package, test_root: Path, device: str = "auto", predictions: Path | None = None,
+                     overlays: int = 0, catalogs=(("catalog.yaml", "test"), ("catalog-heldout.yaml", "left out of training"))
+                     ) -> dict[str, dict[str, list]]:
+    """Dice per '<institution> (<why>)' x task x case of ``package`` on every case of the test
+    collection in ``test_root`` (largest components, on each input grid, as ``predict`` does);
+    with ``predictions``: a .seg.nrrd per case and a PNG montage for the first ``overlays``."""
+    predictor = Predictor(package, device=device)
+    infos = {t.name: t for t in package.tasks}
+    jobs = [(ds, c, why, n) for name, why in catalogs
+            for ds in load_catalog(Path(test_root) / name).datasets
+            for n, c in enumerate(ds.splits["train"] + ds.splits["validation"])]
+    table: dict[str, dict[str, list]] = {}
+    for ds, case, why, n in jobs:
+        tasks = [t for t in ds.tasks if t in package.config.tasks]
+        pred = predictor.predict(case.image, ds.modality, tasks, PredictOptions(largest_component=True))
+        label = sitk.ReadImage(str(case.label))
+        lab = sitk.GetArrayViewFromImage(label)
+        reference = {}
+        for t in tasks:
+            truth = np.isin(lab, ds.label_map[t])
+            got = sitk.GetArrayViewFromImage(pred.masks[t]) > 0
+            table.setdefault(f"{ds.name} ({why})", {}).setdefault(t, []).append(dice(got, truth))
+            ref = sitk.GetImageFromArray(truth.astype(np.uint8))
+            ref.CopyInformation(label)
+            reference[t] = ref
+        if predictions is not None:
+            write_seg_nrrd(predictions / f"{case.id}.seg.nrrd", pred.reference, pred.masks, infos)
+            if n < overlays:
+                overlay_montage(pred.reference, pred.masks, {t: infos[t].color for t in tasks},
+                                predictions / f"{case.id}.png",
+                                title=f"{case.id} - {ds.modality} - {why} (solid: prediction, dashed: reference)",
+                                reference=reference)
+    return table
