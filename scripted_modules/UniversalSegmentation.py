@@ -78,7 +78,9 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 (self.ui.inputVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", lambda n: self.preselectModality()),
                 (self.ui.applyButton, "clicked()", self.onApply),
                 (self.ui.undoButton, "clicked()", self.onUndo),
-                (self.ui.trainButton, "clicked()", self.onTrain)):
+                (self.ui.trainButton, "clicked()", self.onTrain),
+                (self.ui.addCaseButton, "clicked()", self.onAddCase),
+                (self.ui.finetuneButton, "clicked()", self.onFinetune)):
             widget.connect(signal, slot)
         self.initializeParameterNode()
         self.refreshModels()
@@ -177,6 +179,9 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.applyButton.text, self.ui.applyButton.enabled = action
         self.ui.undoButton.enabled = not running and self.logic.core.last_run is not None
         self.ui.trainButton.text = "Stop training" if self.jobs["train"] else "Start training in the background"
+        self.ui.finetuneButton.text = "Stop fine-tuning" if self.jobs["finetune"] else \
+            "Fine-tune the selected model in the background"
+        self.ui.addCaseButton.enabled = bool(p and p.inputVolume and p.outputSegmentation and not running)
 
     def onApply(self):
         if self.jobs["run"] is not None:
@@ -203,6 +208,23 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                     self.ui.catalogPathLineEdit.currentPath, self.ui.trainConfigSelector.currentText,
                     self.ui.trainOutputPathLineEdit.currentPath, resume=self.ui.trainResumeCheckBox.checked))
 
+    def onAddCase(self):  # the volume + its corrected segments -> the user's training set
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not add the case.", waitCursor=True):
+            self.ui.finetuneStatusLabel.text = self.state.add_case(
+                p.inputVolume, p.outputSegmentation, self.ui.trainingSetPathLineEdit.currentPath,
+                self.ui.modalitySelector.currentText, self.ui.newStructuresCheckBox.checked,
+                slicer.util.confirmYesNoDisplay)
+
+    def onFinetune(self):  # a new version of the selected model, next to it in the list when done
+        if self.jobs["finetune"] is not None:
+            self.jobs["finetune"].cancel("fine-tuning stopped; the model is unchanged")
+        elif dependencies.ensure_in_slicer():
+            with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
+                self.startJob("finetune", self.logic.core.start_finetune(
+                    self.state.finetune_spec(), self.ui.trainingSetPathLineEdit.currentPath,
+                    self.ui.finetuneModeSelector.currentText))
+
     def onUndo(self):
         with slicer.util.tryWithErrorDisplay("Could not undo the last run.", waitCursor=True):
             self.ui.statusLabel.text = self.logic.core.undo_last_run()
@@ -225,7 +247,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.updateButtons()
 
     def showJob(self, slot, job, finished):
-        label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "probe": self.ui.deviceInfoLabel}[slot]
+        label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "finetune": self.ui.finetuneStatusLabel,
+                 "probe": self.ui.deviceInfoLabel}[slot]
         if finished or slot != "probe":  # the device label keeps "detecting..." until the answer
             label.text = f"{job.stage}: {job.message}" if slot == "run" and not finished else job.message
         if slot == "run":

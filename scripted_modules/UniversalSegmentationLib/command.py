@@ -52,6 +52,14 @@ def train_command(catalog: str, config: str, out: str, python: Optional[str] = N
     return cmd + list(extra)
 
 
+def finetune_command(model: str, catalog: str, out: str, mode: str, python: Optional[str] = None,
+                     resume: bool = False) -> list[str]:
+    """Fine-tune ``model`` on the user's training set (``universalseg finetune``)."""
+    cmd = [python or python_executable(), "-m", "UniversalSeg", "finetune", "--model", str(model),
+           "--catalog", str(catalog), "--out", str(out), "--mode", mode, "--no-progress"]
+    return cmd + (["--resume"] if resume else [])
+
+
 def download_command(model_id: str, python: Optional[str] = None) -> list[str]:
     """Download a catalog model into the cache, with JSON progress lines."""
     return [python or python_executable(), "-m", "UniversalSeg", "models", "download", model_id,

@@ -1,11 +1,11 @@
 """The panel's background jobs, one per slot: "run" (segment, download or import a model),
-"train", "probe" (which devices torch sees). The GUI's timer calls ``poll()`` and renders the
+"train", "finetune", "probe" (which devices torch sees). The GUI's timer calls ``poll()`` and renders the
 events; a finished job leaves its slot, and ``cancel_all`` ends every child process (scene
 closed, Slicer closing). Qt-free, so tested with real child processes.
 """
 from __future__ import annotations
 
-SLOTS = ("run", "train", "probe")
+SLOTS = ("run", "train", "finetune", "probe")
 
 
 class JobSlots:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .command import (PredictRequest, child_environment, describe_devices, device_probe_command, download_command,
-                      import_command, parse_progress_line, predict_command, train_command)
+                      finetune_command, import_command, parse_progress_line, predict_command, train_command)
 from .process_runner import ProcessRunner
 from .segmentation_import import UndoRecord, import_result, write_volume
 
@@ -271,6 +271,21 @@ class UniversalSegLogic:
         out_path.mkdir(parents=True, exist_ok=True)
         return TrainingJob(self._launch(train_command(catalog, config, out, self.python, resume), out_path),
                            out_path)
+
+
+    def start_finetune(self, model: str, training_set: str, mode: str, extra: Sequence[str] = ()) -> TrainingJob:
+        """Fine-tune ``model`` on the training set in the background; the new version is written
+        to TRAINING_SET/versions/<model>-<mode>-<time>/model (the old model stays as it is)."""
+        catalog = Path(training_set or "") / "catalog.yaml"
+        if not training_set or not catalog.is_file():
+            raise ValueError("add cases to your training set first (it has no catalog.yaml yet)")
+        if mode not in ("adapt", "add-tasks"):
+            raise ValueError(f"unknown fine-tuning mode {mode!r}")
+        stem = Path(str(model)).name.split(".")[0] or "model"
+        out = Path(training_set) / "versions" / f"{stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True, exist_ok=False)
+        cmd = finetune_command(model, str(catalog), str(out), mode, self.python) + list(extra)
+        return TrainingJob(self._launch(cmd, out), out)
 
 
 def roi_bounds(roi_node) -> Optional[list]:

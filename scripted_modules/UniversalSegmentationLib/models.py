@@ -30,7 +30,7 @@ class ModelChoice:
 def available_models(folders: Sequence[str] = ()) -> list[ModelChoice]:
     cached = cached_packages()
     choices = [ModelChoice(f"{p.stem} (installed)", str(p)) for p in cached]
-    choices += [ModelChoice(f"{Path(f).parent.name}/{Path(f).name} (folder)", f) for f in folders if os.path.isdir(f)]
+    choices += [ModelChoice(folder_label(f), f) for f in folders if os.path.isdir(f)]
     names = {p.name for p in cached}
     for e in load_model_catalog():
         if e.shipped:  # installed with the extension: used in place, checksum verified when run
@@ -52,7 +52,8 @@ def model_summary(choice: ModelChoice) -> dict:
         path = default_catalog_path().parent / shipped[choice.spec].file if choice.spec in shipped else choice.spec
         summary = read_summary(path)
         tasks, modalities = summary.tasks, summary.modalities
-        card = card_text(summary.meta.get("provenance", {}).get("card"))
+        provenance = summary.meta.get("provenance", {})
+        card = "\n\n".join(t for t in (version_text(provenance.get("finetune")), card_text(provenance.get("card"))) if t)
     return {"tasks": [t.to_dict() for t in tasks], "modalities": modalities, "card": card}
 
 
@@ -65,3 +66,27 @@ def card_text(card) -> str:
     if not isinstance(card, dict):
         return ""
     return "\n\n".join(f"{title}: {card[key]}" for key, title in CARD_FIELDS if isinstance(card.get(key), str))
+
+
+def version_text(finetune) -> str:
+    """A fine-tuned version's record (``provenance.finetune``): parent, mode, date, cases."""
+    if not isinstance(finetune, dict) or not isinstance(finetune.get("parent"), dict):
+        return ""
+    parent = finetune["parent"]
+    cases = ", ".join(f"{t} {n}" for t, n in sorted((finetune.get("cases") or {}).items()))
+    return (f"Fine-tuned version '{finetune.get('name', '')}' of {parent.get('model_id', '?')} "
+            f"{parent.get('version', '')}".rstrip() + f" ({finetune.get('mode', '?')}, "
+            f"{str(finetune.get('finetuned', ''))[:16].replace('T', ' ')}); cases: {cases or 'none'}. "
+            "The parent model stays in the list: select it to go back.")
+
+
+def folder_label(folder: str) -> str:
+    """The model list's entry for a package folder; a fine-tuned version names its parent and date."""
+    try:
+        finetune = read_summary(folder).meta.get("provenance", {}).get("finetune")
+    except Exception:  # noqa: BLE001 - an unreadable folder still gets listed; selecting it says why
+        finetune = None
+    if isinstance(finetune, dict) and isinstance(finetune.get("parent"), dict):
+        date = str(finetune.get("finetuned", ""))[:16].replace("T", " ")
+        return f"{finetune.get('name', 'fine-tuned')} ({finetune.get('mode', '')} of {finetune['parent'].get('model_id')}, {date})"
+    return f"{Path(folder).parent.name}/{Path(folder).name} (folder)"

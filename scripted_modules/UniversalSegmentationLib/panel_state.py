@@ -5,6 +5,7 @@ so its rules are tested here directly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from .command import filter_tasks, guess_modality
@@ -56,6 +57,37 @@ class PanelState:
     def selected_tasks(self) -> list:
         """Checked structures in the model's order."""
         return [t["name"] for t in self.tasks if t["name"] in self.checked]
+
+    def finetune_spec(self) -> str:
+        """The selected model, for fine-tuning (it must be available here)."""
+        if self.choice is None or self.choice.needs_download:
+            raise ValueError("select a model that is installed (download it first)")
+        return self.choice.spec
+
+    def task_labels(self) -> dict:
+        """task name -> display name of the model's structures (segments are matched by either)."""
+        return {t["name"]: t.get("display_name", t["name"]) for t in self.tasks}
+
+    def add_case(self, volume_node, segmentation_node, folder: str, modality: str, new_structures: bool,
+                 ask_replace) -> str:
+        """"Add to my training set": the case named after the volume; if that name is taken,
+        ``ask_replace(text)`` decides between replacing it and a new name. Returns the status line."""
+        from .training_set_export import add_to_training_set, next_case_id, training_set_summary
+        from UniversalSeg.data.training_set import case_ids, task_name
+        if not folder:
+            raise ValueError("choose the folder of your training set")
+        case = task_name(volume_node.GetName() if volume_node else "case")[:60]
+        replace = case in case_ids(Path(folder)) and ask_replace(
+            f"The training set already has a case '{case}'. Replace it (No: save as a new case)?")
+        if case in case_ids(Path(folder)) and not replace:
+            case = next_case_id(folder, case)
+        ids = None
+        if new_structures and segmentation_node is not None:
+            seg = segmentation_node.GetSegmentation()
+            ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+        added = add_to_training_set(volume_node, segmentation_node, folder, modality, self.task_labels(),
+                                    segment_ids=ids, case_id=case, overwrite=replace)
+        return f"Saved '{added.case_id}' ({', '.join(added.structures)}). Cases: {training_set_summary(folder)}"
 
     def modality_for(self, volume_node, dicom_database=None) -> Optional[str]:
         """The model's modality that the volume's DICOM Modality or its name suggests."""
