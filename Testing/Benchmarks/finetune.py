@@ -105,7 +105,7 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
     if not (run / "model" / "model.json").exists():
         cli("finetune", "--model", str(parent_dir / "model.zip"), "--catalog", str(mine), "--out", str(run),
             "--mode", "adapt", "--replay", str(data / "catalog.yaml"), "--steps", str(steps), "--seed", str(seed),
-            "--device", "cpu")
+            "--device", "cpu", "--evaluate", "none")
     after = score_test_cases(load_package(run / "model"), test, "cpu")
     held = lambda row: "left out" in row  # noqa: E731
     seen = lambda row: "left out" not in row  # noqa: E731
@@ -121,7 +121,8 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
     run = work / "add-tasks"
     if not (run / "model" / "model.json").exists():
         cli("finetune", "--model", str(parent_dir / "model.zip"), "--catalog", str(new_cat), "--out", str(run),
-            "--mode", "add-tasks", "--steps", str(steps), "--seed", str(seed), "--device", "cpu")
+            "--mode", "add-tasks", "--steps", str(steps), "--seed", str(seed), "--device", "cpu",
+            "--evaluate", "none")
     child = load_package(run / "model")
     old_tasks = list(parent.config.tasks)
     identical, dices = True, []

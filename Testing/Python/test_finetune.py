@@ -26,8 +26,9 @@ def user_catalog(tmp_path, collection, labels=None, name="my-cases"):
 
 
 def finetune(package, catalog, out, *extra):
+    evaluate = [] if "--evaluate" in extra else ["--evaluate", "none"]  # its own test below
     return main(["finetune", "--model", str(package), "--catalog", str(catalog), "--out", str(out),
-                 "--device", "cpu", "--no-progress", *extra])
+                 "--device", "cpu", "--no-progress", *evaluate, *extra])
 
 
 def logits(net, volume, tasks, modality):
@@ -125,3 +126,32 @@ def test_replay_takes_its_share_of_the_samples(synth_collection, tmp_path):
     replayed = sum(w for n, w in weights.items() if n != "my-cases")
     assert replayed / sum(weights.values()) == pytest.approx(0.25)
     assert len(merged.datasets) == 1 + len(replay.datasets)
+
+
+def test_before_after_scores_each_own_case_with_a_model_that_never_saw_it(trained_run, synth_collection,
+                                                                          tmp_path, capsys):
+    import json
+    out = tmp_path / "run"
+    assert finetune(trained_run["package"], user_catalog(tmp_path, synth_collection), out, "--steps", "2",
+                    "--evaluate", "rotation") == 0
+    report = json.loads((out / "before_after.json").read_text())
+    assert report["folds"] == 3 and report["cases"] == 4  # 4 cases of the left-out site, 3 folds
+    assert set(report["before"]) == set(report["after"]) == {"liver", "spleen", "kidney"}
+    assert all(0 <= v <= 1 for v in list(report["before"].values()) + list(report["after"].values()))
+    assert report["summary"].startswith("Dice on your own cases (each held out, 3 folds): before ")
+    for f in range(3):  # each fold trained on the other cases only
+        assert (out / "folds" / f"fold{f}" / "model" / "model.json").exists()
+    assert report["summary"] in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["before_after"]
+
+
+def test_rotation_folds_hold_each_case_out_once(synth_collection, tmp_path):
+    from UniversalSeg.training.finetune import rotation_folds
+    user = load_catalog(user_catalog(tmp_path, synth_collection))
+    merged = merge_replay(user, load_catalog(synth_collection), 0.5)
+    folds = rotation_folds(merged, ("my-cases",))
+    held = [c.id for _, test in folds for d in test.datasets for c in d.splits["validation"]]
+    assert sorted(held) == sorted(c.id for c in user.datasets[0].splits["train"]) and len(set(held)) == 4
+    for train, test in folds:
+        out = {c.id for d in test.datasets for c in d.splits["validation"]}
+        mine = {c.id for d in train.datasets if d.name == "my-cases" for c in d.splits["train"]}
+        assert out and not out & mine and len(train.datasets) == len(merged.datasets)  # replay kept whole

@@ -33,6 +33,9 @@ def register(parser):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--name", default="", help="name of the new version (default <parent>-finetuned)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--evaluate", default="auto", choices=["auto", "rotation", "none"],
+                        help="before/after Dice on your own cases, each held out by rotation (up to 3 "
+                             "extra fine-tunings); auto: when you have 3 or more cases")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, default=0, dest="num_workers")
@@ -42,13 +45,14 @@ def register(parser):
 
 def run(args) -> int:
     import json
+    import logging
     from pathlib import Path
 
     from ..data.catalog import load_catalog
     from ..model_download import resolve_model_path
     from ..model_package import load_package
     from ..training.config import TrainConfig, TrainConfigError
-    from ..training.finetune import FineTuneStart, merge_replay
+    from ..training.finetune import FineTuneStart, before_after, merge_replay
     from ..training.trainer import run_training
 
     if args.steps < 1:
@@ -74,7 +78,14 @@ def run(args) -> int:
                        epochs=epochs, iterations_per_epoch=max(1, args.steps // epochs), warmup_epochs=0.2,
                        validate_every=epochs, seed=args.seed, batch_size=args.batch_size,
                        num_workers=args.num_workers, checkpoint_every=50)
+    cases = sum(len(d.splits.get("train", [])) + len(d.splits.get("validation", [])) for d in user.datasets)
+    if args.evaluate == "rotation" and cases < 2:
+        raise InputError(f"--evaluate rotation needs at least 2 cases of your own; the catalog has {cases}")
     result = run_training(catalog, None, cfg, args.out, resume=args.resume, device=args.device,
                           progress=not args.no_progress, start=start)
+    if result["package"] and (args.evaluate == "rotation" or (args.evaluate == "auto" and cases >= 3)):
+        report = before_after(start, catalog, cfg, Path(args.out), args.device, not args.no_progress)
+        result["before_after"] = report["summary"]
+        logging.getLogger("UniversalSeg.finetune").info(report["summary"])
     print(json.dumps({k: v for k, v in result.items() if k != "validation"}))
     return 0

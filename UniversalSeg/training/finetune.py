@@ -159,3 +159,90 @@ def merge_replay(user: Catalog, replay: Optional[Catalog], share: float) -> Cata
     tasks = dict(replay.tasks)
     tasks.update({k: v for k, v in user.tasks.items() if k not in tasks})
     return Catalog(tasks, {**replay.modalities, **user.modalities}, datasets, user.path)
+
+
+# ---------------------------------------------------------------------- before / after
+def rotation_folds(catalog: Catalog, user_datasets, k: int = 3) -> list[tuple[Catalog, Catalog]]:
+    """Held out by rotation: the user's cases (sorted by id) in ``min(k, n)`` folds; per fold the
+    training catalog (the fold's cases removed from the user's datasets, replay untouched) and the
+    held-out catalog (the fold's cases as "validation")."""
+    mine = [(d.name, c) for d in catalog.datasets if d.name in user_datasets
+            for c in d.splits.get("train", []) + d.splits.get("validation", [])]
+    mine.sort(key=lambda item: (item[1].id, item[0]))
+    k = min(k, len(mine))
+    folds = []
+    for f in range(k):
+        held = {(name, c.id) for i, (name, c) in enumerate(mine) if i % k == f}
+        train, test = [], []
+        for d in catalog.datasets:
+            if d.name not in user_datasets:
+                train.append(d)
+                continue
+            cases = d.splits.get("train", []) + d.splits.get("validation", [])
+            keep = [c for c in cases if (d.name, c.id) not in held]
+            out = [c for c in cases if (d.name, c.id) in held]
+            if keep:
+                train.append(dataclasses.replace(d, splits={"train": keep, "validation": []}))
+            if out:
+                test.append(dataclasses.replace(d, splits={"train": [], "validation": out}))
+        folds.append((dataclasses.replace(catalog, datasets=train), dataclasses.replace(catalog, datasets=test)))
+    return folds
+
+
+def heldout_dice(package, heldout: Catalog, device) -> dict[str, list[float]]:
+    """Dice per task over the held-out cases for ``package`` (only the tasks it has)."""
+    from ..data.dataset import PreprocessedCases, case_records
+    from .evaluation import evaluate_cases
+    cfg = package.config
+    sub = dataclasses.replace(heldout, datasets=[
+        dataclasses.replace(d, label_map={t: v for t, v in d.label_map.items() if t in cfg.tasks})
+        for d in heldout.datasets if any(t in cfg.tasks for t in d.label_map)])
+    if not sub.datasets:
+        return {}
+    records = case_records(sub, "validation", cfg.tasks, cfg.modalities, cfg.domains)
+    cases = PreprocessedCases(records, package.spacing, {**heldout.modalities, **package.modalities})
+    net = package.build(device)
+    result = evaluate_cases(net, cases, package.patch_size, device)
+    scores: dict[str, list[float]] = {}
+    for row in result["cases"]:
+        scores.setdefault(row["task"], []).append(float(row["dice"]))
+    return scores
+
+
+def before_after(start: FineTuneStart, catalog: Catalog, cfg, out: Path, device: str, progress: bool) -> dict:
+    """The parent's and the fine-tuned model's Dice on the user's own cases, each case scored by
+    a model fine-tuned WITHOUT it (rotation over up to 3 folds); written to OUT/before_after.json."""
+    import json
+    from ..model_package import load_package
+    from .trainer import run_training
+    folds = rotation_folds(catalog, start.user_datasets or catalog.domain_names)
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    for f, (train, test) in enumerate(folds):
+        fold_out = out / "folds" / f"fold{f}"
+        if not (fold_out / "model" / "model.json").exists():
+            run_training(train, None, cfg, fold_out, resume=True, device=device, progress=progress, start=start)
+        for table, package in ((before, start.package), (after, load_package(fold_out / "model"))):
+            for task, values in heldout_dice(package, test, dev).items():
+                table.setdefault(task, []).extend(values)
+    tasks = sorted(set(before) | set(after))
+    report = {"folds": len(folds), "cases": sum(len(d.splits["validation"]) for _, t in folds for d in t.datasets),
+              "before": {t: float(sum(before[t]) / len(before[t])) if t in before else None for t in tasks},
+              "after": {t: float(sum(after[t]) / len(after[t])) for t in tasks if t in after}}
+    known = [t for t in tasks if report["before"].get(t) is not None and t in report["after"]]
+    if known:
+        report["mean_before"] = sum(report["before"][t] for t in known) / len(known)
+        report["mean_after"] = sum(report["after"][t] for t in known) / len(known)
+    report["summary"] = before_after_line(report)
+    (out / "before_after.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def before_after_line(report: dict) -> str:
+    """One line for logs and the panel."""
+    if "mean_before" not in report:
+        new = ", ".join(f"{t} {v:.2f}" for t, v in report["after"].items())
+        return f"Dice on your own cases (each held out, {report['folds']} folds): {new}"
+    return (f"Dice on your own cases (each held out, {report['folds']} folds): before "
+            f"{report['mean_before']:.2f}, after {report['mean_after']:.2f}")

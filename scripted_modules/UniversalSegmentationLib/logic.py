@@ -15,6 +15,7 @@ kills its process and removes its temporary folder, so a GUI timer cannot fire o
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -186,6 +187,9 @@ class TrainingJob(Job):
             self.succeeded, self.message = False, f"training ended without writing {self.model}"
         elif self.succeeded:
             self.message = f"Done: {self.model} is in the model list."
+            report = self.model.parent / "before_after.json"  # fine-tuning: old vs new on the user's cases
+            if report.is_file():
+                self.message += " " + str(json.loads(report.read_text()).get("summary", ""))
 
 
 class DeviceProbe(Job):
