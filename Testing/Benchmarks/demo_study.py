@@ -27,7 +27,7 @@ from pathlib import Path
 
 # arm -> (description, demo settings: run_demo keywords + "train": TrainConfig changes)
 ARMS = {
-    "default": ("the demo's recipe as shipped", {}),
+    "default": ("the demo's recipe as shipped: soft Dice since this study", {}),
     "adaptive-tversky": ("Hermes' adaptive Tversky (alpha = FP/(FP+FN), with its gradient)",
                          {"train": {"loss": "adaptive-tversky"}}),
     "dice": ("soft Dice (Tversky alpha fixed at 0.5)", {"train": {"loss": "dice"}}),
