@@ -2,7 +2,7 @@
 
     universalseg zoo build brain --out DIR [--steps 1500] [--seed 0] [--resume]
 
-Writes DIR/data (label maps + catalog), DIR/run (checkpoints, logs) and DIR/brain-synth-1.0.zip,
+Writes DIR/data (label maps + catalog), DIR/run (checkpoints, logs) and DIR/brain-synth-<version>.zip,
 the package that ships in Resources/Models (copy it there and update Models.json's sha256/size).
 """
 from ..errors import InputError

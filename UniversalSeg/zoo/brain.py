@@ -28,7 +28,7 @@ from ..training.config import TrainConfig
 
 log = logging.getLogger("UniversalSeg.zoo")
 
-MODEL_ID, VERSION = "brain-synth", "1.0"
+MODEL_ID, VERSION = "brain-synth", "1.1"
 MODALITIES = ("MR-T1", "MR-T2", "MR-FLAIR", "MR-PD", "CT")
 TASKS = ("brain", "gray-matter", "white-matter", "csf", "head")
 HEADS = 6

@@ -91,6 +91,15 @@ def run_self_test(scene, say=print, python: str | None = None) -> None:
           f"re-run: {job.message}")
     check(int(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume).sum()) == 27, "the edit was lost")
 
+    say("The corrected spleen goes into a training set, on the volume's grid (#13)")
+    import SimpleITK as sitk
+    from .training_set_export import add_to_training_set
+    added = add_to_training_set(volume, seg, folder / "MyCases", "CT", {"liver": "Liver", "spleen": "Spleen"},
+                                segment_ids=["spleen"])
+    saved = sitk.ReadImage(str(folder / "MyCases" / added.dataset / "labelsTr" / f"{added.case_id}.nii.gz"))
+    check(saved.GetSize()[::-1] == spleen.shape and int(sitk.GetArrayFromImage(saved).sum()) == 27,
+          "the saved label is not the corrected spleen on the volume's grid")
+
     say("Undo last run puts back exactly what it replaced")
     logic.undo_last_run()
     check(names(seg) == ["Liver", "Spleen", "Liver tumor"], f"after undo: {names(seg)}")
