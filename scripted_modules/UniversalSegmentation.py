@@ -43,6 +43,7 @@ class UniversalSegmentationParameterNode:
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
     fast: bool = False
     keepEdited: bool = True
+    largestComponent: bool = False
 
 
 class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -196,7 +197,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                               p.inputVolume, choice.spec, self.ui.modalitySelector.currentText,
                               self.state.selected_tasks(), p.outputSegmentation, device=p.device,
                               precision=p.precision, overlap=p.overlap, fast=p.fast, keep_edited=p.keepEdited,
-                              roi=roi_bounds(p.roi)))
+                              roi=roi_bounds(p.roi), largest_component=p.largestComponent))
             self.ui.logTextEdit.clear()
 
     def onTrain(self):

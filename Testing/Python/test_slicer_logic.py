@@ -231,3 +231,25 @@ def test_import_shares_layers_follows_the_volume_transform_and_refuses_a_mixed_f
     with pytest.raises(RuntimeError, match="another transform"):
         import_result(result, other, volume)
     assert list(other.GetSegmentation().GetSegmentIDs()) == ["mine"] and other.GetTransformNodeID() is None
+
+
+def test_panel_options_reach_the_child_command_line(scene, tmp_path):
+    """The panel's "Keep only the largest parts" (parameter largestComponent) becomes the child's
+    --largest-component; unticked, the flag is absent."""
+    started = []
+
+    class Recorder:
+        running, cancelled, returncode, stderr_lines = True, False, None, []
+
+        def start(self, cmd, env=None, cwd=None):
+            started.append(cmd)
+
+        def cancel(self):
+            self.cancelled = True
+
+    volume = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), np.float32), name="v")
+    logic = UniversalSegLogic(runner_factory=Recorder, python=sys.executable)
+    for flag in (True, False):
+        job = logic.start(volume, str(tmp_path / "model"), "CT", ["liver"], largest_component=flag)
+        job.cancel()
+    assert "--largest-component" in started[0] and "--largest-component" not in started[1]

@@ -27,9 +27,8 @@ def register(parser):
     parser.add_argument("--anchor", type=float,
                         help="L2-SP weight towards the parent's weights (adapt; default 0.01 without "
                              "--replay, 0 with it)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
-    parser.add_argument("--lr", type=float, help="learning rate (default: the parent's / 10 in adapt, "
-                                                 "the parent's in add-tasks)")
+    parser.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the parent's)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--name", default="", help="name of the new version (default <parent>-finetuned)")
     parser.add_argument("--seed", type=int, default=0)
@@ -72,12 +71,14 @@ def run(args) -> int:
         base = TrainConfig.from_dict(package.meta.get("provenance", {}).get("training") or {})
     except TrainConfigError:
         base = TrainConfig()
-    lr = args.lr if args.lr is not None else base.lr / (10 if args.mode == "adapt" else 1)
+    lr = args.lr if args.lr is not None else base.lr
     epochs = max(1, args.steps // 50)
+    # EMA decay 0.9: with the parent's 0.99 a 150-step fine-tuning exports weights still 22 % the
+    # parent's (0.99^150); measured on the demo model: left-out kidney 0.00 -> 0.11 (0.99) vs 0.60 (0.9)
     cfg = base.replace(spacing=list(package.spacing), patch_size=list(package.patch_size), lr=lr,
                        epochs=epochs, iterations_per_epoch=max(1, args.steps // epochs), warmup_epochs=0.2,
                        validate_every=epochs, seed=args.seed, batch_size=args.batch_size,
-                       num_workers=args.num_workers, checkpoint_every=50)
+                       num_workers=args.num_workers, checkpoint_every=50, ema_decay=0.9)
     cases = sum(len(d.splits.get("train", [])) + len(d.splits.get("validation", [])) for d in user.datasets)
     if args.evaluate == "rotation" and cases < 2:
         raise InputError(f"--evaluate rotation needs at least 2 cases of your own; the catalog has {cases}")

@@ -216,7 +216,8 @@ class UniversalSegLogic:
 
     def start(self, volume_node, model: str, modality: str, tasks: Sequence[str], segmentation_node=None,
               device: str = "auto", precision: str = "auto", overlap: float = 0.5, fast: bool = False,
-              roi: Optional[Sequence[float]] = None, keep_edited: bool = True) -> PredictionJob:
+              roi: Optional[Sequence[float]] = None, keep_edited: bool = True,
+              largest_component: bool = False) -> PredictionJob:
         """Segment in the background. ``segmentation_node`` None: a new node is created when
         (and only when) the result is in."""
         if volume_node is None or volume_node.GetScene() is None:
@@ -230,7 +231,8 @@ class UniversalSegLogic:
             image = write_volume(volume_node, workdir / "input.nrrd")
             request = PredictRequest(model=str(model), input_path=str(image), modality=modality,
                                      output_path=str(workdir / "result.seg.nrrd"), tasks=list(tasks),
-                                     device=device, precision=precision, overlap=overlap, fast=fast, roi=roi)
+                                     device=device, precision=precision, overlap=overlap, fast=fast, roi=roi,
+                                     largest_component=largest_component)
             runner = self._launch(predict_command(request, self.python), workdir, cpu_only=device == "cpu")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
