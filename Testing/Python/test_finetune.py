@@ -155,3 +155,40 @@ def test_rotation_folds_hold_each_case_out_once(synth_collection, tmp_path):
         out = {c.id for d in test.datasets for c in d.splits["validation"]}
         mine = {c.id for d in train.datasets if d.name == "my-cases" for c in d.splits["train"]}
         assert out and not out & mine and len(train.datasets) == len(merged.datasets)  # replay kept whole
+
+
+def test_finetune_killed_and_resumed_equals_an_uninterrupted_run(trained_run, synth_collection, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    catalog = user_catalog(tmp_path, synth_collection)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "0"}
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "UniversalSeg", "finetune", "--model", trained_run["package"], "--catalog",
+                str(catalog), "--out", str(out), "--steps", "12", "--checkpoint-every", "1", "--evaluate", "none",
+                "--device", "cpu", "--no-progress", *extra]
+
+    subprocess.run(cmd(tmp_path / "full"), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, deadline = killed / "checkpoints" / "last.pt", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if last.exists() and load_checkpoint(last)["step"] >= 3:
+                break
+        except CheckpointError:
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 3 <= load_checkpoint(last)["step"] < 12
+    subprocess.run(cmd(killed, "--resume"), check=True, env=env, capture_output=True)
+    a, b = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt"), load_checkpoint(last)
+    assert a["step"] == b["step"] == 12
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["finetune"] == b["finetune"] and a["finetune"]["mode"] == "adapt"

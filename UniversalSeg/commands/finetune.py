@@ -38,6 +38,7 @@ def register(parser):
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--workers", type=int, default=0, dest="num_workers")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -78,7 +79,7 @@ def run(args) -> int:
     cfg = base.replace(spacing=list(package.spacing), patch_size=list(package.patch_size), lr=lr,
                        epochs=epochs, iterations_per_epoch=max(1, args.steps // epochs), warmup_epochs=0.2,
                        validate_every=epochs, seed=args.seed, batch_size=args.batch_size,
-                       num_workers=args.num_workers, checkpoint_every=50, ema_decay=0.9)
+                       num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, ema_decay=0.9)
     cases = sum(len(d.splits.get("train", [])) + len(d.splits.get("validation", [])) for d in user.datasets)
     if args.evaluate == "rotation" and cases < 2:
         raise InputError(f"--evaluate rotation needs at least 2 cases of your own; the catalog has {cases}")
