@@ -221,8 +221,9 @@ def before_after(start: FineTuneStart, catalog: Catalog, cfg, out: Path, device:
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     for f, (train, test) in enumerate(folds):
         fold_out = out / "folds" / f"fold{f}"
-        if not (fold_out / "model" / "model.json").exists():
-            run_training(train, None, cfg, fold_out, resume=True, device=device, progress=progress, start=start)
+        if not (fold_out / "model" / "model.json").exists():  # an interrupted fold continues
+            run_training(train, None, cfg, fold_out, resume=(fold_out / "checkpoints" / "last.pt").exists(),
+                         device=device, progress=progress, start=start)
         for table, package in ((before, start.package), (after, load_package(fold_out / "model"))):
             for task, values in heldout_dice(package, test, dev).items():
                 table.setdefault(task, []).extend(values)
