@@ -6,6 +6,7 @@ opens Slicer.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -58,9 +59,15 @@ def check(condition, message):
 
 
 def run_self_test(scene, say=print, python: str | None = None) -> None:
-    import slicer
-    python = python or python_executable()
     folder = Path(tempfile.mkdtemp(prefix="UniversalSeg-selftest-"))
+    try:
+        _steps(scene, say, python or python_executable(), folder)
+    finally:  # the tiny model and the training set go with the test
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _steps(scene, say, python: str, folder: Path) -> None:
+    import slicer
     say("A tiny random model, written by the core in a child process")
     model = str(make_tiny_model(folder, python))
     logic = UniversalSegLogic(python=python)
