@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -31,9 +30,6 @@ from .networks import ModelConfig
 from .training.config import TrainConfig
 from .training.trainer import run_training
 from .visualization import bar_chart, overlay_montage
-
-log = logging.getLogger("UniversalSeg.demo")
-
 
 def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConfig:
     """The demo's recipe; ``changes`` override settings (Testing/Benchmarks/demo_study.py)."""
@@ -119,9 +115,9 @@ def score_test_cases(package, test_root: Path, device: str = "auto", predictions
             truth = np.isin(lab, ds.label_map[t])
             got = sitk.GetArrayViewFromImage(pred.masks[t]) > 0
             table.setdefault(f"{ds.name} ({why})", {}).setdefault(t, []).append(dice(got, truth))
-            ref = sitk.GetImageFromArray(truth.astype(np.uint8))
-            ref.CopyInformation(label)
-            reference[t] = ref
+            if predictions is not None and n < overlays:  # the montage's dashed reference
+                reference[t] = sitk.GetImageFromArray(truth.astype(np.uint8))
+                reference[t].CopyInformation(label)
         if predictions is not None:
             write_seg_nrrd(predictions / f"{case.id}.seg.nrrd", pred.reference, pred.masks, infos)
             if n < overlays:

@@ -161,8 +161,27 @@ def test_ui_sets_only_properties_the_custom_classes_have():
 def test_run_folder_is_a_folder_picker_and_catalog_a_file_picker():
     filters = {w.get("name"): {f.split("::")[1] for f in w.find("property[@name='filters']/set").text.split("|")}
                for w in ET.parse(UI).iter("widget") if w.get("class") == "ctkPathLineEdit"}
-    assert "Dirs" in filters["trainOutputPathLineEdit"] and "Files" not in filters["trainOutputPathLineEdit"]
+    for folder in ("trainOutputPathLineEdit", "trainingSetPathLineEdit"):  # folders, never files
+        assert "Dirs" in filters[folder] and "Files" not in filters[folder]
     assert "Files" in filters["catalogPathLineEdit"]
+
+
+# Base/Python/slicer/util.py (main, 2026-08): `def confirmYesNoDisplay(text, windowTitle=None,
+# parent=None, **kwargs)` returns `result == qt.QMessageBox.Yes` (True only for Yes; in testing
+# mode it skips the dialog and returns True). PanelState.add_case calls its ask_replace with ONE
+# positional text and uses the answer as a bool (Testing/Python/test_correction_loop_panel.py).
+CONFIRM_YES_NO_POSITIONAL = ("text",)
+
+
+def test_confirm_dialog_is_passed_where_one_text_is_asked():
+    import inspect
+    import sys
+    sys.path.append(str(MODULES))
+    from UniversalSegmentationLib.panel_state import PanelState
+    source = MODULE.read_text()
+    assert re.findall(r"slicer\.util\.confirmYesNoDisplay\)", source)  # passed, not called with extras
+    calls = re.findall(r"ask_replace\(\s*f?\"", inspect.getsource(PanelState.add_case))
+    assert len(calls) == len(CONFIRM_YES_NO_POSITIONAL) == 1
 
 
 def test_module_file_follows_the_template_and_stays_thin():

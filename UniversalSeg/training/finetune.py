@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -57,16 +58,14 @@ class FineTuneStart:
         return {"model_id": meta.get("model_id", path.stem), "version": meta.get("version", ""),
                 "sha256": self.digest, "path": str(path)}
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """SHA-256 of the parent's weights (a zip and its unpacked folder give the same)."""
-        if not hasattr(self, "_digest"):
-            h = hashlib.sha256()
-            for name in sorted(self.package.state_dict):
-                h.update(name.encode())
-                h.update(self.package.state_dict[name].float().numpy().tobytes())
-            self._digest = h.hexdigest()
-        return self._digest
+        h = hashlib.sha256()
+        for name in sorted(self.package.state_dict):
+            h.update(name.encode())
+            h.update(self.package.state_dict[name].float().numpy().tobytes())
+        return h.hexdigest()
 
     @property
     def identity(self) -> dict:
@@ -189,24 +188,29 @@ def rotation_folds(catalog: Catalog, user_datasets, k: int = 3) -> list[tuple[Ca
     return folds
 
 
-def heldout_dice(package, heldout: Catalog, device) -> dict[str, list[float]]:
-    """Dice per task over the held-out cases for ``package`` (only the tasks it has)."""
+def heldout_dice(packages, heldout: Catalog, device) -> list[dict[str, list[float]]]:
+    """Per package: Dice per task over the held-out cases (only the tasks it has). The cases are
+    preprocessed once per distinct (tasks, modalities, spacing): adapt's parent and child share it."""
     from ..data.dataset import PreprocessedCases, case_records
     from .evaluation import evaluate_cases
-    cfg = package.config
-    sub = dataclasses.replace(heldout, datasets=[
-        dataclasses.replace(d, label_map={t: v for t, v in d.label_map.items() if t in cfg.tasks})
-        for d in heldout.datasets if any(t in cfg.tasks for t in d.label_map)])
-    if not sub.datasets:
-        return {}
-    records = case_records(sub, "validation", cfg.tasks, cfg.modalities, cfg.domains)
-    cases = PreprocessedCases(records, package.spacing, {**heldout.modalities, **package.modalities})
-    net = package.build(device)
-    result = evaluate_cases(net, cases, package.patch_size, device)
-    scores: dict[str, list[float]] = {}
-    for row in result["cases"]:
-        scores.setdefault(row["task"], []).append(float(row["dice"]))
-    return scores
+    cached, results = {}, []
+    for package in packages:
+        cfg = package.config
+        key = (tuple(cfg.tasks), tuple(cfg.modalities), tuple(cfg.domains), tuple(package.spacing))
+        if key not in cached:
+            sub = dataclasses.replace(heldout, datasets=[
+                dataclasses.replace(d, label_map={t: v for t, v in d.label_map.items() if t in cfg.tasks})
+                for d in heldout.datasets if any(t in cfg.tasks for t in d.label_map)])
+            records = case_records(sub, "validation", cfg.tasks, cfg.modalities, cfg.domains)
+            cached[key] = PreprocessedCases(records, package.spacing, {**heldout.modalities, **package.modalities}) \
+                if records else None
+        scores: dict[str, list[float]] = {}
+        if cached[key] is not None:
+            result = evaluate_cases(package.build(device), cached[key], package.patch_size, device)
+            for row in result["cases"]:
+                scores.setdefault(row["task"], []).append(float(row["dice"]))
+        results.append(scores)
+    return results
 
 
 def before_after(start: FineTuneStart, catalog: Catalog, cfg, out: Path, device: str, progress: bool) -> dict:
@@ -224,8 +228,9 @@ def before_after(start: FineTuneStart, catalog: Catalog, cfg, out: Path, device:
         if not (fold_out / "model" / "model.json").exists():  # an interrupted fold continues
             run_training(train, None, cfg, fold_out, resume=(fold_out / "checkpoints" / "last.pt").exists(),
                          device=device, progress=progress, start=start)
-        for table, package in ((before, start.package), (after, load_package(fold_out / "model"))):
-            for task, values in heldout_dice(package, test, dev).items():
+        scored = heldout_dice([start.package, load_package(fold_out / "model")], test, dev)
+        for table, scores in zip((before, after), scored):
+            for task, values in scores.items():
                 table.setdefault(task, []).extend(values)
     tasks = sorted(set(before) | set(after))
     report = {"folds": len(folds), "cases": sum(len(d.splits["validation"]) for _, t in folds for d in t.datasets),

@@ -76,11 +76,10 @@ class PanelState:
         from UniversalSeg.data.training_set import case_ids, task_name
         if not folder:
             raise ValueError("choose the folder of your training set")
-        case = task_name(volume_node.GetName() if volume_node else "case")[:60]
-        replace = case in case_ids(Path(folder)) and ask_replace(
-            f"The training set already has a case '{case}'. Replace it (No: save as a new case)?")
-        if case in case_ids(Path(folder)) and not replace:
-            case = next_case_id(folder, case)
+        base = task_name(volume_node.GetName() if volume_node else "case")[:60]
+        replace = base in case_ids(Path(folder)) and ask_replace(
+            f"The training set already has a case '{base}'. Replace it (No: save as a new case)?")
+        case = base if replace else next_case_id(folder, base)  # the base itself when it is free
         ids = None
         if new_structures and segmentation_node is not None:
             seg = segmentation_node.GetSegmentation()
