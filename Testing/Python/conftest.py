@@ -119,3 +119,33 @@ def tmpfs(path, options: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def click_model(synth_collection, tmp_path_factory):
+    """A tiny model trained briefly WITH the click-refinement stage (``--clicks 3``)."""
+    from UniversalSeg.networks import ModelConfig
+    from UniversalSeg.training.config import TrainConfig
+    from UniversalSeg.training.trainer import run_training
+    cfg = TrainConfig(spacing=(5.625,) * 3, patch_size=(32, 32, 32), batch_size=2, epochs=1,
+                      iterations_per_epoch=6, validate_every=10, num_workers=0, lr=3e-3,
+                      checkpoint_every=100, warmup_epochs=0.5, clicks=3)
+    out = tmp_path_factory.mktemp("clicks") / "run"
+    result = run_training(synth_collection, ModelConfig.from_dict(TINY_TRAIN_NET), cfg, out,
+                          device="cpu", progress=False)
+    return result["package"]
+
+
+@pytest.fixture(scope="session")
+def painting_click_model(click_model, tmp_path_factory):
+    """``click_model`` with its stage's output bias set to +20: any click turns the whole region
+    around it on. A model whose answer to a click is known, for geometry and MRML tests."""
+    from UniversalSeg.model_package import load_package, save_package
+    package = load_package(click_model)
+    net = package.build("cpu")
+    with torch.no_grad():
+        net.prompt.out.bias.fill_(20.0)
+    path = tmp_path_factory.mktemp("painting") / "painting.zip"
+    save_package(path, net, package.tasks, package.modalities, package.spacing, package.patch_size,
+                 package.meta.get("provenance"))
+    return str(path)

@@ -3,13 +3,15 @@
     universalseg predict --model MODEL --input IMAGE --modality CT --output OUT.seg.nrrd
                          [--tasks liver,spleen] [--device auto|cpu|cuda] [--precision auto|fp32|bf16|fp16]
                          [--overlap 0.5] [--roi x0 x1 y0 y1 z0 z1] [--fast] [--largest-component]
-                         [--probabilities DIR] [--progress bar|json|none]
+                         [--probabilities DIR] [--progress bar|json|none] [--points points.json]
 
 MODEL is a package folder, a .zip, or a model id from Resources/Models.json (downloaded once,
 checksum verified, cached). IMAGE is any file SimpleITK reads or a DICOM series folder; a folder
 of image files runs a batch into the --output folder. OUT ending in .seg.nrrd gives a Slicer
 segmentation (one segment per task, overlaps kept); .nii.gz / .nrrd / .mha gives a labelmap; .dcm
 gives a DICOM SEG that references the input DICOM series (names, colors and codes kept).
+--points applies corrective clicks after the automatic pass (the model needs its click-refinement
+stage): {"points": [{"task": "liver", "position": [x, y, z], "label": "positive"}]}, RAS mm, in order.
 Exit codes: 0 done, 2 bad input (image, names, options), 3 model problem (corrupt, newer format,
 checksum), 4 out of memory, 1 anything else.
 """
@@ -52,6 +54,8 @@ def register(parser):
     parser.add_argument("--overlap-policy", choices=["order", "probability"], default="order",
                         help="labelmaps only: who wins where tasks overlap")
     parser.add_argument("--probabilities", help="also write one probability map per task here")
+    parser.add_argument("--points", help="JSON file of corrective clicks (RAS mm, positive/negative per "
+                        "point) applied in order after the automatic pass; one input image")
     parser.add_argument("--domain", help="training domain (site) of the image, if the model has plug-ins")
     parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar")
     parser.set_defaults(run=run)
@@ -150,6 +154,21 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _refined(predictor, src, args, tasks, options, points, report):
+    """The automatic pass, then the clicks in order (``inference.interactive``)."""
+    import time
+
+    from ..inference.interactive import InteractiveSession
+    from ..inference.predictor import Prediction
+    t0 = time.perf_counter()
+    session = InteractiveSession(predictor, src, args.modality, tasks, options, report, domain=args.domain)
+    for task, position, positive in points:
+        session.refine(task, [(position, positive)])
+    return Prediction(session.grid.reference, tasks, {t: session.mask(t) for t in tasks}, {},
+                      {"total": time.perf_counter() - t0, "clicks": len(points)}, str(predictor.device),
+                      predictor.precision, list(predictor.warnings))
+
+
 def run(args) -> int:
     from ..inference import PredictOptions, Predictor, write_labelmap, write_probabilities, write_seg_nrrd
     from ..inference.progress import make_reporter
@@ -160,6 +179,9 @@ def run(args) -> int:
 
     check_options(args)
     jobs = _inputs(Path(args.input), Path(args.output), args.format)
+    if args.points and (len(jobs) > 1 or args.probabilities or args.overlap_policy == "probability"):
+        raise InputError("--points refines ONE image and gives masks only: leave out a folder --input, "
+                         "--probabilities and --overlap-policy probability")
     for src, dst in jobs:  # every input's header before the model is loaded and any case is run
         check_header(src)
         check_dicom_output(src, dst)
@@ -170,6 +192,10 @@ def run(args) -> int:
     for t in tasks:
         predictor.vocab.task_id(t)
     predictor.vocab.modality_id(args.modality)
+    points = None
+    if args.points:
+        from ..inference.interactive import read_points
+        points = read_points(args.points, tasks)
     overlap = args.overlap if args.overlap is not None else (0.25 if args.fast else 0.5)
     options = PredictOptions(overlap=overlap, sw_batch_size=args.sw_batch,
                              thresholds=parse_thresholds(args.threshold, tasks),
@@ -181,7 +207,10 @@ def run(args) -> int:
     for n, (src, dst) in enumerate(jobs):
         case_report = lambda stage, f, msg="", n=n: report(stage, (n + f) / len(jobs),
                                                            f"{src.name}: {msg}" if len(jobs) > 1 else msg)
-        result = predictor.predict(src, args.modality, tasks, options, case_report, domain=args.domain)
+        if points is None:
+            result = predictor.predict(src, args.modality, tasks, options, case_report, domain=args.domain)
+        else:
+            result = _refined(predictor, src, args, tasks, options, points, case_report)
         if dst.name.lower().endswith(".seg.nrrd"):
             write_seg_nrrd(dst, result.reference, result.masks, infos)
         elif wants_dicom_seg(dst):

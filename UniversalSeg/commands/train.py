@@ -38,6 +38,9 @@ def register(parser):
                              "each site in every step; --batch-size a multiple of the number of datasets)")
     parser.add_argument("--loss", choices=["adaptive-tversky", "dice"],
                         help="region term beside BCE: adaptive-tversky (Hermes, default) or dice")
+    parser.add_argument("--clicks", type=int, metavar="N",
+                        help="also train the click-refinement stage (interactive correction) with 1..N "
+                             "simulated corrective clicks per step (0: off, the default)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--workers", type=int, dest="num_workers")
     parser.add_argument("--seed", type=int)
@@ -68,7 +71,8 @@ def run(args) -> int:
                       batch_size=args.batch_size, patch_size=patch, spacing=spacing, lr=args.lr,
                       precision=args.precision, num_workers=args.num_workers, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, augmentation=args.augmentation,
-                      sampling=args.sampling, batches=args.batches, loss=args.loss)
+                      sampling=args.sampling, batches=args.batches, loss=args.loss,
+                      clicks=args.clicks)
     from pathlib import Path
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the run")

@@ -70,6 +70,24 @@ class PredictOptions:
 
 
 @dataclass
+class ModelGrid:
+    """The input image and its preprocessed, cropped volume on the model grid (``affine``: RAS of
+    voxel (i, j, k) of ``volume`` [1, X, Y, Z])."""
+    reference: sitk.Image
+    volume: torch.Tensor
+    affine: np.ndarray
+
+    def sitk_image(self, values: torch.Tensor) -> sitk.Image:
+        """[X, Y, Z] values on this grid as a SimpleITK image with the grid's geometry."""
+        image = sitk.GetImageFromArray(values.permute(2, 1, 0).to(torch.float32).contiguous().numpy())
+        origin, spacing, direction = metatensor_affine_to_lps(self.affine)
+        image.SetOrigin(origin)
+        image.SetSpacing(spacing)
+        image.SetDirection(direction)
+        return image
+
+
+@dataclass
 class Prediction:
     reference: sitk.Image  # the input image (geometry reference)
     tasks: list[str]
@@ -134,7 +152,32 @@ class Predictor:
             raise InputError(f"a task is requested twice: {tasks}")
         self.warnings = []
         timings, t0 = {}, time.perf_counter()
+        grid = self.prepare(image, modality, len(tasks), options, report, timings)
+        t = time.perf_counter()
+        probs = self._infer(grid.volume, task_ids, modality_id, domain_id, options,
+                            scaled(report, 0.15, 0.85, "infer"))
+        timings["infer"] = time.perf_counter() - t
+        t = time.perf_counter()
+        masks, kept = {}, {}
+        step = scaled(report, 0.85, 1.0, "resample")
+        for i, task in enumerate(tasks):
+            step(i / len(tasks), f"{task}: back to the input grid")
+            masks[task], on_input = self.to_input_grid(probs[i], task, grid, options)
+            if options.keep_probabilities:
+                kept[task] = on_input
+            del on_input
+        del probs
+        timings["resample"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report("done", 1.0, f"{len(tasks)} task(s) in {timings['total']:.1f} s")
+        return Prediction(grid.reference, tasks, masks, kept, timings, str(self.device), self.precision,
+                          list(self.warnings))
 
+    def prepare(self, image, modality: str, n_tasks: int, options: PredictOptions,
+                report: Reporter = silent, timings: Optional[dict] = None) -> "ModelGrid":
+        """Steps 1-3: read and check the image, preprocess it, crop it."""
+        timings = {} if timings is None else timings
+        t0 = time.perf_counter()
         report("read", 0.0, "reading the image")
         reference = image if isinstance(image, sitk.Image) else read_sitk(image)
         name = "image" if isinstance(image, sitk.Image) else str(image)
@@ -151,44 +194,27 @@ class Predictor:
         box = self._crop_box(volume, affine, options)
         cropped = volume[(slice(None),) + tuple(slice(a, b) for a, b in box)]
         timings["preprocess"] = time.perf_counter() - t
-        self._check_memory(cropped.shape[1:], len(tasks))
-
-        t = time.perf_counter()
-        probs = self._infer(cropped, task_ids, modality_id, domain_id, options,
-                            scaled(report, 0.15, 0.85, "infer"))
-        timings["infer"] = time.perf_counter() - t
-
-        t = time.perf_counter()
+        self._check_memory(cropped.shape[1:], n_tasks)
         crop_affine = affine.copy()
         crop_affine[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
-        origin, spacing, direction = metatensor_affine_to_lps(crop_affine)
-        masks, kept = {}, {}
-        parts = {t.name: t.parts for t in self.package.tasks}
-        step = scaled(report, 0.85, 1.0, "resample")
-        for i, task in enumerate(tasks):
-            step(i / len(tasks), f"{task}: back to the input grid")
-            # torch reorders to SimpleITK's (k, j, i) order in float32, one task at a time
-            # (multi-threaded; SimpleITK would otherwise copy a strided array element by element)
-            prob = sitk.GetImageFromArray(probs[i].permute(2, 1, 0).to(torch.float32).contiguous().numpy())
-            prob.SetOrigin(origin)
-            prob.SetSpacing(spacing)
-            prob.SetDirection(direction)
-            on_input = sitk.Resample(prob, reference, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                     sitk.sitkFloat32)
-            threshold = float(options.thresholds.get(task, self.package.meta["inference"].get("threshold", 0.5)))
-            mask = sitk.BinaryThreshold(on_input, threshold, 2.0, 1, 0)  # prob >= threshold
-            if options.largest_component:
-                mask = largest_components(mask, parts.get(task, 1))
-            masks[task] = mask
-            if options.keep_probabilities:
-                kept[task] = on_input
-            del on_input
-        del probs
-        timings["resample"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        report("done", 1.0, f"{len(tasks)} task(s) in {timings['total']:.1f} s")
-        return Prediction(reference, tasks, masks, kept, timings, str(self.device), self.precision,
-                          list(self.warnings))
+        return ModelGrid(reference, cropped, crop_affine)
+
+    def to_input_grid(self, prob: torch.Tensor, task: str, grid: "ModelGrid", options: PredictOptions,
+                      reference: Optional[sitk.Image] = None, cleanup: bool = True):
+        """Step 5 for one task: probabilities [X, Y, Z] on the model grid -> (uint8 mask, float32
+        probabilities) on ``reference`` (default: the whole input grid)."""
+        # torch reorders to SimpleITK's (k, j, i) order in float32, one task at a time
+        # (multi-threaded; SimpleITK would otherwise copy a strided array element by element)
+        on_input = sitk.Resample(grid.sitk_image(prob), reference or grid.reference, sitk.Transform(),
+                                 sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        mask = sitk.BinaryThreshold(on_input, self.threshold(task, options), 2.0, 1, 0)  # prob >= threshold
+        if cleanup and options.largest_component:
+            parts = {t.name: t.parts for t in self.package.tasks}
+            mask = largest_components(mask, parts.get(task, 1))
+        return mask, on_input
+
+    def threshold(self, task: str, options: PredictOptions) -> float:
+        return float(options.thresholds.get(task, self.package.meta["inference"].get("threshold", 0.5)))
 
     # ------------------------------------------------------------------ steps
     @staticmethod
@@ -233,7 +259,9 @@ class Predictor:
                 f"but {available / 2**30:.1f} GiB are available; crop it with --roi or request "
                 "fewer tasks")
 
-    def _infer(self, volume, task_ids, modality_id, domain_id, options, report):
+    def _infer(self, volume, task_ids, modality_id, domain_id, options, report, with_features=False):
+        """Sigmoid probabilities [T, X, Y, Z]; ``with_features``: [C features, T logits, T
+        probabilities] blended alike (the probabilities are exactly those without features)."""
         batch = options.sw_batch_size or (4 if self.device.type == "cuda" else 1)
         attempts = [(self.device, batch, self.device)]
         if self.device.type == "cuda":
@@ -246,7 +274,7 @@ class Predictor:
         for i, (device, batch, out_device) in enumerate(attempts):
             try:
                 return self._sliding_window(volume, task_ids, modality_id, domain_id, options,
-                                            device, batch, out_device, report)
+                                            device, batch, out_device, report, with_features)
             except torch.cuda.OutOfMemoryError:
                 if i + 1 == len(attempts):
                     raise
@@ -263,7 +291,7 @@ class Predictor:
 
     @torch.inference_mode()
     def _sliding_window(self, volume, task_ids, modality_id, domain_id, options, device, batch,
-                        out_device, report):
+                        out_device, report, with_features=False):
         patch = self.package.patch_size
         ids = torch.tensor(task_ids, device=device)[None]
         total = max(1, math.ceil(_window_count(volume.shape[1:], patch, options.overlap) / batch))
@@ -280,11 +308,15 @@ class Predictor:
             ctx = SegContext(ids.expand(n, -1), torch.full((n,), modality_id, device=device),
                              torch.full((n,), domain_id, device=device))
             with autocast(device, precision):
-                logits = self.net(window, ctx)["logits"]
+                outputs = self.net(window, ctx)
+            logits = outputs["logits"]
             done[0] += 1
             self.threads.update()  # between window batches: follow the cores left free
             report(done[0] / total, f"window batch {done[0]}/{total}")
-            return torch.sigmoid(logits.float()).to(out_dtype)
+            probs = torch.sigmoid(logits.float()).to(out_dtype)
+            if with_features:
+                return torch.cat([outputs["features"].to(out_dtype), logits.to(out_dtype), probs], dim=1)
+            return probs
 
         probs = sliding_window_inference(x, tuple(patch), batch, predictor, overlap=options.overlap,
                                          mode="gaussian", sw_device=device, device=out_device)

@@ -65,6 +65,15 @@ class HarmonizationConfig:
 
 
 @dataclass(frozen=True)
+class PromptConfig:
+    """The click-refinement stage (``networks.prompt_stage``); off unless ``enabled``."""
+
+    enabled: bool = False
+    width: int = 16        # channels of its first level (then 2x, 4x)
+    sigma: float = 2.0     # click maps: Gaussian blobs of this many model-grid voxels
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     tasks: tuple[str, ...]
     modalities: tuple[str, ...]
@@ -77,6 +86,7 @@ class ModelConfig:
     head: str = "dynamic"  # "dynamic": kernels from task posteriors; "static": one channel per task
     fusion: FusionConfig = field(default_factory=FusionConfig)
     harmonization: HarmonizationConfig = field(default_factory=HarmonizationConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     format_version: int = FORMAT_VERSION
 
     # ------------------------------------------------------------------ derived
@@ -121,11 +131,12 @@ class ModelConfig:
         _check_keys(data, cls, "")
         fusion = _nested(data.pop("fusion", {}), FusionConfig, "fusion")
         harm = _nested(data.pop("harmonization", {}), HarmonizationConfig, "harmonization")
+        prompt = _nested(data.pop("prompt", {}), PromptConfig, "prompt")
         for key in ("tasks", "modalities", "domains", "width_multipliers", "encoder_blocks",
                     "decoder_blocks"):
             if key in data:
                 data[key] = _as_tuple(data[key], key)
-        cfg = cls(fusion=fusion, harmonization=harm, **data)
+        cfg = cls(fusion=fusion, harmonization=harm, prompt=prompt, **data)
         cfg.validate()
         return cfg
 
@@ -217,6 +228,12 @@ class ModelConfig:
             for s in getattr(h, key):
                 if s not in STAGES:
                     raise ConfigError(f"harmonization.{key}: unknown stage {s!r}; stages are {list(STAGES)}")
+        p = self.prompt
+        if not isinstance(p.enabled, bool):
+            raise ConfigError(f"prompt.enabled: true or false, got {p.enabled!r}")
+        _positive_int(p.width, "prompt.width", 256)
+        if not (isinstance(p.sigma, (int, float)) and not isinstance(p.sigma, bool) and 0.5 <= p.sigma <= 16):
+            raise ConfigError(f"prompt.sigma: a number of voxels in [0.5, 16], got {p.sigma!r}")
         needs_domains = h.norm in ("domain_batch", "polynomial") or h.conv == "domain_separable"
         if needs_domains and not self.domains:
             raise ConfigError(

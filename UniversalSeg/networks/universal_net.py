@@ -5,6 +5,9 @@
     outputs["task_mask"]       [B, T]           False on padding slots (ignore their logits)
     outputs["modality_logits"] [B, M]           auxiliary modality head (when priors are fused)
     outputs["domain_logits"]   [B, D]           domain gate (when a domain plug-in is configured)
+    outputs["features"]        [B, C, D, H, W]  the final features the task kernels read
+    refined = model.refine(features, logits_of_one_task, positive, negative)   # click refinement
+              (``prompt_stage``; only when ``config.prompt.enabled``)
 
 The config (``ModelConfig``) fully describes the network; ``UniversalSegNet(config)`` rebuilds it
 and ``load_state_dict`` fills it. ``add_tasks`` / ``add_modalities`` grow a trained model for
@@ -25,6 +28,7 @@ from .growable_table import GrowableTable
 from .harmonization import DomainBatchNorm, DomainGate, TaskMaskEmbedding, needs_domains
 from .heads import DynamicTaskHead, ModalityHead, StaticTaskHead
 from .prior_fusion import PriorFusionSite
+from .prompt_stage import PromptStage
 from ..errors import InputError
 
 
@@ -49,6 +53,13 @@ class UniversalSegNet(nn.Module):
         self.class_aware_levels = sorted({int(s[-1]) for s in h.class_aware_stages}) if h.norm == "class_aware" else []
         self.mask_embedding = (TaskMaskEmbedding(nt, h.class_aware_embedding)
                                if self.class_aware_levels else None)
+        self.prompt = None
+        if config.prompt.enabled:
+            # built with its own random numbers: every other weight, and every random number the
+            # training draws later, is the same as in the network without the stage
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0x5EED)
+                self.prompt = PromptStage(c0, config.prompt)
         self._frozen_for_increment = False
 
     # ------------------------------------------------------------------ context
@@ -92,8 +103,9 @@ class UniversalSegNet(nn.Module):
             first = first.detach()
             probs = torch.sigmoid(first.float()).to(first.dtype)
             ctx = ctx.replace(class_maps=self.mask_embedding(probs, ctx.task_ids, self.class_aware_levels))
-        logits, modality_logits = self._single_pass(image, ctx)
+        logits, modality_logits, features = self._single_pass(image, ctx)
         outputs["logits"] = logits
+        outputs["features"] = features
         if modality_logits is not None:
             outputs["modality_logits"] = modality_logits
         return outputs
@@ -116,7 +128,15 @@ class UniversalSegNet(nn.Module):
         modality_logits = None
         if self.modality_head is not None:
             modality_logits = self.modality_head([posteriors[s][:, t:] for s in self.site_order])
-        return logits, modality_logits
+        return logits, modality_logits, features
+
+    def refine(self, features: torch.Tensor, logits: torch.Tensor, positive: torch.Tensor,
+               negative: torch.Tensor) -> torch.Tensor:
+        """One task's logits [B, 1, ...] corrected by click maps (``prompt_stage.click_maps``)."""
+        if self.prompt is None:
+            raise InputError("this model has no click-refinement stage (it was trained without "
+                             "clicks); train or fine-tune it with clicks to refine interactively")
+        return self.prompt(features, logits, positive, negative)
 
     # ------------------------------------------------------------------ incremental learning
     def _tables(self, kind: str) -> list[GrowableTable]:

@@ -39,6 +39,7 @@ class TrainConfig:
     sampling: str = "dataset"       # "case": datasets weighted by their number of cases too
     batches: str = "mixed"          # "distinct-sites", or "every-site" (MS-Net: every site in every step)
     loss: str = "adaptive-tversky"  # Hermes' region term; "dice": Tversky with alpha fixed at 0.5
+    clicks: int = 0  # > 0: also train the click-refinement stage, 1..clicks simulated clicks per step
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -115,10 +116,12 @@ class TrainConfig:
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TrainConfigError(f"{key}: a positive integer, got {v!r}")
-        for key in ("num_workers", "seed"):
+        for key in ("num_workers", "seed", "clicks"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise TrainConfigError(f"{key}: a whole number >= 0, got {v!r}")
+        if self.clicks > 20:
+            raise TrainConfigError(f"clicks: at most 20 simulated clicks per step, got {self.clicks}")
         if self.sampling not in ("dataset", "case"):
             raise TrainConfigError(f"sampling: 'dataset' or 'case', got {self.sampling!r}")
         if self.batches not in ("mixed", "distinct-sites", "every-site"):

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -51,6 +52,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluation import evaluate_cases, format_dice_table
+from .click_simulation import refinement_loss
 from .finetune import FineTuneStart, anchor_penalty, starting_network
 from .finetune import provenance as finetune_provenance
 from .losses import PartialLabelLoss
@@ -119,6 +121,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         if start is None:
             self.model_config = fit_config_to_catalog(model_config, self.catalog)
+            if cfg.clicks and not self.model_config.prompt.enabled:
+                self.model_config = self.model_config.replace(
+                    prompt={**self.model_config.to_dict()["prompt"], "enabled": True})
             net = UniversalSegNet(self.model_config)
         else:  # fine-tuning: the parent's network and weights (grown for new tasks / modalities)
             net = starting_network(start, self.catalog)
@@ -138,6 +143,13 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, warmup, cfg.total_steps, cfg.poly_power))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.loss_fn = PartialLabelLoss(kind=cfg.loss)
+        if cfg.clicks and self.net.prompt is None:
+            raise InputError("clicks: this network has no click-refinement stage (prompt.enabled "
+                             "is false in the model it starts from)")
+        stage = [p for n, p in self.net.named_parameters() if n.startswith("prompt.")]
+        self.clip_groups = [[p for n, p in self.net.named_parameters() if not n.startswith("prompt.")]]
+        if stage:
+            self.clip_groups.append(stage)
         self._build_data()
         self.step, self.best = 0, -1.0
 
@@ -186,7 +198,7 @@ class Trainer:
 
     def restore(self, path: Path, allow_changes: bool = False) -> None:
         ckpt = load_checkpoint(path)
-        if ckpt["model_config"] != self.model_config.to_dict():
+        if _config_of(ckpt) != self.model_config:
             raise CheckpointError(f"{path} was written for another network or catalog (tasks, "
                                   "modalities or architecture differ); use a new --out folder")
         now = self.start.identity if self.start is not None else None
@@ -225,6 +237,14 @@ class Trainer:
             anchor = anchor_penalty(self.net, self.reference)
             loss = loss + self.start.anchor * anchor
             parts["anchor"] = anchor.detach()
+        if self.cfg.clicks:  # the click-refinement stage, on detached features (click_simulation)
+            rng = np.random.default_rng([self.cfg.seed, self.dist.rank, self.step])
+            with autocast(self.device, self.precision):
+                clicks = refinement_loss(self.net, outputs["features"], outputs["logits"], target,
+                                         ctx.task_mask, self.cfg.clicks, rng)
+            if clicks is not None:
+                loss = loss + clicks
+                parts["clicks"] = clicks.detach()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower the "
                                      "learning rate or check the images for extreme values")
@@ -232,7 +252,9 @@ class Trainer:
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+            # the stage's gradients are clipped on their own: they must not scale the others'
+            for group in self.clip_groups:
+                torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -371,6 +393,14 @@ def changed_settings(before: dict, now: dict) -> list[str]:
     before = {**defaults, **before, "augmentation": {**defaults["augmentation"], **before.get("augmentation", {})}}
     return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+
+
+def _config_of(ckpt: dict) -> Optional[ModelConfig]:
+    """The checkpoint's network (settings added since it was written take their defaults)."""
+    try:
+        return ModelConfig.from_dict(ckpt["model_config"])
+    except InputError:
+        return None
 
 
 def _describe(identity: Optional[dict]) -> str:

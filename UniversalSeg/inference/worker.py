@@ -1,0 +1,203 @@
+"""The warm worker: one process keeps the model and the open image, and answers clicks.
+
+``universalseg worker`` reads one JSON request per line on stdin and writes one JSON reply per
+line on stdout (progress lines carry "progress"; a reply carries "ok"). Requests:
+
+    {"id": 1, "cmd": "open", "model": "brain-synth", "image": "/tmp/t1.nrrd", "modality": "MR-T1",
+     "tasks": ["brain"], "device": "auto", "largest_component": false}
+        -> {"id": 1, "ok": true, "tasks": [...], "seconds": 12.3}
+    {"id": 2, "cmd": "mask", "task": "brain"}                  -> a mask reply for the whole grid
+    {"id": 3, "cmd": "refine", "task": "brain",
+     "points": [{"position": [x, y, z], "label": "positive"}]} -> a mask reply for the changed box
+    {"id": 4, "cmd": "undo", "task": "brain"}                  -> a mask reply (box null: nothing to undo)
+    {"id": 5, "cmd": "set_mask", "task": "brain", "file": "/tmp/edited.nrrd"}  -> {"ok": true}
+    {"cmd": "cancel"}   ends a running "open" (its reply: "ok": false, "cancelled": true)
+    {"id": 6, "cmd": "close"}  (or end of input)                -> exits 0
+
+A mask reply: {"ok": true, "task", "box": [[i0, i1], [j0, j1], [k0, k1]] (input-grid voxels,
+end exclusive), "shape": [nk, nj, ni], "mask": base64 of the zlib-compressed uint8 array in
+(k, j, i) order, "seconds"}. A bad request gets {"ok": false, "error": "one line"} and the worker
+goes on; a bug in the worker answers "internal error" with its traceback on stderr and goes on too.
+Why a line protocol over pipes, not a socket: nothing to configure or secure (no port is
+opened), and the worker dies with its pipes; ``UNIVERSALSEG_PARENT_PID`` ends it with Slicer.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import sys
+import threading
+import time
+import traceback
+import zlib
+from typing import Optional
+
+import numpy as np
+
+from ..errors import InputError
+
+
+class Cancelled(Exception):
+    pass
+
+
+def encode_mask(array: np.ndarray) -> str:
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).tobytes(), 1)).decode()
+
+
+def decode_mask(text: str, shape) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8).reshape(shape)
+
+
+def mask_reply(change, seconds: Optional[float] = None) -> dict:
+    if change is None:
+        return {"ok": True, "box": None}
+    return {"ok": True, "task": change.task, "box": [list(b) for b in change.box],
+            "shape": list(change.mask.shape), "mask": encode_mask(change.mask),
+            "seconds": round(change.seconds if seconds is None else seconds, 4)}
+
+
+class Worker:
+    def __init__(self, write=None):
+        self.write = write or (lambda message: print(json.dumps(message), flush=True))
+        self.predictors: dict = {}   # (model, device) -> Predictor: the model stays loaded
+        self.session = None
+        self.cancel = threading.Event()
+
+    def handle(self, request) -> Optional[dict]:
+        """One request -> its reply (None for "cancel", which has none of its own)."""
+        rid = request.get("id") if isinstance(request, dict) else None
+        try:
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise InputError('a request is a JSON object with a "cmd" (open, mask, refine, undo, '
+                                 'set_mask, cancel, close)')
+            command = getattr(self, "cmd_" + request["cmd"], None)
+            if command is None:
+                raise InputError(f"unknown command {request['cmd']!r}; commands: open, mask, refine, "
+                                 "undo, set_mask, cancel, close")
+            reply = command(request)
+        except Cancelled:
+            reply = {"ok": False, "cancelled": True, "error": "cancelled"}
+        except (InputError, FileNotFoundError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug: said as one, the worker stays up for the next request
+            traceback.print_exc(file=sys.stderr)
+            reply = {"ok": False, "error": f"internal error ({type(exc).__name__}: {exc}); the "
+                                           "traceback is in the worker's log"}
+        if reply is not None:
+            reply = {"id": rid, **reply}
+        return reply
+
+    # ------------------------------------------------------------------ commands
+    def cmd_open(self, r):
+        from ..model_download import resolve_model
+        from .interactive import InteractiveSession
+        from .predictor import PredictOptions, Predictor
+        t0 = time.perf_counter()
+        for key in ("model", "image", "modality"):
+            if not isinstance(r.get(key), str):
+                raise InputError(f'open: "{key}" is required (a string)')
+        key = (r["model"], r.get("device", "auto"))
+        if key not in self.predictors:
+            self.predictors = {key: Predictor(resolve_model(r["model"], progress=False), device=key[1])}
+        predictor = self.predictors[key]
+        self.session = None
+        self.cancel.clear()
+
+        def report(stage, fraction, message=""):
+            if self.cancel.is_set():
+                raise Cancelled()
+            self.write({"id": r.get("id"), "progress": round(float(fraction), 4), "stage": stage,
+                        "message": message})
+
+        options = PredictOptions(largest_component=bool(r.get("largest_component", False)))
+        self.session = InteractiveSession(predictor, r["image"], r["modality"], r.get("tasks") or None,
+                                          options, report)
+        return {"ok": True, "tasks": self.session.tasks, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def _open_session(self):
+        if self.session is None:
+            raise InputError('no image is open: send "open" first')
+        return self.session
+
+    def cmd_mask(self, r):
+        session = self._open_session()
+        task = session._task(r.get("task"))
+        mask = session.masks[task]
+        from .interactive import MaskChange
+        box = tuple((0, n) for n in mask.shape[::-1])
+        return mask_reply(MaskChange(task, box, mask, 0.0))
+
+    def cmd_refine(self, r):
+        session = self._open_session()
+        points = r.get("points")
+        if not isinstance(points, list) or not points:
+            raise InputError('refine: "points" must be a list of {"position": [x, y, z], "label": '
+                             '"positive"|"negative"}')
+        clicks = []
+        for p in points:
+            if not isinstance(p, dict) or p.get("label") not in ("positive", "negative") \
+                    or not isinstance(p.get("position"), list):
+                raise InputError(f'refine: a point needs "position" [x, y, z] (RAS mm) and "label" '
+                                 f'"positive" or "negative", got {p!r}')
+            clicks.append((p["position"], p["label"] == "positive"))
+        t0 = time.perf_counter()
+        change = session.refine(r.get("task"), clicks)
+        return mask_reply(change, time.perf_counter() - t0)
+
+    def cmd_undo(self, r):
+        return mask_reply(self._open_session().undo(r.get("task")))
+
+    def cmd_set_mask(self, r):
+        from ..data.image_io import read_sitk
+        session = self._open_session()
+        if not isinstance(r.get("file"), str):
+            raise InputError('set_mask: "file" (a mask image on the input grid) is required')
+        session.set_mask(r.get("task"), read_sitk(r["file"]))
+        return {"ok": True}
+
+    def cmd_cancel(self, r):
+        self.cancel.set()
+        return None
+
+    def cmd_close(self, r):
+        return {"ok": True, "closing": True}
+
+
+def serve(stdin=None) -> int:
+    """Read requests until "close" or the end of input. A reader thread takes the lines so that
+    a "cancel" reaches a running "open" at once."""
+    stdin = stdin or sys.stdin
+    worker = Worker()
+    requests: "queue.Queue" = queue.Queue()
+
+    def read():
+        for line in stdin:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as exc:
+                request = {"cmd": "__bad_json__", "error": f"not JSON ({exc.msg}): {line[:80]}"}
+            if isinstance(request, dict) and request.get("cmd") == "cancel":
+                worker.cancel.set()
+                continue
+            requests.put(request)
+        requests.put(None)
+
+    threading.Thread(target=read, name="requests", daemon=True).start()
+    worker.write({"ready": True})
+    while True:
+        request = requests.get()
+        if request is None:
+            return 0
+        if isinstance(request, dict) and request.get("cmd") == "__bad_json__":
+            worker.write({"id": None, "ok": False, "error": request["error"]})
+            continue
+        reply = worker.handle(request)
+        if reply is not None:
+            worker.write(reply)
+            if reply.get("closing"):
+                return 0
