@@ -81,7 +81,13 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 (self.ui.undoButton, "clicked()", self.onUndo),
                 (self.ui.trainButton, "clicked()", self.onTrain),
                 (self.ui.addCaseButton, "clicked()", self.onAddCase),
-                (self.ui.finetuneButton, "clicked()", self.onFinetune)):
+                (self.ui.finetuneButton, "clicked()", self.onFinetune),
+                (self.ui.refineCollapsibleButton, "contentsCollapsed(bool)", lambda c: c or self.fillRefineSegments()),
+                (self.ui.refineButton, "clicked()", self.onRefine),
+                (self.ui.positiveClickButton, "clicked()", lambda: self.logic.core.refinement.place(True)),
+                (self.ui.negativeClickButton, "clicked()", lambda: self.logic.core.refinement.place(False)),
+                (self.ui.undoClickButton, "clicked()", lambda: self.logic.core.refinement.undo()),
+                (self.ui.discardRefineButton, "clicked()", lambda: self.onRefine(accept=False))):
             widget.connect(signal, slot)
         self.initializeParameterNode()
         self.refreshModels()
@@ -89,6 +95,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def cleanup(self):  # the application closes: no child process outlives it
         self.timer.stop()
         self.jobs.cancel_all("Slicer is closing")
+        self.logic.core.stop_worker()
         self.removeObservers()
 
     def enter(self):
@@ -103,6 +110,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self.jobs["run"] is not None:  # its nodes are about to go: end it, nothing is imported
             self.jobs["run"].cancel("the scene was closed; the segmentation was stopped")
         self.logic.core.last_run = None
+        self.logic.core.end_refinement(accept=True)  # before its nodes go
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -183,6 +191,34 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.ui.finetuneButton.text = "Stop fine-tuning" if self.jobs["finetune"] else \
             "Fine-tune the selected model in the background"
         self.ui.addCaseButton.enabled = bool(p and p.inputVolume and p.outputSegmentation and not running)
+        refining = self.logic.core.refinement is not None
+        self.ui.refineButton.text = "Accept (keep the refined segment)" if refining else "Start refining"
+        for button in (self.ui.positiveClickButton, self.ui.negativeClickButton, self.ui.undoClickButton,
+                       self.ui.discardRefineButton):
+            button.enabled = refining
+
+    def fillRefineSegments(self):
+        self.ui.refineSegmentSelector.clear()
+        for sid, task, label in self.state.refinable_segments(self._parameterNode and self._parameterNode.outputSegmentation):
+            self.ui.refineSegmentSelector.addItem(label, sid)
+
+    def onRefine(self, accept=True):  # start refining the chosen segment, or end it (accept / discard)
+        core, p, modality = self.logic.core, self._parameterNode, self.ui.modalitySelector.currentText
+        if core.refinement is not None:
+            core.end_refinement(accept)
+            self.ui.refineStatusLabel.text = "Kept the refined segment." if accept else "Put the segment back."
+        elif dependencies.ensure_in_slicer():
+            self.fillRefineSegments()
+            problem = self.state.refine_problem(p.outputSegmentation, modality)
+            self.ui.refineStatusLabel.text = problem
+            with slicer.util.tryWithErrorDisplay("Could not start refining.", waitCursor=True):
+                if not problem:
+                    sid = self.ui.refineSegmentSelector.currentData
+                    task = dict((s, t) for s, t, _ in self.state.refinable_segments(p.outputSegmentation))[sid]
+                    core.start_refinement(p.inputVolume, p.outputSegmentation, sid, task, modality,
+                                          self.state.choice.spec, device=p.device)
+                    self.timer.start()
+        self.updateButtons()
 
     def onApply(self):
         if self.jobs["run"] is not None:
@@ -240,10 +276,14 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         try:
             for slot, job, finished in self.jobs.poll():
                 self.showJob(slot, job, finished)
+            refinement = self.logic.core.refinement
+            if refinement is not None:  # the click worker's replies: each applied to the segment
+                self.ui.refineStatusLabel.text = "; ".join(refinement.poll()) or refinement.status
         except Exception as exc:  # a failing slot would fire every 200 ms forever: stop, tell once
             self.jobs.cancel_all(str(exc))
+            self.logic.core.end_refinement(accept=True)
             slicer.util.errorDisplay(f"UniversalSeg stopped: {exc}")
-        if self.jobs.idle:
+        if self.jobs.idle and self.logic.core.refinement is None:
             self.timer.stop()
         self.updateButtons()
 
@@ -261,6 +301,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if isinstance(job, PredictionJob) and self._parameterNode:
             self._parameterNode.outputSegmentation = job.segmentation_node
             slicer.util.setSliceViewerLayers(background=job.volume_node)
+            self.fillRefineSegments()
         elif isinstance(job, TrainingJob):
             self.addModelFolder(str(job.model))
         elif isinstance(job, DownloadJob):

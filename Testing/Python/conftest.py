@@ -145,7 +145,7 @@ def painting_click_model(click_model, tmp_path_factory):
     net = package.build("cpu")
     with torch.no_grad():
         net.prompt.out.bias.fill_(20.0)
-    path = tmp_path_factory.mktemp("painting") / "painting.zip"
+    path = tmp_path_factory.mktemp("painting") / "painting"
     save_package(path, net, package.tasks, package.modalities, package.spacing, package.patch_size,
                  package.meta.get("provenance"))
     return str(path)

@@ -8,6 +8,8 @@ behaviour, so that the module file stays a thin binding of the panel.
   ``qt``: tested against ``slicer-core``);
 - ``models``, ``panel_state``: the model list and what the panel shows, via the core's torch-free
   modules;
+- ``refine_worker``, ``refinement``: Refine mode: the warm worker's client (a persistent child)
+  and the clicks (markups points) applied to one segment, box by box, with undo;
 - ``dependencies``: installing what the core needs inside Slicer (the plan is pure and tested);
 - ``self_test``: the module's self-test, run by Slicer's ScriptedLoadableModuleTest and by pytest.
 

@@ -27,6 +27,8 @@ from typing import Callable, Optional, Sequence
 from .command import (PredictRequest, child_environment, describe_devices, device_probe_command, download_command,
                       finetune_command, import_command, parse_progress_line, predict_command, train_command)
 from .process_runner import ProcessRunner
+from .refine_worker import RefineWorker, worker_command
+from .refinement import SegmentRefinement
 from .segmentation_import import UndoRecord, import_result, write_volume
 
 
@@ -205,6 +207,35 @@ class UniversalSegLogic:
                  base_env: Optional[dict] = None):
         self.runner_factory, self.python, self.base_env = runner_factory, python, base_env
         self.last_run: Optional[UndoRecord] = None
+        self.refine_worker = RefineWorker()   # warm between refinements: the model stays loaded
+        self.refinement: Optional[SegmentRefinement] = None
+
+    def start_refinement(self, volume_node, segmentation_node, segment_id: str, task: str, modality: str,
+                         model: str, device: str = "auto") -> SegmentRefinement:
+        """Refine mode on one segment (``refinement.SegmentRefinement``); the worker starts once."""
+        if volume_node is None or segmentation_node is None or not segment_id:
+            raise ValueError("select the volume, the segmentation and the segment to refine")
+        if self.refinement is not None:
+            self.end_refinement(accept=True)
+        if not self.refine_worker.running:
+            self.refine_worker.start(worker_command(self.python), env=self.environment(device == "cpu"))
+        workdir = Path(tempfile.mkdtemp(prefix="UniversalSeg-refine-"))
+        self.refinement = SegmentRefinement(self.refine_worker, volume_node, segmentation_node, segment_id,
+                                            task, modality, model, workdir, device)
+        self.refinement.start()
+        return self.refinement
+
+    def end_refinement(self, accept: bool = True) -> None:
+        """Keep (accept) or put back (discard) the refined segment; the worker stays warm."""
+        refinement, self.refinement = self.refinement, None
+        if refinement is not None:
+            (refinement.accept if accept else refinement.discard)()
+            shutil.rmtree(refinement.workdir, ignore_errors=True)
+
+    def stop_worker(self) -> None:
+        if self.refinement is not None:
+            self.end_refinement(accept=True)
+        self.refine_worker.stop()
 
     def environment(self, cpu_only: bool = False) -> dict:
         return child_environment(cpu_only=cpu_only, env=self.base_env)

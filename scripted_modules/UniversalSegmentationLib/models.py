@@ -46,7 +46,7 @@ def model_summary(choice: ModelChoice) -> dict:
     if choice.needs_download:
         entry = next(e for e in load_model_catalog() if e.id == choice.spec)
         tasks, modalities = [task_info(t, index=i) for i, t in enumerate(entry.tasks)], list(entry.modalities)
-        card = entry.description
+        card, clicks = entry.description, False
     else:
         shipped = {e.id: e for e in load_model_catalog() if e.shipped}
         path = default_catalog_path().parent / shipped[choice.spec].file if choice.spec in shipped else choice.spec
@@ -54,7 +54,10 @@ def model_summary(choice: ModelChoice) -> dict:
         tasks, modalities = summary.tasks, summary.modalities
         provenance = summary.meta.get("provenance", {})
         card = "\n\n".join(t for t in (version_text(provenance.get("finetune")), card_text(provenance.get("card"))) if t)
-    return {"tasks": [t.to_dict() for t in tasks], "modalities": modalities, "card": card}
+        prompt = summary.meta["network"].get("prompt")
+        clicks = isinstance(prompt, dict) and prompt.get("enabled") is True
+    # clicks: the model has the click-refinement stage (network.prompt.enabled in model.json)
+    return {"tasks": [t.to_dict() for t in tasks], "modalities": modalities, "card": card, "clicks": clicks}
 
 
 CARD_FIELDS = (("summary", "Summary"), ("trained_on", "Trained on"), ("intended_use", "Intended use"),

@@ -22,6 +22,7 @@ class PanelState:
     checked: set = field(default_factory=set)
     error: str = ""
     card: str = ""                                   # the model card: what it knows, its limits
+    clicks: bool = False                             # the model has the click-refinement stage
 
     def load_models(self, folders, select: Optional[str] = None) -> int:
         """Refresh the model list; returns the index to show (``select``'s, else the first)."""
@@ -35,6 +36,7 @@ class PanelState:
     def select_model(self, index: int) -> None:
         """A model picked: its structures (all checked) and modalities, or the reason it can't be read."""
         self.index, self.tasks, self.modalities, self.error, self.card = index, [], [], "", ""
+        self.clicks = False
         if self.choice is not None:
             try:
                 summary = model_summary(self.choice)
@@ -42,6 +44,7 @@ class PanelState:
                 self.error = f"Cannot read the model: {exc}"
                 return
             self.tasks, self.modalities, self.card = summary["tasks"], summary["modalities"], summary["card"]
+            self.clicks = summary["clicks"]
         self.checked = {t["name"] for t in self.tasks}
 
     def visible(self, text: str) -> list:
@@ -63,6 +66,27 @@ class PanelState:
         if self.choice is None or self.choice.needs_download:
             raise ValueError("select a model that is installed (download it first)")
         return self.choice.spec
+
+    def refinable_segments(self, segmentation_node) -> list:
+        """(segment ID, task, label) of the segments that stand for one of the model's structures."""
+        if segmentation_node is None or not self.clicks:
+            return []
+        from .training_set_export import training_segments
+        seg = segmentation_node.GetSegmentation()
+        return [(sid, task, f"{seg.GetSegment(sid).GetName()} ({task})")
+                for sid, task in training_segments(segmentation_node, self.task_labels()).items()]
+
+    def refine_problem(self, segmentation_node, modality: str) -> str:
+        """Why Refine cannot start ('' when it can)."""
+        if self.choice is None or self.choice.needs_download:
+            return "Select an installed model."
+        if not self.clicks:
+            return "This model has no click refinement (trained without --clicks)."
+        if not modality:
+            return "Select the modality."
+        if not self.refinable_segments(segmentation_node):
+            return "No segment of the output segmentation stands for one of the model's structures."
+        return ""
 
     def task_labels(self) -> dict:
         """task name -> display name of the model's structures (segments are matched by either)."""

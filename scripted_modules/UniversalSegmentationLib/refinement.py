@@ -101,6 +101,13 @@ class SegmentRefinement:
         self.pending[self.worker.send({"cmd": "undo", "task": self.task})] = "undo"
         return True
 
+    def place(self, positive: bool) -> None:
+        """Slicer's place mode (persistent: one click per point until Escape) on the positive or
+        negative list (vtkSlicerMarkupsLogic::SetActiveList / StartPlaceMode)."""
+        markups = slicer.modules.markups.logic()
+        markups.SetActiveList(self.points[positive])
+        markups.StartPlaceMode(True)
+
     # ------------------------------------------------------------------ replies
     def poll(self) -> list[str]:
         """Handle the worker's messages; returns error messages to show (one line each)."""
