@@ -1,5 +1,5 @@
 """The module's self-test: a tiny random model, an oblique volume, a run into a new segmentation,
-a failing run, a re-run that keeps an edited segment, and undo. Slicer runs it from
+a failing run, a re-run that keeps an edited segment, undo, and a click refinement with undo. Slicer runs it from
 ``UniversalSegmentationTest`` (menu: Reload and Test); pytest runs the very same function against
 ``slicer-core`` (Testing/Python/test_slicer_self_test.py), so it is known to pass before anyone
 opens Slicer.
@@ -24,8 +24,10 @@ TINY_MODEL = (
     "from UniversalSeg.data.terminology import task_info\n"
     "from UniversalSeg.data.modalities import KNOWN_MODALITIES\n"
     "c = ModelConfig.from_dict({'tasks': ['liver', 'spleen', 'liver-tumor'], 'modalities': ['CT'],"
-    " 'base_width': 4, 'fusion': {'head_dim': 4, 'modality_tokens': 2}})\n"
-    "save_package(sys.argv[1], UniversalSegNet(c), [task_info(t) for t in c.tasks],"
+    " 'base_width': 4, 'fusion': {'head_dim': 4, 'modality_tokens': 2}, 'prompt': {'enabled': True, 'width': 4}})\n"
+    "net = UniversalSegNet(c)\n"
+    "net.prompt.out.bias.data.fill_(20.0)  # its click stage turns the region around a click on\n"
+    "save_package(sys.argv[1], net, [task_info(t) for t in c.tasks],"
     " dict(KNOWN_MODALITIES), (3.0, 3.0, 3.0), (32, 32, 32))\n")
 
 
@@ -112,3 +114,34 @@ def _steps(scene, say, python: str, folder: Path) -> None:
     check(names(seg) == ["Liver", "Spleen", "Liver tumor"], f"after undo: {names(seg)}")
     check(np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume), before_liver),
           "undo did not restore the liver")
+
+    say("Refine with clicks (#15): a positive click adds to the liver, undo takes it back")
+    import time
+
+    import vtk
+    start, spleen_now = (slicer.util.arrayFromSegmentBinaryLabelmap(seg, s, volume) for s in ("liver", "spleen"))
+    refinement = logic.start_refinement(volume, seg, "liver", "liver", "CT", model, device="cpu")
+    try:
+        m = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(m)
+        ras = (slicer.util.arrayFromVTKMatrix(m) @ np.array([16.0, 18.0, 20.0, 1.0]))[:3]
+        refinement.points[True].AddControlPointWorld(*ras)
+
+        def settle():
+            deadline = time.time() + 300
+            while not (refinement.ready and not refinement.pending):
+                errors = refinement.poll()
+                check(not errors and time.time() < deadline, f"refinement: {errors or 'no answer in time'}")
+                time.sleep(0.05)
+
+        settle()
+        liver = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume)
+        check(liver[20, 18, 16] == 1 and liver.sum() > start.sum(), "the click did not add to the liver")
+        check(np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume), spleen_now),
+              "a click on the liver changed the spleen")
+        refinement.undo()
+        settle()
+        check(np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "liver", volume), start),
+              "undo did not restore the liver")
+    finally:
+        logic.stop_worker()
