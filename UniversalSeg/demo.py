@@ -38,9 +38,11 @@ def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConf
     cfg = TrainConfig(spacing=(spacing,) * 3, patch_size=(32, 32, 32) if shape <= 40 else (48, 48, 48),
                       batch_size=2, epochs=epochs, iterations_per_epoch=max(1, steps // epochs),
                       validate_every=epochs, lr=3e-3, warmup_epochs=0.5, num_workers=0,
-                      checkpoint_every=50, seed=seed, loss="dice")
+                      checkpoint_every=50, seed=seed, loss="dice", clicks=5)
     # soft Dice, not Hermes' adaptive Tversky (the `train` default): in the seeded demo study
-    # (Testing/Benchmarks/demo_study.py, README) it was as good or better on most cells
+    # (Testing/Benchmarks/demo_study.py, README) it was as good or better on most cells.
+    # clicks=5: the click-refinement stage trains too (its automatic weights are the same as
+    # without it), so the demo's model refines with clicks in Slicer (Testing/Benchmarks/interactive.py)
     return cfg.replace(**changes) if changes else cfg
 
 

@@ -4,7 +4,7 @@
         [--model PACKAGE] [--steps 600] [--seed 0] [--test-cases 4]
 
 Without --model it trains the demo's recipe (``universalseg demo``: small preset, 600 steps,
-40^3 at 4.5 mm) with the click-refinement switch on (``clicks=5``), on data seed SEED. Test cases
+40^3 at 4.5 mm, the click-refinement stage on: ``clicks=5``), on data seed SEED. Test cases
 come from data seed SEED + 1000 (never trained on), the held-out institution included. Every
 case is opened in ONE warm worker (``universalseg worker``, the process the Slicer module keeps),
 as the module does (largest components on); per labelled task, clicks are simulated from the
@@ -47,7 +47,7 @@ def train_model(out: Path, steps: int, seed: int) -> Path:
     from UniversalSeg.networks import ModelConfig
     from UniversalSeg.training.trainer import run_training
     catalog = generate_collection(out / "data", cases=8, shape=40, seed=seed)
-    cfg = demo_train_config(steps, 40, seed, clicks=5)
+    cfg = demo_train_config(steps, 40, seed)  # the demo's recipe: its click stage included
     net = ModelConfig.preset("small", tasks=["placeholder"], modalities=["CT"])
     result = run_training(catalog, net, cfg, out / "run", device="cpu", progress=True)
     return Path(result["package"])

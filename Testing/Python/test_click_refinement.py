@@ -305,3 +305,22 @@ def test_the_worker_exits_with_its_parent(tmp_path):
     else:
         os.kill(worker_pid, signal.SIGKILL)
         pytest.fail("the worker outlived its parent by 20 s")
+
+
+def test_finetune_clicks_mode_adds_the_stage_and_keeps_every_other_weight(trained_run, synth_collection, tmp_path):
+    """How a model trained without clicks (the shipped brain model) gets its stage."""
+    out = tmp_path / "clicks-run"
+    run = subprocess.run([sys.executable, "-m", "UniversalSeg", "finetune", "--model", trained_run["package"],
+                          "--catalog", str(synth_collection), "--out", str(out), "--mode", "clicks",
+                          "--steps", "4", "--clicks", "3", "--no-progress"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    parent, child = load_package(trained_run["package"]), load_package(out / "model")
+    assert not parent.config.prompt.enabled and child.config.prompt.enabled
+    assert child.meta["provenance"]["finetune"]["mode"] == "clicks"
+    for name, value in parent.state_dict.items():
+        assert torch.equal(value, child.state_dict[name]), name
+    assert child.state_dict["prompt.out.weight"].abs().sum() > 0
+    bad = subprocess.run([sys.executable, "-m", "UniversalSeg", "finetune", "--model", trained_run["package"],
+                          "--catalog", str(synth_collection), "--out", str(tmp_path / "x"), "--mode", "clicks",
+                          "--replay", str(synth_collection)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "freezes every old weight" in bad.stderr

@@ -1,13 +1,15 @@
 """Fine-tune a model on your own (corrected) cases: better on your scans, or new structures.
 
     universalseg finetune --model MODEL --catalog MY_CASES.yaml --out RUN
-                          [--mode adapt|add-tasks] [--replay ORIGINAL.yaml] [--resume]
+                          [--mode adapt|add-tasks|clicks] [--replay ORIGINAL.yaml] [--resume]
 
 MODEL is a package (folder or .zip), a cached name or a catalog id. ``--mode adapt`` (default)
 fine-tunes every weight on the model's own tasks; ``--replay`` mixes the model's original data
 in (``--replay-share`` of the samples) and ``--anchor`` pulls the weights towards the parent's
 (L2-SP), both against forgetting. ``--mode add-tasks`` learns the catalog's NEW structures with
-every old weight frozen: the old structures' outputs stay bit-identical. The package in
+every old weight frozen: the old structures' outputs stay bit-identical. ``--mode clicks`` adds
+(or retrains) the click-refinement stage with every other weight frozen: the automatic outputs
+stay bit-identical, and the model refines with clicks (``--clicks``, default 5). The package in
 RUN/model records its parent, the mode and the cases per task. Settings default to the parent's
 training settings (its spacing and patch always); see ``training/finetune.py``.
 """
@@ -20,7 +22,8 @@ def register(parser):
     parser.add_argument("--model", required=True, help="model package (folder/.zip), cached name or catalog id")
     parser.add_argument("--catalog", required=True, help="your cases: a dataset catalog (.yaml / .json)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, logs, model)")
-    parser.add_argument("--mode", default="adapt", choices=["adapt", "add-tasks"])
+    parser.add_argument("--mode", default="adapt", choices=["adapt", "add-tasks", "clicks"])
+    parser.add_argument("--clicks", type=int, default=5, help="clicks mode: 1..N simulated clicks per step")
     parser.add_argument("--replay", help="the model's original catalog, replayed against forgetting (adapt)")
     parser.add_argument("--replay-share", type=float, default=0.75,
                         help="share of the samples drawn from --replay (default 0.75: at 0.5 the seen "
@@ -60,8 +63,8 @@ def run(args) -> int:
         raise InputError(f"--steps {args.steps}: must be at least 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the run")
-    if args.mode == "add-tasks" and args.replay:
-        raise InputError("--replay guards adapt against forgetting; add-tasks freezes every old weight "
+    if args.mode in ("add-tasks", "clicks") and args.replay:
+        raise InputError(f"--replay guards adapt against forgetting; {args.mode} freezes every old weight "
                          "and needs none")
     path = resolve_model_path(args.model, progress=not args.no_progress)
     package = load_package(path)
@@ -80,13 +83,15 @@ def run(args) -> int:
     cfg = base.replace(spacing=list(package.spacing), patch_size=list(package.patch_size), lr=lr,
                        epochs=epochs, iterations_per_epoch=max(1, args.steps // epochs), warmup_epochs=0.2,
                        validate_every=epochs, seed=args.seed, batch_size=args.batch_size,
-                       num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, ema_decay=0.9)
+                       num_workers=args.num_workers, checkpoint_every=args.checkpoint_every, ema_decay=0.9,
+                       clicks=args.clicks if args.mode == "clicks" else None)
     cases = sum(len(d.splits.get("train", [])) + len(d.splits.get("validation", [])) for d in user.datasets)
     if args.evaluate == "rotation" and cases < 2:
         raise InputError(f"--evaluate rotation needs at least 2 cases of your own; the catalog has {cases}")
     result = run_training(catalog, None, cfg, args.out, resume=args.resume, device=args.device,
                           progress=not args.no_progress, start=start)
-    if result["package"] and (args.evaluate == "rotation" or (args.evaluate == "auto" and cases >= 3)):
+    automatic_changed = args.mode != "clicks"  # clicks: the automatic outputs are the parent's
+    if result["package"] and automatic_changed and (args.evaluate == "rotation" or (args.evaluate == "auto" and cases >= 3)):
         report = before_after(start, catalog, cfg, Path(args.out), args.device, not args.no_progress)
         result["before_after"] = report["summary"]
         logging.getLogger("UniversalSeg.finetune").info(report["summary"])

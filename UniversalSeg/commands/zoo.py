@@ -1,8 +1,9 @@
 """Build a shipped model from its recipe (``UniversalSeg/zoo``).
 
-    universalseg zoo build brain --out DIR [--steps 1500] [--seed 0] [--resume]
+    universalseg zoo build brain --out DIR [--steps 1500] [--click-steps 300] [--seed 0] [--resume]
 
-Writes DIR/data (label maps + catalog), DIR/run (checkpoints, logs) and DIR/brain-synth-<version>.zip,
+Writes DIR/data (label maps + catalog), DIR/run (checkpoints, logs), DIR/clicks (the click
+stage's run, everything else frozen) and DIR/brain-synth-<version>.zip,
 the package that ships in Resources/Models (copy it there and update Models.json's sha256/size).
 """
 from ..errors import InputError
@@ -17,6 +18,8 @@ def register(parser):
     build.add_argument("name", choices=RECIPES)
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    build.add_argument("--click-steps", type=int, default=300,
+                       help="then train the click-refinement stage, all else frozen (default 300; 0: none)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--device", default="auto")
     build.add_argument("--resume", action="store_true", help="continue an interrupted build")
@@ -26,9 +29,9 @@ def register(parser):
 
 def run(args) -> int:
     from ..zoo.brain import build_brain
-    if args.steps < 1:
-        raise InputError("--steps must be at least 1")
+    if args.steps < 1 or args.click_steps < 0:
+        raise InputError("--steps must be at least 1 and --click-steps at least 0")
     path = build_brain(args.out, steps=args.steps, seed=args.seed, device=args.device,
-                       progress=not args.no_progress, resume=args.resume)
+                       progress=not args.no_progress, resume=args.resume, click_steps=args.click_steps)
     print(f"wrote {path}")
     return 0

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from ..networks.prompt_stage import click_maps
+from ..networks.prompt_stage import LOGIT_CLAMP, click_maps
 from .losses import per_task_losses
 
 Click = tuple[tuple[int, int, int], bool]
@@ -48,8 +48,10 @@ def next_click(pred: np.ndarray, truth: np.ndarray, rng: Optional[np.random.Gene
 
 
 def refinement_loss(net, features: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-                    supervised: torch.Tensor, max_clicks: int, rng: np.random.Generator) -> Optional[torch.Tensor]:
-    """Per sample one supervised task; 1..``max_clicks`` clicks simulated one after the other from
+                    supervised: torch.Tensor, max_clicks: int, rng: np.random.Generator,
+                    empty_share: float = 0.5) -> Optional[torch.Tensor]:
+    """Per sample one supervised task, starting from the automatic mask or (``empty_share`` of the
+    samples) from an empty one; 1..``max_clicks`` clicks simulated one after the other from
     the current errors (each refinement but the last without gradients, as at run time, where
     every click starts from the mask the previous ones left); soft Dice + BCE of the last
     refinement. The features and automatic logits are detached: this loss trains only the stage.
@@ -65,6 +67,11 @@ def refinement_loss(net, features: torch.Tensor, logits: torch.Tensor, target: t
     index_t = torch.tensor([t for _, t in rows], device=logits.device)
     feats = features.detach()[index_b].float()
     current = logits.detach()[index_b, index_t][:, None].float()
+    # half of the samples start from an EMPTY mask, as if the automatic pass had missed the whole
+    # structure (on training data it rarely does; on a new site it may, e.g. the left-out
+    # institution's kidney): the stage must also segment from clicks alone (RITM trains so too)
+    missed = torch.from_numpy(rng.random(len(rows)) < empty_share).to(current.device)
+    current = torch.where(missed[:, None, None, None, None], torch.full_like(current, -LOGIT_CLAMP), current)
     truth = target[index_b, index_t][:, None].float()
     truth_np = truth[:, 0].cpu().numpy() > 0.5
     clicks: list[list[Click]] = [[] for _ in rows]

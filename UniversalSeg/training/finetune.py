@@ -13,6 +13,9 @@ datasets carry labels (partial labels, as in training):
 - ``add-tasks``: new structures (task names the model does not have) are learnt with EVERY old
   weight frozen: only the new rows of the task tables train (``UniversalSegNet.add_tasks``), so
   the old tasks' outputs stay bit-identical.
+- ``clicks``: the click-refinement stage (``networks.prompt_stage``) is added (or, if the model
+  has one, retrained) with EVERY other weight frozen: the automatic outputs stay bit-identical
+  and the model refines with clicks afterwards (the shipped brain model gets its stage so).
 
 The result is an ordinary run folder (checkpoints, resume, logs) whose package records its
 parent (``provenance.parent``: id, version, SHA-256), the mode, the date and the cases per task.
@@ -32,7 +35,7 @@ from ..data.catalog import Catalog
 from ..errors import InputError
 from ..networks import ModelConfig, UniversalSegNet
 
-MODES = ("adapt", "add-tasks")
+MODES = ("adapt", "add-tasks", "clicks")
 
 
 @dataclass
@@ -81,6 +84,9 @@ def check_catalog(start: FineTuneStart, catalog: Catalog) -> tuple[list[str], li
     if start.mode == "adapt" and new_tasks:
         raise InputError(f"--mode adapt fine-tunes the model's own tasks {list(cfg.tasks)}; the catalog "
                          f"adds {new_tasks}: use --mode add-tasks to learn new structures")
+    if start.mode == "clicks" and (new_tasks or new_modalities):
+        raise InputError(f"--mode clicks trains the click stage for the model's own tasks and modalities; "
+                         f"the catalog adds {new_tasks + new_modalities}: leave those out")
     if start.mode == "add-tasks" and not new_tasks:
         raise InputError(f"--mode add-tasks: every task of the catalog ({catalog.task_names}) is already "
                          "one of the model's; use --mode adapt to improve them")
@@ -95,6 +101,18 @@ def starting_network(start: FineTuneStart, catalog: Catalog) -> UniversalSegNet:
     """The parent's network with its weights, grown for the catalog's new tasks / modalities
     (frozen except the new rows in ``add-tasks``)."""
     new_tasks, new_modalities = check_catalog(start, catalog)
+    if start.mode == "clicks":
+        config = start.package.config
+        if not config.prompt.enabled:
+            config = config.replace(prompt={**config.to_dict()["prompt"], "enabled": True})
+        net = UniversalSegNet(config)
+        missing, unexpected = net.load_state_dict(start.package.state_dict, strict=False)
+        if unexpected or any(not k.startswith("prompt.") for k in missing):
+            raise InputError(f"the package's weights do not fit its network ({(missing + unexpected)[:3]})")
+        net.requires_grad_(False)
+        net.prompt.requires_grad_(True)
+        net._frozen_for_increment = True  # batch-norm statistics of the frozen layers stay as they are
+        return net
     net = UniversalSegNet(start.package.config)
     net.load_state_dict(start.package.state_dict)
     freeze = start.mode == "add-tasks"

@@ -6,7 +6,9 @@
 2. writes a catalog with one ``synthesize`` dataset per modality (MR-T1, MR-T2, MR-FLAIR, MR-PD,
    CT) over those label maps: every training step draws a new image of that modality from a
    randomly deformed label map (``data.synthesis``);
-3. trains the universal network (tasks brain, gray-matter, white-matter, csf, head) on them;
+3. trains the universal network (tasks brain, gray-matter, white-matter, csf, head) on them,
+   then its click-refinement stage with every other weight frozen (``finetune --mode clicks``:
+   the automatic outputs are those of step 3, bit for bit);
 4. writes the model package, its weights stored in half precision, as DIR/<id>-<version>.zip
    with a model card (``provenance.card``) that ``universalseg info`` and the Slicer panel show.
 """
@@ -88,7 +90,8 @@ def train_config(steps: int, seed: int, patch: int = 48) -> TrainConfig:
 
 
 def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str = "small", width: int = 12,
-                patch: int = 48, device: str = "auto", progress: bool = True, resume: bool = False) -> Path:
+                patch: int = 48, device: str = "auto", progress: bool = True, resume: bool = False,
+                click_steps: int = 300) -> Path:
     """Build the package (see the module docstring); width 12 keeps it under 25 MB in float16."""
     from ..training.trainer import run_training
     out = Path(out)
@@ -104,11 +107,33 @@ def build_brain(out: str | Path, steps: int = 1500, seed: int = 0, preset: str =
     result = run_training(catalog, net, cfg, out / "run", resume=resume, device=device, progress=progress)
     if not result["package"]:
         raise RuntimeError("training stopped before its last step; run again with --resume")
+    if click_steps:
+        result = {"package": add_click_stage(result["package"], catalog, out / "clicks", click_steps, seed,
+                                             device, progress, resume), "steps": result["steps"]}
     seconds = round(time.time() - t0)
     zip_path = write_package(result["package"], out, steps, seed, seconds)
     (out / "build.json").write_text(json.dumps({"seconds": seconds, "steps": result["steps"],
                                                 "package": str(zip_path)}, indent=2))
     return zip_path
+
+
+def add_click_stage(package_path, catalog: Path, run: Path, steps: int, seed: int, device: str = "auto",
+                    progress: bool = True, resume: bool = False) -> str:
+    """Train the click-refinement stage of a finished package (everything else frozen) on the
+    same synthetic data; returns the new package's folder."""
+    from ..data.catalog import load_catalog
+    from ..model_package import load_package
+    from ..training.finetune import FineTuneStart
+    from ..training.trainer import run_training
+    start = FineTuneStart(load_package(package_path), Path(package_path), "clicks", name=MODEL_ID)
+    epochs = max(1, steps // 100)
+    cfg = train_config(steps, seed).replace(clicks=5, epochs=epochs, iterations_per_epoch=max(1, steps // epochs),
+                                            warmup_epochs=0.2, ema_decay=0.9)
+    result = run_training(load_catalog(catalog), None, cfg, run, resume=resume, device=device,
+                          progress=progress, start=start)
+    if not result["package"]:
+        raise RuntimeError("the click stage's training stopped before its last step; run again with --resume")
+    return result["package"]
 
 
 def validation_text(results: dict) -> str:
@@ -126,7 +151,10 @@ def write_package(run_package: str | Path, out: Path, steps: int, seed: int, sec
     from ..data.terminology import task_info
     from ..model_package import load_package, save_package
     package = load_package(run_package)
-    provenance = {**package.meta["provenance"], "model_id": MODEL_ID, "version": VERSION,
+    provenance = {k: v for k, v in package.meta["provenance"].items() if k != "finetune"}
+    if package.config.prompt.enabled:  # trained by add_click_stage: say so, it is no user fine-tuning
+        provenance["click_stage"] = "trained after the network, every other weight frozen (finetune --mode clicks)"
+    provenance = {**provenance, "model_id": MODEL_ID, "version": VERSION,
                   "card": {**CARD, "build": f"universalseg zoo build brain --steps {steps} --seed {seed} "
                                             f"({seconds} s on a 2-core CPU)",
                            **({"validation": validation} if validation else {})}}
