@@ -324,3 +324,16 @@ def test_finetune_clicks_mode_adds_the_stage_and_keeps_every_other_weight(traine
                           "--catalog", str(synth_collection), "--out", str(tmp_path / "x"), "--mode", "clicks",
                           "--replay", str(synth_collection)], capture_output=True, text=True)
     assert bad.returncode == 2 and "freezes every old weight" in bad.stderr
+
+
+def test_cancel_ends_an_open_and_the_worker_goes_on(painting_click_model, synth_collection):
+    from UniversalSeg.inference.worker import Worker
+    image = next((synth_collection.parent / "ct-hospital-a" / "imagesTr").glob("*.nii.gz"))
+    messages = []
+    worker = Worker(write=messages.append)
+    worker.write = lambda m: (messages.append(m), "progress" in m and worker.cancel.set())  # cancel at once
+    request = {"id": 7, "cmd": "open", "model": painting_click_model, "image": str(image), "modality": "CT"}
+    assert worker.handle(request) == {"id": 7, "ok": False, "cancelled": True, "error": "cancelled"}
+    assert worker.session is None and len(messages) == 1
+    worker.write = messages.append
+    assert worker.handle(request)["ok"] and worker.session is not None

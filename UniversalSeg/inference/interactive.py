@@ -56,9 +56,8 @@ class InteractiveSession:
                  options: Optional[PredictOptions] = None, report: Reporter = silent,
                  domain: Optional[str] = None):
         if predictor.net.prompt is None:
-            raise InputError(f"the model {predictor.package.meta.get('provenance', {}).get('model_id', '')} "
-                             "has no click-refinement stage: train it with --clicks (or fine-tune it with "
-                             "--mode clicks) to refine with clicks".replace("model  has", "model has"))
+            raise InputError("this model has no click-refinement stage: train it with --clicks (or "
+                             "fine-tune it with --mode clicks) to refine with clicks")
         self.predictor = p = predictor
         self.options = options or PredictOptions()
         self.options.validate()
