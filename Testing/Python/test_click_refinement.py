@@ -337,3 +337,14 @@ def test_cancel_ends_an_open_and_the_worker_goes_on(painting_click_model, synth_
     assert worker.session is None and len(messages) == 1
     worker.write = messages.append
     assert worker.handle(request)["ok"] and worker.session is not None
+
+
+def test_the_brain_recipe_adds_its_click_stage_last(trained_run, synth_collection, tmp_path):
+    from UniversalSeg.zoo.brain import add_click_stage, write_package
+    path = add_click_stage(trained_run["package"], synth_collection, tmp_path / "clicks", steps=2, seed=0,
+                           device="cpu", progress=False)
+    parent, child = load_package(trained_run["package"]), load_package(path)
+    assert child.config.prompt.enabled
+    assert all(torch.equal(v, child.state_dict[k]) for k, v in parent.state_dict.items())
+    shipped = load_package(write_package(path, tmp_path, 10, 0, 5))
+    assert "finetune" not in shipped.meta["provenance"] and "click_stage" in shipped.meta["provenance"]

@@ -125,10 +125,12 @@ def add_click_stage(package_path, catalog: Path, run: Path, steps: int, seed: in
     from ..model_package import load_package
     from ..training.finetune import FineTuneStart
     from ..training.trainer import run_training
-    start = FineTuneStart(load_package(package_path), Path(package_path), "clicks", name=MODEL_ID)
+    package = load_package(package_path)
+    start = FineTuneStart(package, Path(package_path), "clicks", name=MODEL_ID)
     epochs = max(1, steps // 100)
     cfg = train_config(steps, seed).replace(clicks=5, epochs=epochs, iterations_per_epoch=max(1, steps // epochs),
-                                            warmup_epochs=0.2, ema_decay=0.9)
+                                            warmup_epochs=0.2, ema_decay=0.9, spacing=list(package.spacing),
+                                            patch_size=list(package.patch_size))
     result = run_training(load_catalog(catalog), None, cfg, run, resume=resume, device=device,
                           progress=progress, start=start)
     if not result["package"]:
