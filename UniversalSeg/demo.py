@@ -46,6 +46,12 @@ def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConf
     return cfg.replace(**changes) if changes else cfg
 
 
+def demo_network(preset: str = "small") -> ModelConfig:
+    """The demo's network: ``preset`` with a click-refinement stage of width 8 (the default 16
+    made a demo training step 1.7x as long as without the stage here; 8: 1.26x)."""
+    return ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"], prompt={"enabled": True, "width": 8})
+
+
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     denom = pred.sum() + truth.sum()
     return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
@@ -62,7 +68,7 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
     catalog_path = generate_collection(out / "data", cases=cases, shape=shape, seed=seed, progress=progress)
     test_path = generate_collection(out / "test-data", cases=test_cases, shape=shape, seed=seed + 1000)
     cfg = demo_train_config(steps, shape, seed, **(train_changes or {}))
-    net = ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"])
+    net = demo_network(preset)
     print(f"[2/4] training the {preset} universal model jointly on every institution "
           f"({cfg.total_steps} steps, patch {cfg.patch_size[0]}^3 at {cfg.spacing[0]:.2f} mm)", flush=True)
     run = out / "run"

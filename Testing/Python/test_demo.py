@@ -26,4 +26,5 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert (tmp_path / "dice.png").stat().st_size > 10000
     package = load_package(summary["model"])
     assert package.config.base_width == 16  # the small preset
+    assert package.config.prompt.enabled and package.config.prompt.width == 8  # it refines with clicks
     assert (tmp_path / "run" / "tensorboard").is_dir()
