@@ -13,7 +13,7 @@ error voxel farthest from the error's boundary; a missed region gives a positive
 positive a negative one), sent as RAS millimetres, and the mask the worker sends back is scored.
 seconds_per_click: median round trip of a refine request (client to worker and back, mask
 decoded), this CPU. --quick: 200 training steps, 2 test cases per institution (a few minutes).
---brain: also the shipped brain model on the real 1 mm MNI152 T1 (193 x 229 x 193, needs
+--brain: also the shipped brain model on the real 1 mm MNI152 T1 (197 x 233 x 189, needs
 nilearn): the worker's open time and 5 clicks on the brain mask (whole_head in the JSON).
 
 Writes OUT/interactive.json (dice_by_clicks: mean over tasks of the per-task mean over cases;

@@ -147,8 +147,8 @@ def test_clicks_in_ras_mm_land_on_the_right_voxels_of_an_oblique_volume(click_mo
     changed = np.argwhere(mask != before)                     # (k, j, i)
     assert len(changed) > 20
     assert changed[:, 2].min() >= i0 and changed[:, 2].max() < i1 and changed[:, 0].min() >= k0
-    painted = np.argwhere(mask > 0)
-    centre = np.mean([image.TransformIndexToPhysicalPoint(tuple(int(v) for v in p[::-1])) for p in painted], 0)
+    assert np.all(mask[before > 0] == 1)  # a positive click only adds
+    centre = np.mean([image.TransformIndexToPhysicalPoint(tuple(int(v) for v in p[::-1])) for p in changed], 0)
     assert np.linalg.norm(centre - np.array([x, y, z])) < 5.625
     assert np.array_equal(change.mask, mask[k0:k1, j0:j1, i0:i1])
     # undo puts back every voxel and the clicks
