@@ -121,6 +121,13 @@ class ClickPainter(torch.nn.Module):
         return torch.where(positive > 0.5, 20.0, -20.0).expand_as(logits)
 
 
+class NegativePainter(ClickPainter):
+    """Inside everywhere but where a negative blob is > 0.5: only the blob may change."""
+
+    def forward(self, features, logits, positive, negative):
+        return torch.where(negative > 0.5, -20.0, 20.0).expand_as(logits)
+
+
 def oblique_image():
     rng = np.random.default_rng(0)
     image = sitk.GetImageFromArray(rng.normal(100, 10, (30, 36, 40)).astype(np.float32))
@@ -151,6 +158,15 @@ def test_clicks_in_ras_mm_land_on_the_right_voxels_of_an_oblique_volume(click_mo
     centre = np.mean([image.TransformIndexToPhysicalPoint(tuple(int(v) for v in p[::-1])) for p in changed], 0)
     assert np.linalg.norm(centre - np.array([x, y, z])) < 5.625
     assert np.array_equal(change.mask, mask[k0:k1, j0:j1, i0:i1])
+    # a negative click only removes: the painter turns its blob off, nothing else changes
+    predictor.net.prompt = NegativePainter()
+    filled = session.masks["liver"].copy()
+    session.refine("liver", [((-x, -y, z), False)])
+    removed = session.masks["liver"]
+    assert removed[voxel[2], voxel[1], voxel[0]] == 0 and not np.any(removed > filled)
+    session.undo("liver")
+    assert np.array_equal(session.masks["liver"], filled)
+    predictor.net.prompt = ClickPainter()
     # undo puts back every voxel and the clicks
     session.undo("liver")
     assert np.array_equal(session.masks["liver"], before) and session.clicks["liver"] == []
