@@ -119,7 +119,11 @@ def _steps(scene, say, python: str, folder: Path) -> None:
     import time
 
     import vtk
-    start, spleen_now = (slicer.util.arrayFromSegmentBinaryLabelmap(seg, s, volume) for s in ("liver", "spleen"))
+    # the user's edit is the start (the random model's own liver may already cover the click)
+    start = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)
+    start[2:6, 2:6, 2:6] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(start, seg, "liver", volume)
+    spleen_now = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "spleen", volume)
     refinement = logic.start_refinement(volume, seg, "liver", "liver", "CT", model, device="cpu")
     try:
         m = vtk.vtkMatrix4x4()
