@@ -284,12 +284,14 @@ def test_refine_mode_uses_markups_apis_slicer_has():
     index when a placed point gets its position), GetNumberOfControlPoints(),
     GetNthControlPointPositionWorld(int, double[3]), RemoveNthControlPoint(int);
     Modules/Loadable/Markups/Logic/vtkSlicerMarkupsLogic.h: SetActiveList(vtkMRMLMarkupsNode*),
-    StartPlaceMode(bool persistent, vtkMRMLInteractionNode* = nullptr). ScreenCapture.py reads
+    StartPlaceMode(bool persistent, vtkMRMLInteractionNode* = nullptr), reached as
+    slicer.modules.markups.logic() (Slicer's own MarkupsNodeNameTest.py). ScreenCapture.py reads
     QComboBox's currentData property the way the module does."""
     source = (MODULES / "UniversalSegmentationLib" / "refinement.py").read_text()
     used = set(re.findall(r"\.(\w+)\(", source)) | set(re.findall(r"vtkMRMLMarkupsNode\.(\w+)", source))
     markups = {"PointPositionDefinedEvent", "GetNumberOfControlPoints", "GetNthControlPointPositionWorld",
                "RemoveNthControlPoint", "SetActiveList", "StartPlaceMode"}
     assert markups <= used
+    assert "slicer.modules.markups.logic()" in source
     assert "StartPlaceMode(True)" in source and "GetNthControlPointPositionWorld(index, position)" in source
     assert "refineSegmentSelector.currentData" in MODULE.read_text()

@@ -165,7 +165,7 @@ def _refined(predictor, src, args, tasks, options, points, report):
     for task, position, positive in points:
         session.refine(task, [(position, positive)])
     return Prediction(session.grid.reference, tasks, {t: session.mask(t) for t in tasks}, {},
-                      {"total": time.perf_counter() - t0, "clicks": len(points)}, str(predictor.device),
+                      {"total": time.perf_counter() - t0}, str(predictor.device),
                       predictor.precision, list(predictor.warnings))
 
 

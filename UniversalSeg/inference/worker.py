@@ -43,11 +43,9 @@ class Cancelled(Exception):
 
 
 def encode_mask(array: np.ndarray) -> str:
+    """The reply's "mask": decoded by the Slicer side's ``refine_worker.decode_mask`` (which must
+    not import this package)."""
     return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).tobytes(), 1)).decode()
-
-
-def decode_mask(text: str, shape) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8).reshape(shape)
 
 
 def mask_reply(change, seconds: Optional[float] = None) -> dict:
