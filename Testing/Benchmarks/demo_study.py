@@ -27,10 +27,13 @@ from pathlib import Path
 
 # arm -> (description, demo settings: run_demo keywords + "train": TrainConfig changes)
 ARMS = {
-    "default": ("the demo's recipe as shipped: soft Dice since this study", {}),
+    "default": ("the demo's recipe as shipped: soft Dice, intensity remapping p 0.25", {}),
+    "no-remap": ("the demo's recipe without intensity remapping",
+                 {"train": {"augmentation": {"remap_prob": 0.0}}}),
     "adaptive-tversky": ("Hermes' adaptive Tversky (alpha = FP/(FP+FN), with its gradient)",
                          {"train": {"loss": "adaptive-tversky"}}),
-    "dice": ("soft Dice (Tversky alpha fixed at 0.5)", {"train": {"loss": "dice"}}),
+    "dice": ("soft Dice (Tversky alpha fixed at 0.5), no intensity remapping",
+             {"train": {"loss": "dice", "augmentation": {"remap_prob": 0.0}}}),
     "dice-800": ("soft Dice, 800 steps", {"steps": 800, "train": {"loss": "dice"}}),
     "dice-reference-aug": ("soft Dice, reference-strength augmentation",
                            {"train": {"loss": "dice", "augmentation": "reference"}}),

@@ -217,13 +217,58 @@ def test_synthetic_anatomy_is_on_the_right_side_of_the_patient(synth_collection)
 def test_synthetic_images_show_each_organ_at_its_contrast(tmp_path):
     """Inside each organ (one voxel in from its edge) a CT image shows the organ's own Hounsfield
     units; the blur is 0.6 voxel, not 0.6 voxel times the spacing in mm (that washed 4 mm kidneys
-    into the air around them: mean -22 HU instead of 170)."""
+    into the air around them: mean -22 HU instead of 170). Around each organ lies what surrounds it
+    in a patient (fat, bowel, the muscle wall): the shell two voxels out is clearly darker on CT,
+    not one uniform "body" a few HU away (the old phantom's spleen was 8 HU above its surroundings)."""
     from UniversalSeg.data.synthetic import CONTRAST, TISSUES, generate_collection
     generate_collection(tmp_path, cases=1, shape=40, seed=0)
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct-hospital-a/imagesTr/ct-hospital-a_000_0000.nii.gz")))
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct-hospital-a/labelsTr/ct-hospital-a_000.nii.gz")))
     hu = dict(zip(TISSUES, CONTRAST["CT"]))
+    organs = label > 0
     for name, value in (("liver", 1), ("spleen", 3), ("kidney", 4)):
         core = ndimage.binary_erosion(label == value)
         assert core.sum() >= 5, name
         assert abs(float(image[core].mean()) - hu[name]) < 15, (name, float(image[core].mean()), hu[name])
+        shell = ndimage.binary_dilation(label == value, iterations=2) & ~ndimage.binary_dilation(organs)
+        assert shell.sum() >= 20, name
+        assert float(image[core].mean()) - float(image[shell].mean()) > 60, (name, float(image[shell].mean()))
+
+
+def test_synthetic_organs_have_real_proportions(tmp_path):
+    """Organ volumes relative to the abdomen as in a real one (liver ~1.5 l, spleen ~0.2 l, each
+    kidney ~0.15 l in a ~10 l abdomen: liver 10-20 %, spleen 1-3 %, both kidneys 1.5-4 % of the body),
+    so that at the demo's 4.5 mm a kidney is hundreds of voxels, not a one-voxel boundary."""
+    from UniversalSeg.data.synthetic import generate_collection
+    generate_collection(tmp_path, cases=3, shape=40, seed=0)
+    for c in range(3):
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"ct-hospital-a/imagesTr/ct-hospital-a_00{c}_0000.nii.gz")))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"ct-hospital-a/labelsTr/ct-hospital-a_00{c}.nii.gz")))
+        body = float((image > -500).sum())
+        share = {name: (label == value).sum() / body for name, value in (("liver", 1), ("spleen", 3), ("kidney", 4))}
+        assert 0.10 <= share["liver"] <= 0.20 and 0.01 <= share["spleen"] <= 0.03 and 0.015 <= share["kidney"] <= 0.04, share
+        assert (label == 4).sum() >= 300, "both kidneys at 4.5 mm"
+        parts = ndimage.label(label == 4)[1]
+        assert parts == 2, "two separate kidneys"
+
+
+def test_pet_normalization_keeps_a_hot_lesion_above_the_liver(tmp_path):
+    """PET is read for its hot lesions: after the modality's normalization a phantom tumour (SUV
+    ~2x the liver's after the scanner's blur) must stay clearly brighter than the liver. The
+    2nd-98th percentile clip of MR (and of the Hermes reference for PET) flattens it to the liver's
+    value on an abdominal field of view (checked below), the PET policy's 99.9th does not."""
+    import torch
+    from UniversalSeg.data.modalities import KNOWN_MODALITIES, PERCENTILE
+    from UniversalSeg.data.synthetic import generate_collection
+    from UniversalSeg.data.transforms import normalize_intensity
+    generate_collection(tmp_path, cases=2, shape=40, seed=1000)
+    for c in range(2):
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"pet-hospital-e/imagesTr/pet-hospital-e_00{c}_0000.nii.gz")))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"pet-hospital-e/labelsTr/pet-hospital-e_00{c}.nii.gz")))
+        assert image[label == 2].mean() > 1.8 * image[label == 1].mean()  # the lesion as acquired
+        ratio = {}
+        for name, policy in (("pet", KNOWN_MODALITIES["PET"]), ("mr", PERCENTILE)):
+            norm = normalize_intensity(torch.from_numpy(image)[None].float(), policy)[0].numpy()
+            norm = norm - norm.min()  # ratios above the background
+            ratio[name] = norm[label == 2].mean() / norm[label == 1].mean()
+        assert ratio["pet"] > 1.6 and ratio["mr"] < 1.3, ratio

@@ -367,3 +367,16 @@ def test_the_brain_recipe_adds_its_click_stage_last(trained_run, synth_collectio
     assert all(torch.equal(v, child.state_dict[k]) for k, v in parent.state_dict.items())
     shipped = load_package(write_package(path, tmp_path, 10, 0, 5))
     assert "finetune" not in shipped.meta["provenance"] and "click_stage" in shipped.meta["provenance"]
+    # `zoo card`: the benchmark's numbers go into the card, the weights stay bit for bit
+    (tmp_path / "build.json").write_text(json.dumps({"seconds": 5, "steps": 10, "seed": 0, "trained": path}))
+    bench = tmp_path / "brain_model.json"
+    bench.write_text(json.dumps({"dice": {"template T1": {"brain": 0.984, "csf": 0.5}}}))
+    run = subprocess.run([sys.executable, "-m", "UniversalSeg", "zoo", "card", "brain", "--out", str(tmp_path),
+                          "--validation", str(bench)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    carded = load_package(next(tmp_path.glob("brain-synth-*.zip")))
+    assert "template T1: brain 0.98, csf 0.50" in carded.meta["provenance"]["card"]["validation"]
+    assert all(torch.equal(v, shipped.state_dict[k]) for k, v in carded.state_dict.items())
+    bad = subprocess.run([sys.executable, "-m", "UniversalSeg", "zoo", "card", "brain", "--out", str(tmp_path / "none"),
+                          "--validation", str(bench)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "build.json" in bad.stderr, bad.stderr

@@ -232,3 +232,35 @@ def test_shear_bends_the_box_and_keeps_image_and_targets_aligned():
     from UniversalSeg.training.config import TrainConfig, TrainConfigError
     with pytest.raises(TrainConfigError, match="augmentation.shear: a number in"):
         TrainConfig().replace(augmentation={"shear": 2.0})
+
+
+def test_intensity_remapping_reorders_tissues_reproducibly_and_leaves_the_cache_alone():
+    """RandIntensityRemapd (Ivanovska et al. 2020's random remapping curves): the patch keeps its
+    intensity range, tissues can swap their order (the point: shape, not contrast), the same seed
+    gives the same curve (resumable training), and the input tensor - a crop may be a view of the
+    cached volume - is never written to."""
+    from monai.data import MetaTensor
+    from UniversalSeg.data.transforms import AugmentationConfig, RandIntensityRemapd, augmentation
+    tissues = MetaTensor(torch.arange(5.0).repeat_interleave(200).reshape(1, 10, 10, 10))  # 5 ordered "tissues"
+    before = tissues.clone()
+    reordered = 0
+    for seed in range(20):
+        remap = RandIntensityRemapd("image", prob=1.0)
+        remap.set_random_state(seed)
+        out = remap({"image": tissues})["image"]
+        remap.set_random_state(seed)
+        assert torch.equal(out, remap({"image": tissues})["image"])
+        assert isinstance(out, MetaTensor) and out.shape == tissues.shape
+        assert float(out.min()) >= 0.0 - 1e-6 and float(out.max()) <= 4.0 + 1e-6
+        means = [float(out[tissues == t].mean()) for t in range(5)]
+        reordered += means != sorted(means) and means != sorted(means, reverse=True)
+    assert torch.equal(tissues, before)
+    assert 10 <= reordered < 20, reordered  # most curves swap some tissues, not all (seeds fixed)
+    skip = RandIntensityRemapd("image", prob=0.0)
+    assert skip({"image": tissues})["image"] is tissues
+    names = [type(t).__name__ for t in augmentation((8,) * 3, AugmentationConfig(remap_prob=0.3), 2).transforms]
+    assert "RandIntensityRemapd" in names
+    assert "RandIntensityRemapd" not in [type(t).__name__ for t in augmentation((8,) * 3, AugmentationConfig(), 2).transforms]
+    from UniversalSeg.training.config import TrainConfig, TrainConfigError
+    with pytest.raises(TrainConfigError, match="augmentation.remap_prob: a probability"):
+        TrainConfig().replace(augmentation={"remap_prob": 1.5})

@@ -15,8 +15,10 @@ pet-hospital-e     PET       liver, liver-tumor                coarse, blurred, 
 mr-t1-hospital-f   MR-T1     liver, spleen, kidney             held out: other scanner contrast
 =================  ========  ===============================  ==================================
 
-The anatomy is drawn in physical (LPS, mm) space: a body, a liver with a tumour inside it, a
-spleen and two kidneys, each case with its own shift, scale and tumour; every institution then
+The anatomy is drawn in physical (LPS, mm) space: an abdomen layered as a real one (subcutaneous
+fat, muscle wall, visceral fat with bowel loops, the spine), a liver with a tumour inside it, a
+spleen and two kidneys in a real abdomen's proportions, each case with its own shift, scale,
+bowel pattern and tumour; every institution then
 samples it on its own grid (spacing, orientation), so the same physical anatomy produces
 differently shaped arrays, and labels lie exactly on the image grid. ``mr-t1-hospital-f`` is left
 out of ``catalog.yaml`` (it has its own ``catalog-heldout.yaml``) for domain-generalization tests.
@@ -61,15 +63,19 @@ INSTITUTIONS = (
 
 LABEL_VALUES = {"liver": 1, "liver-tumor": 2, "spleen": 3, "kidney": 4}
 
-# mean intensity per tissue and modality: background, body, liver, tumor, spleen, kidney
-TISSUES = ("background", "body", "liver", "liver-tumor", "spleen", "kidney")
+# Mean intensity per tissue and modality, painted in this order (later tissues cover earlier ones).
+# The abdomen is layered as in a real scan: subcutaneous fat, the muscle wall, visceral fat with
+# bowel loops, the spine, then the organs, so every organ borders fat or bowel as it does in a
+# patient (CT: portal-venous phase; MR: relative signal; PET: SUV).
+TISSUES = ("background", "fat", "muscle", "bowel", "bone", "liver", "liver-tumor", "spleen", "kidney")
 CONTRAST = {
-    "CT": (-1000.0, 40.0, 65.0, 15.0, 48.0, 170.0),
-    "MR-T1": (0.0, 300.0, 470.0, 210.0, 270.0, 240.0),
-    "MR-T2": (0.0, 200.0, 140.0, 480.0, 380.0, 440.0),
-    "PET": (0.0, 0.6, 2.2, 9.0, 1.8, 3.5),
+    "CT": (-1000.0, -100.0, 50.0, 30.0, 400.0, 100.0, 45.0, 120.0, 170.0),
+    "MR-T1": (0.0, 620.0, 230.0, 330.0, 380.0, 470.0, 210.0, 300.0, 280.0),
+    "MR-T2": (0.0, 360.0, 110.0, 260.0, 160.0, 140.0, 480.0, 380.0, 440.0),
+    "PET": (0.0, 0.3, 0.8, 1.2, 1.0, 2.2, 9.0, 1.8, 3.5),
 }
-HELD_OUT_CONTRAST = (0.0, 260.0, 520.0, 230.0, 330.0, 200.0)  # another MR-T1 scanner
+HELD_OUT_CONTRAST = (0.0, 700.0, 210.0, 360.0, 420.0, 520.0, 230.0, 330.0, 200.0)  # another MR-T1 scanner
+FAT_MM, MUSCLE_MM = 12.0, 10.0  # subcutaneous fat and muscle wall thickness (before the case's scale)
 
 
 def _ellipsoid(points, center, radii):
@@ -78,20 +84,31 @@ def _ellipsoid(points, center, radii):
 
 def _anatomy(rng: np.random.Generator):
     """Per-case anatomy in LPS mm (DICOM / ITK patient space: +x left, +y posterior, +z superior):
-    name -> (center, radii). The liver lies on the patient's right, spleen and kidneys posterior."""
+    name -> (center, radii), plus the bowel pattern. Organ sizes keep a real abdomen's proportions
+    (liver about half the abdomen's width, kidneys 11 cm long in a 32 cm wide abdomen, all scaled to
+    the 17 cm phantom). The liver lies on the patient's right, spleen and kidneys posterior."""
     shift = rng.uniform(-10, 10, 3)
     scale = rng.uniform(0.88, 1.12, 3)
+    body = np.array((85.0, 65.0, 90.0))
     organs = {
-        "body": ((0, 0, 0), (85, 65, 90)),
-        "liver": ((-28, 8, 12), (34, 28, 30)),
-        "spleen": ((40, 18, 10), (15, 13, 20)),
-        "kidney-left": ((32, 32, -32), (10, 9, 16)),
-        "kidney-right": ((-32, 32, -32), (10, 9, 16)),
+        "body": ((0, 0, 0), body),
+        "muscle": ((0, 0, 0), body - FAT_MM),
+        "visceral": ((0, 0, 0), body - FAT_MM - MUSCLE_MM),
+        "liver": ((-30, 0, 22), (44, 36, 38)),
+        "spleen": ((44, 18, 18), (16, 20, 28)),
+        "kidney-left": ((36, 30, -38), (15, 12, 27)),
+        "kidney-right": ((-36, 30, -38), (15, 12, 27)),
     }
     out = {k: (np.asarray(c) * scale + shift, np.asarray(r) * scale) for k, (c, r) in organs.items()}
     lc, lr = out["liver"]
     tumor_center = lc + rng.uniform(-0.45, 0.45, 3) * lr
-    out["liver-tumor"] = (tumor_center, np.full(3, rng.uniform(7, 12)))
+    out["liver-tumor"] = (tumor_center, np.full(3, rng.uniform(8, 13)))
+    # the spine: a vertebral column along z, posterior midline (x, y centre and radius)
+    out["spine"] = (np.array((0.0, 38.0)) * scale[:2] + shift[:2], 13.0 * float(scale[:2].mean()))
+    # bowel loops: where a sum of 6 random plane waves (wavelengths 35-60 mm) is high (~28 %)
+    directions = rng.normal(size=(6, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    out["bowel"] = (directions * (2 * np.pi / rng.uniform(35, 60, (6, 1))), rng.uniform(0, 2 * np.pi, 6), shift)
     return out
 
 
@@ -109,20 +126,28 @@ def _render(inst: Institution, anatomy, shape: int, rng: np.random.Generator):
     size, spacing, direction, origin = _grid(inst, shape)
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"), -1).astype(np.float32)
     lps = idx @ (direction * spacing).T + origin
-    masks = {k: _ellipsoid(lps, c, r) for k, (c, r) in anatomy.items()}
+    masks = {k: _ellipsoid(lps, *anatomy[k]) for k in ("body", "muscle", "visceral", "liver", "liver-tumor",
+                                                        "spleen", "kidney-left", "kidney-right")}
     masks["liver-tumor"] &= masks["liver"]
     masks["kidney"] = masks.pop("kidney-left") | masks.pop("kidney-right")
+    (sx, sy), radius = anatomy["spine"]
+    masks["bone"] = ((lps[..., 0] - sx) ** 2 + (lps[..., 1] - sy) ** 2 <= radius ** 2) & masks["muscle"]
+    waves, phases, shift = anatomy["bowel"]
+    masks["bowel"] = masks["visceral"] & (np.cos((lps - shift) @ waves.T + phases).sum(-1) > 1.0)
+    masks["fat"] = masks["body"]  # painted first: what the wall, bowel and organs leave is fat
+    masks["muscle"] &= ~masks["visceral"]  # the wall only
     contrast = HELD_OUT_CONTRAST if inst.held_out else CONTRAST[inst.modality]
     value = dict(zip(TISSUES, contrast))
     jitter = rng.uniform(0.92, 1.08, len(TISSUES))
     image = np.full(tuple(size), value["background"], np.float32)
     for tissue, j in zip(TISSUES[1:], jitter[1:]):
-        region = masks["body"] if tissue == "body" else masks[tissue]
+        region = masks[tissue]
         # per-case contrast jitter: a few HU on CT, a few percent on MR / PET
         image[region] = value[tissue] + (j - 1) * 100 if inst.modality == "CT" else value[tissue] * j
     img = sitk.GetImageFromArray(image.transpose(2, 1, 0))
-    img.SetSpacing(tuple(float(s) for s in spacing))  # the blur's sigma is in mm: 0.6 voxel (PET 1.5)
-    img = sitk.SmoothingRecursiveGaussian(img, float(spacing.min()) * (1.5 if inst.modality == "PET" else 0.6))
+    img.SetSpacing(tuple(float(s) for s in spacing))  # the blur's sigma is in mm: 0.6 voxel (PET 0.85:
+    # a full width at half maximum of 2 voxels, as clinical PET at its voxel size)
+    img = sitk.SmoothingRecursiveGaussian(img, float(spacing.min()) * (0.85 if inst.modality == "PET" else 0.6))
     arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
     if inst.modality == "CT":
         arr = arr + rng.normal(0, inst.noise, arr.shape)

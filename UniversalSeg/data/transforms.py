@@ -2,7 +2,7 @@
 
 Deterministic part (cached once per case; shared with inference so both see the same numbers):
 read with SimpleITK -> RAS orientation -> resample to the model spacing (image linear, label
-nearest) -> modality intensity policy (CT: fixed window clip; MR/PET: 2nd-98th percentile clip;
+nearest) -> modality intensity policy (CT: fixed window clip; MR: 2nd-98th percentile clip, PET 2nd-99.9th;
 then z-score) -> per-task binary targets for the tasks the case's dataset annotates.
 
 Random part (training only): pad to the patch, crop a patch with class-balanced foreground
@@ -21,6 +21,7 @@ import torch
 from monai import transforms as mt
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.utils import convert_to_dst_type
 
 from .image_io import read_image
 from .modalities import IntensityPolicy
@@ -113,6 +114,7 @@ class AugmentationConfig:
     noise_std: float = 0.1
     foreground_ratio: float = 0.67  # share of crops centred on a labelled voxel
     low_resolution_prob: float = 0.0  # simulated thick-slice / low-resolution acquisition
+    remap_prob: float = 0.0  # random non-monotonic intensity remapping (RandIntensityRemapd)
 
     @classmethod
     def preset(cls, name: str) -> "AugmentationConfig":
@@ -175,6 +177,45 @@ class SynthesizeImaged(mt.Randomizable, mt.MapTransform):
         return d
 
 
+class RandIntensityRemapd(mt.RandomizableTransform, mt.MapTransform):
+    """Random intensity remapping for domain transfer (Ivanovska et al. 2020, "Intensity
+    augmentation for domain transfer of whole breast segmentation in MRI"): each intensity goes
+    through a random, smooth, generally NON-monotonic curve (random values averaged over a window,
+    plus a linear part of random sign), rescaled to the patch's own range, so tissue ORDER
+    changes and the network must rely on shape and context. Written here rather than MONAI's
+    ``RandIntensityRemap`` because that one draws its curves from an unseeded random state (no
+    reproducible or resumable training) and rescales to [min, max + min] instead of [min, max]."""
+
+    def __init__(self, keys, prob: float = 0.25, points: int = 16, window: int = 4, slope: float = 0.7):
+        mt.MapTransform.__init__(self, keys)
+        mt.RandomizableTransform.__init__(self, prob)
+        self.points, self.window, self.slope = points, window, slope
+
+    def curve(self) -> torch.Tensor:
+        """``points`` values over the patch's range: a moving average of uniform noise plus a line
+        of random slope in [-slope, slope]; about half the curves swap two neighbouring tissues."""
+        noise = torch.from_numpy(self.R.uniform(0, 1, self.points + self.window - 1).astype(np.float32))
+        curve = noise.unfold(0, self.window, 1).mean(1)
+        curve = curve + float(self.R.uniform(-self.slope, self.slope)) * torch.linspace(0, 1, self.points)
+        return (curve - curve.min()) / (curve.max() - curve.min()).clamp_min(1e-6)
+
+    def __call__(self, data):
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key])
+            lo, hi = img.min(), img.max()
+            curve = self.curve()
+            pos = ((img - lo) / (hi - lo).clamp_min(1e-6) * (self.points - 1)).float()
+            i0 = pos.floor().clamp(0, self.points - 2).long()
+            w = pos - i0
+            mapped = (curve[i0] * (1 - w) + curve[i0 + 1] * w) * (hi - lo) + lo
+            d[key] = convert_to_dst_type(mapped, dst=d[key])[0]  # a new tensor: crops may be views of the cache
+        return d
+
+
 def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int,
                  synthesis=None) -> mt.Compose:
     """Random part for training: needs "image", "target" and "label" (crop centres).
@@ -217,6 +258,8 @@ def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int
             mt.RandGaussianSmoothd("image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0),
                                    sigma_z=(0.5, 1.0), prob=p / 2),
         ]
+    if aug.remap_prob > 0:
+        steps.append(RandIntensityRemapd("image", prob=aug.remap_prob))
     if aug.low_resolution_prob > 0:
         steps.append(mt.RandSimulateLowResolutiond("image", prob=aug.low_resolution_prob, zoom_range=(0.5, 1.0)))
     return mt.Compose(steps)

@@ -145,7 +145,8 @@ class TrainConfig:
                 close = ")" if key in ("ema_decay", "overlap") else "]"
                 raise TrainConfigError(f"{key}: a number in {edge}{low}, {high}{close}, got {v!r}")
         aug = self.augmentation
-        for key in ("affine_prob", "intensity_prob", "foreground_ratio", "low_resolution_prob", "flip_prob"):
+        for key in ("affine_prob", "intensity_prob", "foreground_ratio", "low_resolution_prob", "flip_prob",
+                    "remap_prob"):
             v = getattr(aug, key)
             if not (_finite(v) and 0 <= v <= 1):
                 raise TrainConfigError(f"augmentation.{key}: a probability in [0, 1], got {v!r}")
