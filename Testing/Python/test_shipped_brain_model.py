@@ -94,7 +94,7 @@ def test_the_panel_lists_the_shipped_model_first_with_its_card(tmp_path, monkeyp
     monkeypatch.setenv("UNIVERSALSEG_MODEL_CATALOG", str(CATALOG))
     state = PanelState()
     state.select_model(state.load_models([]))
-    assert state.choice.label == "brain-synth 1.0.1 (shipped)" and state.choice.spec == "brain-synth"
+    assert state.choice.label == f"brain-synth {brain_entry().version} (shipped)" and state.choice.spec == "brain-synth"
     assert not state.choice.needs_download and state.error == ""
     assert [t["display_name"] for t in state.tasks] == ["Brain", "Gray matter", "White matter",
                                                        "Cerebrospinal fluid", "Head"]
