@@ -125,14 +125,15 @@ def write_card_validation(out: str | Path, benchmark_json: str | Path) -> Path:
     out = Path(out)
     try:
         build = json.loads((out / "build.json").read_text())
-        results = json.loads(Path(benchmark_json).read_text())
-        results["dice"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        steps, seconds, seed = int(build["steps"]), int(build["seconds"]), int(build.get("seed", 0))
+        validation = validation_text(json.loads(Path(benchmark_json).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"needs a finished build in {out} (build.json) and brain_model.py's JSON: {exc}") from None
-    trained = build.get("trained") or next(str(p) for p in (out / "clicks" / "model", out / "run" / "model")
-                                           if p.is_dir())
-    return write_package(trained, out, build["steps"], build.get("seed", 0), build["seconds"],
-                         validation=validation_text(results))
+    trained = build.get("trained") or next((str(p) for p in (out / "clicks" / "model", out / "run" / "model")
+                                            if p.is_dir()), None)
+    if not trained:
+        raise InputError(f"{out} holds no trained package (clicks/model or run/model)")
+    return write_package(trained, out, steps, seed, seconds, validation=validation)
 
 
 def add_click_stage(package_path, catalog: Path, run: Path, steps: int, seed: int, device: str = "auto",
