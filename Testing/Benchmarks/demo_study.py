@@ -35,7 +35,7 @@ ARMS = {
     "dice": ("soft Dice (Tversky alpha fixed at 0.5), no intensity remapping",
              {"train": {"loss": "dice", "augmentation": {"remap_prob": 0.0}}}),
     "dice-800": ("soft Dice, 800 steps", {"steps": 800, "train": {"loss": "dice"}}),
-    "dice-reference-aug": ("soft Dice, reference-strength augmentation",
+    "dice-reference-aug": ("soft Dice, reference-strength augmentation (no intensity remapping)",
                            {"train": {"loss": "dice", "augmentation": "reference"}}),
 }
 ORGAN_GOAL, LEFT_OUT_GOAL, LESION_GOAL = 0.80, 0.70, 0.50

@@ -194,7 +194,7 @@ class RandIntensityRemapd(mt.RandomizableTransform, mt.MapTransform):
     def curve(self) -> torch.Tensor:
         """``points`` values over the patch's range: a moving average of uniform noise plus a line
         of random slope in [-slope, slope]; most curves reorder some tissues (5 evenly spaced
-        intensities: 88 % of 200 seeds)."""
+        intensities: 88 % of 200 seeds, measured ad hoc; the test holds 10-19 of 20)."""
         noise = torch.from_numpy(self.R.uniform(0, 1, self.points + self.window - 1).astype(np.float32))
         curve = noise.unfold(0, self.window, 1).mean(1)
         curve = curve + float(self.R.uniform(-self.slope, self.slope)) * torch.linspace(0, 1, self.points)
