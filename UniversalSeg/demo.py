@@ -62,16 +62,29 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
 
 
+def declare_ct_window(catalog_path: Path, window: tuple[float, float]) -> None:
+    """Declare the CT intensity policy of a catalog (the package then stores it for inference)."""
+    import yaml
+    data = yaml.safe_load(catalog_path.read_text())
+    data["modalities"] = {**(data.get("modalities") or {}),
+                          "CT": {"kind": "window", "low": float(window[0]), "high": float(window[1])}}
+    catalog_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40, seed: int = 0,
              preset: str = "small", device: str = "auto", progress: bool = True, test_cases: int = 4,
-             overlays: int = 1, train_changes: dict | None = None) -> dict:
-    """``overlays``: PNG montages per institution (the first N test cases)."""
+             overlays: int = 1, train_changes: dict | None = None,
+             ct_window: tuple[float, float] | None = None) -> dict:
+    """``overlays``: PNG montages per institution (the first N test cases). ``ct_window``: declare
+    this CT window (HU) in the training catalog instead of the default CT policy."""
     out = Path(out)
     t0 = time.time()
     print(f"[1/4] synthetic multi-institution collection -> {out / 'data'} (training), "
           f"{out / 'test-data'} (test, data seed {seed + 1000})", flush=True)
     catalog_path = generate_collection(out / "data", cases=cases, shape=shape, seed=seed, progress=progress)
     test_path = generate_collection(out / "test-data", cases=test_cases, shape=shape, seed=seed + 1000)
+    if ct_window is not None:
+        declare_ct_window(catalog_path, ct_window)
     cfg = demo_train_config(steps, shape, seed, **(train_changes or {}))
     net = demo_network(preset)
     print(f"[2/4] training the {preset} universal model jointly on every institution "

@@ -40,7 +40,7 @@ from UniversalSeg.data.dataset import PreprocessedCases
 from UniversalSeg.data.synthetic import generate_collection
 from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig
-from UniversalSeg.training.config import TrainConfig
+from UniversalSeg.training.config import AugmentationConfig, TrainConfig
 from UniversalSeg.training.evaluation import evaluate_cases
 from UniversalSeg.training.statistics import paired_bootstrap
 from UniversalSeg.training.trainer import run_training
@@ -51,6 +51,7 @@ PLUGINS = {"domain_batch": {"norm": "domain_batch"}, "polynomial": {"norm": "pol
 
 
 def network(base_width: int, kind: str) -> ModelConfig:
+    """``kind``: "universal", "naive" or a plug-in name (PLUGINS)."""
     data = {"tasks": ["x"], "modalities": ["CT"], "base_width": base_width}
     if base_width < 32:
         data["fusion"] = {"head_dim": base_width}
@@ -70,7 +71,7 @@ def single_dataset_catalog(catalog_path: Path, name: str, out: Path) -> Path:
     return out
 
 
-def evaluate(package_path, catalog, split_names, cases_out=None, nsd_tolerance=None):
+def evaluate(package_path, catalog, split_names, cases_out=None, nsd_tolerance=None, device="cpu"):
     """Dice per dataset/task on the given splits, for the tasks and modalities the model knows
     (a per-institution model knows only its own); unknown domains run with domain id -1.
     ``cases_out``: a list that receives every (case, task) score (Dice, and NSD with a tolerance)."""
@@ -95,58 +96,71 @@ def evaluate(package_path, catalog, split_names, cases_out=None, nsd_tolerance=N
     if not records:
         return {}
     cases = PreprocessedCases(records, package.spacing, package.modalities)
-    result = evaluate_cases(package.build("cpu"), cases, package.patch_size, torch.device("cpu"),
+    result = evaluate_cases(package.build(device), cases, package.patch_size, torch.device(device),
                             spacing=package.spacing, nsd_tolerance_mm=nsd_tolerance)
     if cases_out is not None:
         cases_out.extend(result["cases"])
     return result["dice"]
 
 
-def train_config(steps: int, seed: int, spacing: float, patch: int) -> TrainConfig:
+def train_config(steps: int, seed: int, spacing: float, patch: int, loss: str = "dice",
+                 remap: float = 0.25, curve_points: int = 1) -> TrainConfig:
+    """The recipe every model of the study gets: the demo's (soft Dice + BCE, intensity remapping p
+    0.25; ``--loss tversky --remap 0`` is Hermes' loss without remapping). ``curve_points``
+    validations along the run (validation-history.jsonl: the learning curve)."""
     epochs = max(1, steps // 50)
     return TrainConfig(spacing=(spacing,) * 3, patch_size=(patch,) * 3, batch_size=2, epochs=epochs,
-                       iterations_per_epoch=max(1, steps // epochs), validate_every=epochs, lr=3e-3,
-                       warmup_epochs=0.5, num_workers=0, checkpoint_every=10_000, seed=seed)
+                       iterations_per_epoch=max(1, steps // epochs),
+                       validate_every=max(1, epochs // max(1, curve_points)), lr=3e-3,
+                       warmup_epochs=0.5, num_workers=0, checkpoint_every=10_000, seed=seed, loss=loss,
+                       augmentation=AugmentationConfig(remap_prob=remap))
 
 
-def _train(job, threads: int):
+def _train(job, threads: int, device: str = "cpu"):
     """One training run (in a worker process when --jobs > 1); skipped when already done."""
     import torch
     torch.set_num_threads(threads)
     catalog, net, cfg, run = job
     if not (run / "model" / "model.json").exists():
-        run_training(catalog, net, cfg, run, device="cpu", progress=False)
+        run_training(catalog, net, cfg, run, device=device, progress=False)
     return run
 
 
 def plan(method, seed, args, seen, catalog_path, spacing, out):
     """The training runs of one method and seed: [(catalog, network, train config, run dir)]."""
     key = f"{method}/seed{seed}"
+    recipe = dict(loss=args.loss, remap=args.remap, curve_points=args.curve_points)
     if method.startswith("per-institution"):
         n = len(seen.datasets)
         steps = args.steps if method == "per-institution" else max(1, args.steps // n)
-        cfg = train_config(steps, seed, spacing, args.patch)
-        return [(single_dataset_catalog(catalog_path, ds.name, out / f"catalog-{ds.name}.yaml"),
+        cfg = train_config(steps, seed, spacing, args.patch, **recipe)
+        return [(single_dataset_catalog(catalog_path, ds.name, catalog_path.parent / f"catalog-{ds.name}.yaml"),
                  network(args.base_width, "universal"), cfg, out / "runs" / f"{key}-{ds.name}")
                 for ds in seen.datasets]
     steps = args.steps * len(seen.datasets) if method == "universal-total-budget" else args.steps
-    kind = "universal" if method == "universal-total-budget" else method
-    return [(catalog_path, network(args.base_width, kind), train_config(steps, seed, spacing, args.patch),
+    # universal-wide: the capacity-fair arm, wider but still fewer parameters than the five
+    # per-institution models together
+    width = args.wide_width if method == "universal-wide" else args.base_width
+    kind = "universal" if method in ("universal-total-budget", "universal-wide") else method
+    return [(catalog_path, network(width, kind), train_config(steps, seed, spacing, args.patch, **recipe),
              out / "runs" / key)]
 
 
-def run_all(jobs, workers: int, threads: int = 0):
-    """Train every run, ``workers`` at a time, the CPU threads shared between them."""
+def run_all(jobs, workers: int, threads: int = 0, device: str = "cpu"):
+    """Train every run, ``workers`` at a time, the CPU threads shared between them (on a GPU the
+    runs share it too: these networks are far too small to fill one)."""
     import os
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     if workers <= 1:
         for job in jobs:
-            _train(job, threads)
+            _train(job, threads, device)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    # longest runs first, so that the pool does not end on one long run
+    jobs = sorted(jobs, key=lambda j: -j[2].total_steps)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for run in pool.map(_train, jobs, [threads] * len(jobs)):
+        for run in pool.map(_train, jobs, [threads] * len(jobs), [device] * len(jobs)):
             print(f"trained {run}", flush=True)
 
 
@@ -155,7 +169,7 @@ def verdicts(summary):
     seen tasks with fewer parameters, and better on the left-out institution."""
     out = {}
     pairs = [("universal", "per-institution"), ("universal", "per-institution-split"),
-             ("universal-total-budget", "per-institution")]
+             ("universal-total-budget", "per-institution"), ("universal-wide", "per-institution")]
     for mine, base in pairs:
         if mine not in summary or base not in summary:
             continue
@@ -268,6 +282,16 @@ def main(argv=None):
     ap.add_argument("--table-from", metavar="JSON", help="only print the Markdown tables of an accuracy.json")
     ap.add_argument("--methods", nargs="+",
                     default=["universal", "per-institution", "per-institution-split", "naive", *PLUGINS])
+    ap.add_argument("--wide-width", type=int, default=16,
+                    help="base width of the capacity-fair arm universal-wide (default 16)")
+    ap.add_argument("--vary-data-seed", action="store_true",
+                    help="synthetic data: seed s trains on the collection of data seed --data-seed + s")
+    ap.add_argument("--curve-points", type=int, default=4,
+                    help="validations per run: the learning curves (default 4)")
+    ap.add_argument("--loss", default="dice", help="training loss of every model (default: the demo's, dice)")
+    ap.add_argument("--remap", type=float, default=0.25,
+                    help="intensity remapping probability of every model (default: the demo's, 0.25)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (training and evaluation)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     if args.table_from:
@@ -277,43 +301,54 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     if args.catalog:
         catalog_path, heldout_path = Path(args.catalog), Path(args.heldout) if args.heldout else None
+        catalogs = {s: (catalog_path, heldout_path) for s in set(args.seeds) | set(args.seeds_total_budget or [])}
         spacing = args.spacing or 1.5
         test_path = Path(args.test_catalog) if args.test_catalog else None
     else:
-        catalog_path = generate_collection(out / "data", cases=args.cases, shape=args.shape, seed=args.data_seed)
-        heldout_path = catalog_path.parent / "catalog-heldout.yaml"
+        # --vary-data-seed: seed s trains on the collection of data seed (--data-seed + s), so the
+        # spread over seeds includes which training cases were drawn, not only the initialisation
+        catalogs = {}
+        for s in sorted(set(args.seeds) | set(args.seeds_total_budget or [])):
+            data_seed = args.data_seed + s if args.vary_data_seed else args.data_seed
+            path = generate_collection(out / f"data-{data_seed}", cases=args.cases, shape=args.shape, seed=data_seed)
+            catalogs[s] = (path, path.parent / "catalog-heldout.yaml")
         spacing = args.spacing or 180.0 / args.shape
         # test cases never seen in training: the same institutions drawn from another data seed
         test_path = generate_collection(out / "test-data", cases=args.test_cases, shape=args.shape,
                                         seed=args.data_seed + 1000) if args.test_cases else None
     test = load_catalog(test_path) if test_path else None
     nsd_tolerance = args.nsd_tolerance or spacing
-    seen = load_catalog(catalog_path)
-    held = load_catalog(heldout_path) if heldout_path else None
     seeds = {m: (args.seeds_total_budget or args.seeds) if m == "universal-total-budget" else args.seeds
              for m in args.methods}
-    plans = {(m, s): plan(m, s, args, seen, catalog_path, spacing, out) for m in args.methods for s in seeds[m]}
-    run_all([job for jobs in plans.values() for job in jobs], args.jobs, args.threads)
+    plans = {(m, s): plan(m, s, args, load_catalog(catalogs[s][0]), catalogs[s][0], spacing, out)
+             for m in args.methods for s in seeds[m]}
+    run_all([job for jobs in plans.values() for job in jobs], args.jobs, args.threads, args.device)
 
     results = {}
     for (method, seed), jobs in plans.items():
         key = f"{method}/seed{seed}"
-        seen_dice, held_dice, params, test_cases = {}, {}, 0, []
+        held = load_catalog(catalogs[seed][1]) if catalogs[seed][1] else None
+        seen_dice, held_dice, params, test_cases, curves = {}, {}, 0, [], {}
         for cat, _, _, run in jobs:
             package = run / "model"
             params += sum(v.numel() for v in load_package(package).state_dict.values())
             trained_on = load_catalog(cat)
-            seen_dice.update(evaluate(package, trained_on, ["validation"]))
+            seen_dice.update(evaluate(package, trained_on, ["validation"], device=args.device))
+            history = run / "validation-history.jsonl"
+            if history.exists():  # the learning curve: mean validation Dice over steps
+                curves[run.name] = [{"step": r["step"], "mean_dice": r["mean_dice"]}
+                                    for r in map(json.loads, history.read_text().splitlines())]
             if test is not None:  # a per-institution model is scored on its own institution only
                 names = {d.name for d in trained_on.datasets}
                 own = [d for d in test.datasets if d.name in names]
                 evaluate(package, dataclasses.replace(test, datasets=own), ["train", "validation", "test"],
-                         test_cases, nsd_tolerance)
+                         test_cases, nsd_tolerance, args.device)
             if held is not None:
-                for k, v in evaluate(package, held, ["train", "validation", "test"]).items():
+                for k, v in evaluate(package, held, ["train", "validation", "test"], device=args.device).items():
                     held_dice.setdefault(k, []).append(v)
         held_dice = {k: max(v) for k, v in held_dice.items()}  # per-institution: best model per task
-        results[key] = {"seen": seen_dice, "heldout": held_dice, "parameters": params, "test_cases": test_cases}
+        results[key] = {"seen": seen_dice, "heldout": held_dice, "parameters": params, "test_cases": test_cases,
+                        "curves": curves}
         print(f"{key:36s} seen mean {statistics.fmean(seen_dice.values()):.3f}  held-out mean "
               f"{statistics.fmean(held_dice.values()) if held_dice else float('nan'):.3f}  params {params / 1e6:.2f}M",
               flush=True)
@@ -331,11 +366,14 @@ def main(argv=None):
     paired_tables = {}
     if test is not None:
         for mine, base in (("universal", "per-institution"), ("universal", "per-institution-split"),
-                           ("universal", "naive")):
+                           ("universal", "naive"), ("universal-wide", "per-institution"),
+                           ("universal-total-budget", "per-institution")):
             if mine in args.methods and base in args.methods:
                 paired_tables[f"{mine} vs {base}"] = paired(results, mine, base, seeds[mine], seeds[base])
     report = {"command": "python Testing/Benchmarks/accuracy.py " + " ".join(argv),
-              "steps": args.steps, "seeds": args.seeds, "base_width": args.base_width, "summary": summary,
+              "steps": args.steps, "seeds": args.seeds, "base_width": args.base_width,
+              "wide_width": args.wide_width, "vary_data_seed": args.vary_data_seed, "device": args.device,
+              "loss": args.loss, "remap": args.remap, "summary": summary,
               "runs": results, "universal_vs_per_institution": verdict, "paired": paired_tables,
               "nsd_tolerance_mm": nsd_tolerance}
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
@@ -348,7 +386,34 @@ def main(argv=None):
         bar_chart(groups, out / f"accuracy-{part}.png", errors=errs,
                   title=f"Dice on {'validation cases of seen' if part == 'seen' else 'the held-out'} institution(s)"
                         f" - mean and SD over seeds {args.seeds}")
+    learning_curves(results, seeds, out / "accuracy-curves.png")
     print(json.dumps(verdict, indent=2))
+
+
+def learning_curves(results, seeds, path):
+    """Mean validation Dice over training steps, one line per method (mean over seeds; a
+    per-institution method averages its five models)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, method_seeds in seeds.items():
+        points = {}
+        for s in method_seeds:
+            for curve in results[f"{method}/seed{s}"].get("curves", {}).values():
+                for r in curve:
+                    points.setdefault(r["step"], []).append(r["mean_dice"])
+        if points:
+            steps = sorted(points)
+            ax.plot(steps, [statistics.fmean(points[k]) for k in steps], marker="o", label=method)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean validation Dice")
+    ax.set_title("Learning curves (validation cases of the seen institutions)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

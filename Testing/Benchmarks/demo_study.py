@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+MR = ["MR-T1", "MR-T2"]
 # arm -> (description, demo settings: run_demo keywords + "train": TrainConfig changes)
 ARMS = {
     "default": ("the demo's recipe as shipped: soft Dice, intensity remapping p 0.25", {}),
@@ -37,15 +38,31 @@ ARMS = {
     "dice-800": ("soft Dice, 800 steps", {"steps": 800, "train": {"loss": "dice"}}),
     "dice-reference-aug": ("soft Dice, reference-strength augmentation (no intensity remapping)",
                            {"train": {"loss": "dice", "augmentation": "reference"}}),
+    "remap-mr": ("the demo's recipe, intensity remapping p 0.25 on MR cases only (CT's Hounsfield units "
+                 "and PET's uptake are the same at every site)",
+                 {"train": {"augmentation": {"remap_prob": 0.25, "remap_modalities": MR}}}),
+    "remap-mr-0.5": ("intensity remapping p 0.5 on MR cases only",
+                     {"train": {"augmentation": {"remap_prob": 0.5, "remap_modalities": MR}}}),
+    "ct-window-remap-mr": ("remapping p 0.25 on MR only, and the abdominal CT window [-160, 240] HU "
+                           "declared in the catalog (default: [-991, 500])",
+                           {"ct_window": (-160.0, 240.0),
+                            "train": {"augmentation": {"remap_prob": 0.25, "remap_modalities": MR}}}),
+    "ct-window": ("the demo's recipe with the abdominal CT window [-160, 240] HU declared in the catalog",
+                  {"ct_window": (-160.0, 240.0)}),
+    "ct-window-remap-0.5": ("abdominal CT window, intensity remapping p 0.5 (all modalities)",
+                            {"ct_window": (-160.0, 240.0), "train": {"augmentation": {"remap_prob": 0.5}}}),
+    "ct-window-800": ("abdominal CT window, 800 steps", {"ct_window": (-160.0, 240.0), "steps": 800}),
+    "ct-window-tversky": ("abdominal CT window, Hermes' adaptive Tversky instead of soft Dice",
+                          {"ct_window": (-160.0, 240.0), "train": {"loss": "adaptive-tversky"}}),
 }
 ORGAN_GOAL, LEFT_OUT_GOAL, LESION_GOAL = 0.80, 0.70, 0.50
 
 
-def run_one(arm: str, seed: int, out: Path) -> dict:
+def run_one(arm: str, seed: int, out: Path, device: str = "auto") -> dict:
     from UniversalSeg.demo import run_demo
     settings = dict(ARMS[arm][1])
     train = settings.pop("train", {})
-    return run_demo(out, seed=seed, progress=False, train_changes=train, overlays=0, **settings)
+    return run_demo(out, seed=seed, progress=False, train_changes=train, overlays=0, device=device, **settings)
 
 
 def goal(row: str, task: str) -> float:
@@ -97,6 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (fixed)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (the demo's default)")
     ap.add_argument("--table-from", type=Path, help="print the table of a finished study.json")
     ap.add_argument("--one", nargs=2, metavar=("ARM", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -104,7 +122,7 @@ def main(argv=None) -> int:
         print(summarize(json.loads(args.table_from.read_text())["runs"])[0])
         return 0
     if args.one:
-        run_one(args.one[0], int(args.one[1]), args.out)
+        run_one(args.one[0], int(args.one[1]), args.out, args.device)
         return 0
     todo = [(a, s) for a in args.arms for s in args.seeds
             if not (args.out / "runs" / f"{a}-seed{s}" / "dice.json").exists()]
@@ -116,7 +134,8 @@ def main(argv=None) -> int:
             folder = args.out / "runs" / f"{arm}-seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "study.log", "w")
-            proc = subprocess.Popen([sys.executable, __file__, "--one", arm, str(seed), "--out", str(folder)],
+            proc = subprocess.Popen([sys.executable, __file__, "--one", arm, str(seed), "--out", str(folder),
+                                     "--device", args.device],
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
             running.append((proc, f"{arm}-seed{seed}", time.time()))
             print(f"started {arm} seed {seed}", flush=True)
@@ -134,7 +153,11 @@ def main(argv=None) -> int:
             runs[f"{arm}/seed{seed}"] = {k: data[k] for k in ("dice", "cases", "seconds", "seed", "test_cases",
                                                                  "train_config", "steps")}
     table, cells = summarize(runs)
-    (args.out / "study.json").write_text(json.dumps({"runs": runs, "cells": cells}, indent=1))
+    if args.device != "auto":  # e.g. a GPU study: bf16 autocast there, so its numbers differ from a CPU run's
+        table = f"Runs on device `{args.device}`.\n\n" + table
+    command = "python Testing/Benchmarks/demo_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (args.out / "study.json").write_text(json.dumps({"command": command, "device": args.device, "runs": runs,
+                                                     "cells": cells}, indent=1))
     (args.out / "study.md").write_text(table + "\n")
     print(table)
     return 0

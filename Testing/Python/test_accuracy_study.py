@@ -56,11 +56,11 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
                 "--test-cases", "3", "--base-width", "4", "--patch", "32",
                 "--methods", "universal", "per-institution-split"])
     report = json.loads((out / "accuracy.json").read_text())
-    train_ids = {p.name for p in (out / "data").rglob("*_0000.nii.gz")}
+    train_ids = {p.name for p in (out / "data-0").rglob("*_0000.nii.gz")}
     test_files = list((out / "test-data").rglob("*_0000.nii.gz"))
     assert len(test_files) == 6 * 3
     # another data seed: the same names, other anatomy
-    a = out / "data" / "ct-hospital-a" / "imagesTr" / "ct-hospital-a_000_0000.nii.gz"
+    a = out / "data-0" / "ct-hospital-a" / "imagesTr" / "ct-hospital-a_000_0000.nii.gz"
     b = out / "test-data" / "ct-hospital-a" / "imagesTr" / "ct-hospital-a_000_0000.nii.gz"
     assert a.name in train_ids and a.read_bytes() != b.read_bytes()
     cases = report["runs"]["universal/seed0"]["test_cases"]
@@ -70,3 +70,43 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     assert len(table) == 11 and all(v["cases"] == 3 and v["low"] <= v["difference"] <= v["high"]
                                     for v in table.values())
     assert "paired bootstrap 95 % interval" in (out / "accuracy.md").read_text()
+
+
+def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp_path):
+    """cases_sweep.py: N training cases per seen site after the validation split, each seed on its
+    own training collection (--vary-data-seed), scored on test cases from another data seed (the
+    same for every N: data seed + 1000); a capacity-fair arm has fewer parameters than five
+    per-institution models; learning curves recorded."""
+    spec = importlib.util.spec_from_file_location("cases_sweep", STUDY.parent / "cases_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    from UniversalSeg.data.catalog import load_catalog
+    assert [sweep.cases_for(n) for n in (2, 4, 8, 16)] == [3, 5, 10, 20]
+    out = tmp_path / "sweep"
+    sweep.main(["--out", str(out), "--train-cases", "2", "--seeds", "0", "1", "--steps", "2", "--shape", "32",
+                "--test-cases", "1", "--base-width", "4", "--patch", "32", "--curve-points", "1"])
+    for seed in (0, 1):
+        catalog = load_catalog(out / "train-2" / f"data-{seed}" / "catalog.yaml")
+        assert {len(d.splits["train"]) for d in catalog.datasets} == {2}
+    image = "{}/ct-hospital-a/imagesTr/ct-hospital-a_000_0000.nii.gz"
+    assert (out / "train-2" / image.format("data-0")).read_bytes() != (out / "train-2" / image.format("data-1")).read_bytes()
+    report = json.loads((out / "sweep.json").read_text())
+    assert [r["train_cases"] for r in report["rows"]] == [2]
+    d = report["rows"][0]["dice"]
+    assert d["paired"]["cases"] == 11  # 11 seen (site, task) x 1 test case, each averaged over the seeds
+    assert d["paired"]["low"] <= d["paired"]["difference"] <= d["paired"]["high"]
+    assert abs(d["paired"]["difference"] - (d["universal"] - d["per_institution"])) < 1e-9
+    assert set(report["rows"][0]["heldout"]["universal"]) == {"mr-t1-hospital-f/liver", "mr-t1-hospital-f/spleen",
+                                                              "mr-t1-hospital-f/kidney"}
+    assert (out / "sweep.png").stat().st_size > 10000 and "| 2 |" in (out / "sweep.md").read_text()
+    acc = json.loads((out / "train-2" / "accuracy.json").read_text())
+    assert acc["vary_data_seed"] and all(acc["runs"][f"universal/seed{s}"]["curves"] for s in (0, 1))
+    # the capacity-fair arm's rule: width 16 stays under five width-8 per-institution models
+    study = load_study()
+    from UniversalSeg.networks import UniversalSegNet
+    def params(width):
+        cfg = study.network(width, "universal")
+        cfg = cfg.from_dict({**cfg.to_dict(), "tasks": ["liver", "spleen", "kidney", "liver-tumor"],
+                             "modalities": ["CT", "MR-T1", "MR-T2", "PET"]})
+        return sum(p.numel() for p in UniversalSegNet(cfg).parameters())
+    assert 3 * params(8) < params(16) < 5 * params(8)

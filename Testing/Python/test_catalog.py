@@ -272,3 +272,17 @@ def test_pet_normalization_keeps_a_hot_lesion_above_the_liver(tmp_path):
             norm = norm - norm.min()  # ratios above the background
             ratio[name] = norm[label == 2].mean() / norm[label == 1].mean()
         assert ratio["pet"] > 1.6 and ratio["mr"] < 1.3, ratio
+
+
+def test_a_catalog_can_declare_the_ct_window(tmp_path, synth_collection):
+    """demo.declare_ct_window (the demo study's ct-window arms): the catalog's CT policy replaces
+    the default [-991, 500] HU window; the other modalities keep theirs."""
+    from UniversalSeg.data.modalities import KNOWN_MODALITIES, IntensityPolicy
+    from UniversalSeg.demo import declare_ct_window
+    root = tmp_path / "collection"
+    shutil.copytree(synth_collection.parent, root)
+    declare_ct_window(root / "catalog.yaml", (-160, 240))
+    catalog = load_catalog(root / "catalog.yaml")
+    assert catalog.modalities["CT"] == IntensityPolicy("window", -160.0, 240.0)
+    assert catalog.modalities["MR-T1"] == KNOWN_MODALITIES["MR-T1"]
+    assert [d.name for d in catalog.datasets] == [d.name for d in load_catalog(synth_collection).datasets]

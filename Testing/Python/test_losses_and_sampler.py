@@ -1,4 +1,5 @@
 """Partial-label loss and the DDP-aware, resumable dataset-weighted sampler."""
+import json
 import os
 import socket
 
@@ -264,3 +265,14 @@ def test_intensity_remapping_reorders_tissues_reproducibly_and_leaves_the_cache_
     from UniversalSeg.training.config import TrainConfig, TrainConfigError
     with pytest.raises(TrainConfigError, match="augmentation.remap_prob: a probability"):
         TrainConfig().replace(augmentation={"remap_prob": 1.5})
+    # remap_modalities: only those cases are remapped (e.g. MR, not CT's Hounsfield units)
+    only_mr = RandIntensityRemapd("image", prob=1.0, modalities=["MR-T1", "MR-T2"])
+    only_mr.set_random_state(0)
+    assert only_mr({"image": tissues, "modality": "CT"})["image"] is tissues
+    assert not torch.equal(only_mr({"image": tissues, "modality": "MR-T2"})["image"], tissues)
+    cfg = TrainConfig().replace(augmentation={"remap_prob": 0.5, "remap_modalities": ["MR-T1"]})
+    assert cfg.augmentation.remap_modalities == ("MR-T1",)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # a run's saved settings
+    step = next(t for t in augmentation((8,) * 3, cfg.augmentation, 2).transforms
+                if isinstance(t, RandIntensityRemapd))
+    assert step.modalities == {"MR-T1"}

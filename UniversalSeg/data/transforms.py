@@ -115,6 +115,12 @@ class AugmentationConfig:
     foreground_ratio: float = 0.67  # share of crops centred on a labelled voxel
     low_resolution_prob: float = 0.0  # simulated thick-slice / low-resolution acquisition
     remap_prob: float = 0.0  # random non-monotonic intensity remapping (RandIntensityRemapd)
+    # the modalities remapped (empty: all); e.g. only MR, whose intensities differ between scanners,
+    # and not CT, whose Hounsfield units are the same everywhere
+    remap_modalities: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "remap_modalities", tuple(str(m) for m in self.remap_modalities))
 
     @classmethod
     def preset(cls, name: str) -> "AugmentationConfig":
@@ -186,10 +192,13 @@ class RandIntensityRemapd(mt.RandomizableTransform, mt.MapTransform):
     ``RandIntensityRemap`` because that one draws its curves from an unseeded random state (no
     reproducible or resumable training) and rescales to [min, max + min] instead of [min, max]."""
 
-    def __init__(self, keys, prob: float = 0.25, points: int = 16, window: int = 4, slope: float = 0.7):
+    def __init__(self, keys, prob: float = 0.25, points: int = 16, window: int = 4, slope: float = 0.7,
+                 modalities: Sequence[str] = (), modality_key: str = "modality"):
+        """``modalities``: remap only cases of these modalities (empty: every case)."""
         mt.MapTransform.__init__(self, keys)
         mt.RandomizableTransform.__init__(self, prob)
         self.points, self.window, self.slope = points, window, slope
+        self.modalities, self.modality_key = frozenset(modalities), modality_key
 
     def curve(self) -> torch.Tensor:
         """``points`` values over the patch's range: a moving average of uniform noise plus a line
@@ -202,7 +211,7 @@ class RandIntensityRemapd(mt.RandomizableTransform, mt.MapTransform):
 
     def __call__(self, data):
         self.randomize(None)
-        if not self._do_transform:
+        if not self._do_transform or (self.modalities and data.get(self.modality_key) not in self.modalities):
             return data
         d = dict(data)
         for key in self.key_iterator(d):
@@ -260,7 +269,7 @@ def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int
                                    sigma_z=(0.5, 1.0), prob=p / 2),
         ]
     if aug.remap_prob > 0:
-        steps.append(RandIntensityRemapd("image", prob=aug.remap_prob))
+        steps.append(RandIntensityRemapd("image", prob=aug.remap_prob, modalities=aug.remap_modalities))
     if aug.low_resolution_prob > 0:
         steps.append(mt.RandSimulateLowResolutiond("image", prob=aug.low_resolution_prob, zoom_range=(0.5, 1.0)))
     return mt.Compose(steps)

@@ -1,0 +1,132 @@
+"""Training cases per institution (2 / 4 / 8 / 16): where does one universal model pay?
+
+Pooling institutions should pay most when each has few labelled cases. For every number of
+training cases per seen institution this runs accuracy.py (universal vs one model per institution,
+same recipe, same steps, same seeds; the data seed varied with the seed) and compares them on the
+SAME test cases (``--test-cases`` per institution from data seed + 1000, never trained on): the
+paired bootstrap 95 % interval of the mean Dice difference over every seen (case, task), and the
+left-out institution. Writes sweep.json, sweep.md (the README's table) and sweep.png.
+
+    python Testing/Benchmarks/cases_sweep.py --out Testing/Benchmarks/results/cases_sweep \
+           [--train-cases 2 4 8 16] [--seeds 0 1 2] [--steps 600] [--shape 64] [--patch 48] \
+           [--base-width 8] [--device cuda] [--jobs 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import accuracy  # noqa: E402  (the study this sweep repeats)
+
+from UniversalSeg.training.statistics import paired_bootstrap  # noqa: E402
+
+
+def cases_for(train_cases: int) -> int:
+    """Cases to synthesize so that ``train_cases`` remain for training after the catalog's 20 %
+    validation split (round(0.2 n), at least one)."""
+    n = train_cases + 1
+    while n - max(1, round(0.2 * n)) < train_cases:
+        n += 1
+    return n
+
+
+def pooled(report, method: str, metric: str = "dice") -> dict:
+    """Every seen (dataset, task, case) test score of ``method``, averaged over its seeds."""
+    scores = {}
+    for s in report["summary"][method]["seeds"]:
+        for c in report["runs"][f"{method}/seed{s}"]["test_cases"]:
+            if metric in c:
+                scores.setdefault((c["dataset"], c["task"], c["case"]), []).append(c[metric])
+    return {k: statistics.fmean(v) for k, v in scores.items()}
+
+
+def heldout(report, method: str) -> dict:
+    """Left-out institution Dice per task: mean and SD over seeds."""
+    out = {}
+    for k, v in report["summary"][method]["dice"].items():
+        if k.startswith("heldout:"):
+            out[k.split(":", 1)[1]] = {"mean": v["mean"], "sd": v["sd"]}
+    return out
+
+
+def summarize(report, train_cases: int) -> dict:
+    row = {"train_cases": train_cases}
+    for metric in ("dice", "nsd"):
+        uni, per = pooled(report, "universal", metric), pooled(report, "per-institution", metric)
+        keys = sorted(set(uni) & set(per))
+        if not keys:
+            continue
+        cmp = paired_bootstrap([per[k] for k in keys], [uni[k] for k in keys]).to_dict()
+        row[metric] = {"universal": statistics.fmean(uni[k] for k in keys),
+                       "per_institution": statistics.fmean(per[k] for k in keys), "paired": cmp}
+    row["heldout"] = {m: heldout(report, m) for m in ("universal", "per-institution")}
+    row["parameters"] = {m: report["summary"][m]["parameters"] for m in ("universal", "per-institution")}
+    return row
+
+
+def markdown(rows, seeds) -> str:
+    lines = ["| training cases per institution | universal | per-institution | difference (95 % interval) | "
+             "non-inferior (-0.02) | NSD universal / per-institution | left-out liver / spleen / kidney (universal) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        d, h = r["dice"], r["heldout"]["universal"]
+        nsd = f"{r['nsd']['universal']:.3f} / {r['nsd']['per_institution']:.3f}" if "nsd" in r else "-"
+        left = " / ".join(f"{h[k]['mean']:.2f}" for k in sorted(h, key=lambda k: ("liver" not in k, "spleen" not in k, k)))
+        lines.append(
+            f"| {r['train_cases']} | {d['universal']:.3f} | {d['per_institution']:.3f} | "
+            f"{d['paired']['difference']:+.3f} [{d['paired']['low']:+.3f}, {d['paired']['high']:+.3f}] | "
+            f"{'yes' if d['paired']['non_inferior'] else 'no'} | "
+            f"{nsd} | {left} |")
+    lines.append("")
+    lines.append(f"Seen institutions' test cases, Dice averaged over seeds {seeds} per case, then over every "
+                 "(case, task); difference = universal - per-institution, paired bootstrap over (case, task).")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = [r["train_cases"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for key, label in (("universal", "universal (one model)"), ("per_institution", "one model per institution")):
+        ax.plot(n, [r["dice"][key] for r in rows], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(n, [str(v) for v in n])
+    ax.set_xlabel("training cases per institution")
+    ax.set_ylabel("mean test Dice, seen institutions")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="Testing/Benchmarks/results/cases_sweep")
+    ap.add_argument("--train-cases", type=int, nargs="+", default=[2, 4, 8, 16])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--summarize-only", action="store_true", help="only re-read the runs' accuracy.json")
+    args, passthrough = ap.parse_known_args(argv)
+    out = Path(args.out)
+    rows = []
+    for n in args.train_cases:
+        sub = out / f"train-{n}"
+        if not args.summarize_only:
+            accuracy.main(["--out", str(sub), "--cases", str(cases_for(n)), "--seeds", *map(str, args.seeds),
+                           "--methods", "universal", "per-institution", "--vary-data-seed", *passthrough])
+        rows.append(summarize(json.loads((sub / "accuracy.json").read_text()), n))
+    command = "python Testing/Benchmarks/cases_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (out / "sweep.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "rows": rows}, indent=2))
+    (out / "sweep.md").write_text(markdown(rows, args.seeds))
+    figure(rows, out / "sweep.png")
+    print((out / "sweep.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
