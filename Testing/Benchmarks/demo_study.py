@@ -107,6 +107,21 @@ def summarize(runs: dict) -> tuple[str, dict]:
     return "\n".join(lines), cells
 
 
+def compact(cells: dict) -> str:
+    """One line per arm: the goals met and the cells that decide them (mean over seeds)."""
+    lines = ["| arm | goals met | lowest seen-site organ | PET lesion | CT lesion | left-out liver / spleen / kidney |",
+             "|---|---|---|---|---|---|"]
+    for arm, c in sorted(cells.items(), key=lambda kv: -sum(v["goal_met"] for v in kv[1].values())):
+        organs = [v["mean"] for k, v in c.items() if "left out" not in k and not k.endswith("liver-tumor")]
+        lesion = {k.split(" ")[0]: v["mean"] for k, v in c.items() if k.endswith("liver-tumor")}
+        left = [c.get(f"mr-t1-hospital-f (left out of training)/{t}", {}).get("mean", float("nan"))
+                for t in ("liver", "spleen", "kidney")]
+        lines.append(f"| {arm} | {sum(v['goal_met'] for v in c.values())} of {len(c)} | {min(organs):.2f} | "
+                     f"{lesion.get('pet-hospital-e', float('nan')):.2f} | {lesion.get('ct-hospital-b', float('nan')):.2f} | "
+                     + " / ".join(f"{v:.2f}" for v in left) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("demo-study"))
@@ -159,7 +174,9 @@ def main(argv=None) -> int:
     (args.out / "study.json").write_text(json.dumps({"command": command, "device": args.device, "runs": runs,
                                                      "cells": cells}, indent=1))
     (args.out / "study.md").write_text(table + "\n")
+    (args.out / "study-compact.md").write_text(compact(cells))
     print(table)
+    print(compact(cells))
     return 0
 
 

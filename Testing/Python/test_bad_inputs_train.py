@@ -73,6 +73,8 @@ CASES = {  # name: (prepare(work) or None, extra arguments, message)
     "spacing-nan": (None, ["--spacing", "nan"], "spacing: three numbers between 0.01 and 100.0 mm, got [nan"),
     "spacing-huge": (None, ["--spacing", "1e6"], "spacing: three numbers between"),
     "remap-2": (None, ["--intensity-remap", "2"], "augmentation.remap_prob: a probability in [0, 1], got 2.0"),
+    "remap-modality": (None, ["--intensity-remap", "0.3", "--remap-modalities", "MR-T1,XRAY"],
+                       "augmentation.remap_modalities: unknown modality 'XRAY'; known: "),
     "patch-20": (None, ["--patch", "20"], "patch_size: three positive multiples of 16"),
     "workers-negative": (None, ["--workers", "-1"], "num_workers: a whole number >= 0, got -1"),
     "max-steps-0": (None, ["--max-steps", "0"], "--max-steps 0: must be at least 1"),

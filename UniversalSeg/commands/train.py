@@ -34,6 +34,8 @@ def register(parser):
     parser.add_argument("--intensity-remap", type=float, metavar="P",
                         help="probability of a random non-monotonic intensity curve per patch (domain "
                              "generalization to unseen contrasts; 0 = off, the default; the demo uses 0.25)")
+    parser.add_argument("--remap-modalities", metavar="M1,M2",
+                        help="remap only cases of these modalities (e.g. MR-T1,MR-T2; default: all)")
     parser.add_argument("--sampling", choices=["dataset", "case"],
                         help="dataset: one weight per dataset (default); case: weighted by number of cases too")
     parser.add_argument("--batches", choices=["mixed", "distinct-sites", "every-site"],
@@ -76,9 +78,14 @@ def run(args) -> int:
                       checkpoint_every=args.checkpoint_every, augmentation=args.augmentation,
                       sampling=args.sampling, batches=args.batches, loss=args.loss,
                       clicks=args.clicks)
-    if args.intensity_remap is not None:
+    if args.intensity_remap is not None or args.remap_modalities is not None:
         import dataclasses
-        cfg = cfg.replace(augmentation={**dataclasses.asdict(cfg.augmentation), "remap_prob": args.intensity_remap})
+        aug = dataclasses.asdict(cfg.augmentation)
+        if args.intensity_remap is not None:
+            aug["remap_prob"] = args.intensity_remap
+        if args.remap_modalities is not None:
+            aug["remap_modalities"] = [m.strip() for m in args.remap_modalities.split(",") if m.strip()]
+        cfg = cfg.replace(augmentation=aug)
     from pathlib import Path
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the run")

@@ -49,7 +49,7 @@ from ..networks import (ModelConfig, SegContext, UniversalSegNet, autocast, prep
 from ..networks.growable_table import GrowableTable
 from ..cpu_threads import ThreadGovernor
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
-from .config import TrainConfig
+from .config import TrainConfig, TrainConfigError
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluation import evaluate_cases, format_dice_table
 from .click_simulation import refinement_loss
@@ -115,6 +115,10 @@ class Trainer:
         self.catalog = catalog_path if isinstance(catalog_path, Catalog) else load_catalog(catalog_path)
         self.catalog_path = Path(self.catalog.path or catalog_path)
         self.start = start
+        unknown = [m for m in cfg.augmentation.remap_modalities if m not in self.catalog.modalities]
+        if unknown:
+            raise TrainConfigError(f"augmentation.remap_modalities: unknown modality {unknown[0]!r}; "
+                                   f"known: {', '.join(sorted(self.catalog.modalities))}")
         if self.dist.is_main:
             check_files(self.catalog, progress=self.progress)  # every bad file before training
         barrier(self.dist)
