@@ -218,6 +218,20 @@ def paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str
     return out
 
 
+PAIRS = (("universal", "per-institution"), ("universal", "per-institution-split"), ("universal", "naive"),
+         ("universal-wide", "per-institution"), ("universal-total-budget", "per-institution"))
+
+
+def paired_comparisons(runs: dict, seeds: dict) -> tuple[dict, dict]:
+    """The paired tables (Dice, NSD) of every pair in PAIRS whose two methods ran."""
+    dice, nsd = {}, {}
+    for mine, base in PAIRS:
+        if mine in seeds and base in seeds:
+            dice[f"{mine} vs {base}"] = paired(runs, mine, base, seeds[mine], seeds[base])
+            nsd[f"{mine} vs {base}"] = paired(runs, mine, base, seeds[mine], seeds[base], "nsd")
+    return dice, nsd
+
+
 def markdown(report) -> str:
     """The README's tables, written from accuracy.json: Dice mean +- SD over seeds per task and
     method, parameter counts, and the verdict against the per-institution baselines."""
@@ -244,15 +258,23 @@ def markdown(report) -> str:
             f"(tasks the baseline cannot segment count 0: {', '.join(v['heldout_tasks_baseline_cannot_segment']) or 'none'}; "
             f"on shared tasks {v['heldout_mean_on_shared_tasks']['universal']:.3f} vs "
             f"{v['heldout_mean_on_shared_tasks']['baseline']:.3f}) - goal {'met' if v['goal_met'] else 'NOT met'}.")
+    nsd_tables = report.get("paired_nsd", {})
     for name, table in report.get("paired", {}).items():
         n = next(iter(table.values()))["cases"] if table else 0
+        nsd = nsd_tables.get(name, {})
         lines += ["", f"{name} (test cases, paired bootstrap 95 % interval of the Dice difference, "
-                      f"{n} cases per task; non-inferior: interval above -0.02):", "",
-                  "| task | mean difference | 95 % interval | non-inferior | better |", "| --- | --- | --- | --- | --- |"]
+                      f"{n} cases per task; non-inferior: interval above -0.02; NSD: normalized surface "
+                      f"Dice at {report.get('nsd_tolerance_mm', 0):.2f} mm, the same comparison):", "",
+                  "| task | mean difference | 95 % interval | non-inferior | better | NSD difference | NSD 95 % interval |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for task, v in table.items():
+            w = nsd.get(task)
+            surface = f"{w['difference']:+.3f} | [{w['low']:+.3f}, {w['high']:+.3f}]" if w else "- | -"
             lines.append(f"| {task} | {v['difference']:+.3f} | [{v['low']:+.3f}, {v['high']:+.3f}] | "
-                         f"{'yes' if v['non_inferior'] else 'no'} | {'yes' if v['better'] else 'no'} |")
-        lines.append(f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | |")
+                         f"{'yes' if v['non_inferior'] else 'no'} | {'yes' if v['better'] else 'no'} | {surface} |")
+        lines.append(f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | "
+                     f"{sum(w['non_inferior'] for w in nsd.values())} of {len(nsd)} (NSD) | |" if nsd else
+                     f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -295,7 +317,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     if args.table_from:
-        print(markdown(json.loads(Path(args.table_from).read_text())))
+        report = json.loads(Path(args.table_from).read_text())
+        if report.get("paired") and "paired_nsd" not in report:  # written before the NSD tables
+            seeds = {m: v["seeds"] for m, v in report["summary"].items()}
+            report["paired"], report["paired_nsd"] = paired_comparisons(report["runs"], seeds)
+        print(markdown(report))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,18 +389,12 @@ def main(argv=None):
         summary[method] = {"dice": row, "parameters": runs[0]["parameters"], "seeds": seeds[method],
                            "seen_mean": statistics.fmean(v["mean"] for k, v in row.items() if k.startswith("seen:"))}
     verdict = verdicts(summary)
-    paired_tables = {}
-    if test is not None:
-        for mine, base in (("universal", "per-institution"), ("universal", "per-institution-split"),
-                           ("universal", "naive"), ("universal-wide", "per-institution"),
-                           ("universal-total-budget", "per-institution")):
-            if mine in args.methods and base in args.methods:
-                paired_tables[f"{mine} vs {base}"] = paired(results, mine, base, seeds[mine], seeds[base])
+    paired_tables, nsd_tables = paired_comparisons(results, seeds) if test is not None else ({}, {})
     report = {"command": "python Testing/Benchmarks/accuracy.py " + " ".join(argv),
               "steps": args.steps, "seeds": args.seeds, "base_width": args.base_width,
               "wide_width": args.wide_width, "vary_data_seed": args.vary_data_seed, "device": args.device,
               "loss": args.loss, "remap": args.remap, "summary": summary,
-              "runs": results, "universal_vs_per_institution": verdict, "paired": paired_tables,
+              "runs": results, "universal_vs_per_institution": verdict, "paired": paired_tables, "paired_nsd": nsd_tables,
               "nsd_tolerance_mm": nsd_tolerance}
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     (out / "accuracy.md").write_text(markdown(report))

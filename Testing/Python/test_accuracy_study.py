@@ -69,7 +69,10 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     table = report["paired"]["universal vs per-institution-split"]
     assert len(table) == 11 and all(v["cases"] == 3 and v["low"] <= v["difference"] <= v["high"]
                                     for v in table.values())
-    assert "paired bootstrap 95 % interval" in (out / "accuracy.md").read_text()
+    nsd = report["paired_nsd"]["universal vs per-institution-split"]
+    assert set(nsd) == set(table) and all(v["low"] <= v["difference"] <= v["high"] for v in nsd.values())
+    text = (out / "accuracy.md").read_text()
+    assert "paired bootstrap 95 % interval" in text and "NSD 95 % interval" in text
 
 
 def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp_path):
