@@ -134,7 +134,11 @@ def plan(method, seed, args, seen, catalog_path, spacing, out):
         n = len(seen.datasets)
         steps = args.steps if method == "per-institution" else max(1, args.steps // n)
         cfg = train_config(steps, seed, spacing, args.patch, **recipe)
-        return [(single_dataset_catalog(catalog_path, ds.name, catalog_path.parent / f"catalog-{ds.name}.yaml"),
+        # one catalog per training collection (a seed's own with --vary-data-seed), under --out:
+        # never written beside a user's catalog
+        folder = out / "catalogs" / catalog_path.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        return [(single_dataset_catalog(catalog_path, ds.name, folder / f"catalog-{ds.name}.yaml"),
                  network(args.base_width, "universal"), cfg, out / "runs" / f"{key}-{ds.name}")
                 for ds in seen.datasets]
     steps = args.steps * len(seen.datasets) if method == "universal-total-budget" else args.steps
