@@ -8,6 +8,8 @@ validation cases of the seen institutions AND on an institution left out of trai
       the same total compute);
   (a') "universal-total-budget": (a) trained as long as the per-institution models together
       (steps x number of seen institutions): the same total compute as (b) "per-institution";
+  (a'') "universal-wide": the capacity-fair arm, (a) at --wide-width (default 16: still fewer
+      parameters than five per-institution models);
   (c) naive joint: one shared network, one output channel per global task, partial-label loss,
       no priors (static head);
   (d) universal + each harmonization plug-in (domain BN, polynomial/U-Harmony, class-aware,
@@ -16,11 +18,17 @@ Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a
 and, on TEST cases never used in training (synthetic: ``--test-cases`` per institution from
 another data seed; real data: ``--test-catalog``), paired bootstrap 95 % intervals of the Dice
 difference per task with a non-inferiority verdict (margin -0.02), and normalized surface Dice
-(``--nsd-tolerance``, default one model voxel) for every case in accuracy.json.
+(``--nsd-tolerance``, default one model voxel) for every case in accuracy.json, with its own
+paired table. ``--vary-data-seed``: seed S trains on the collection of data seed S; learning curves
+(``--curve-points`` validations per run) in accuracy-curves.png; every model gets the demo's recipe
+(``--loss``, ``--remap``); ``--device cuda`` trains and scores on a GPU.
 
     python Testing/Benchmarks/accuracy.py --out Testing/Benchmarks/results/accuracy \
            [--steps 300] [--seeds 0 1 2] [--cases 8] [--shape 40] [--base-width 16] [--jobs 2]
            [--methods universal-total-budget ... --seeds-total-budget 0]  # the long arm: fewer seeds
+    # session 9's run (README): --steps 400 --seeds 0 1 2 --cases 8 --shape 40 --base-width 8
+    #   --wide-width 16 --vary-data-seed --curve-points 4 --test-cases 20 --jobs 2 --threads 1
+    #   --methods universal universal-wide per-institution naive
     # real data, same study: a catalog of seen datasets and one of held-out datasets
     python Testing/Benchmarks/accuracy.py --catalog seen.yaml --heldout heldout.yaml \
            --spacing 1.5 --patch 128 --steps 40000 --base-width 32 --out results/real
