@@ -75,7 +75,8 @@ def markdown(rows, seeds) -> str:
     for r in rows:
         d, h = r["dice"], r["heldout"]["universal"]
         nsd = f"{r['nsd']['universal']:.3f} / {r['nsd']['per_institution']:.3f}" if "nsd" in r else "-"
-        left = " / ".join(f"{h[k]['mean']:.2f}" for k in sorted(h, key=lambda k: ("liver" not in k, "spleen" not in k, k)))
+        left = " / ".join(f"{h[k]['mean']:.2f}" if k in h else "-"
+                          for k in (f"mr-t1-hospital-f/{t}" for t in ("liver", "spleen", "kidney")))
         lines.append(
             f"| {r['train_cases']} | {d['universal']:.3f} | {d['per_institution']:.3f} | "
             f"{d['paired']['difference']:+.3f} [{d['paired']['low']:+.3f}, {d['paired']['high']:+.3f}] | "

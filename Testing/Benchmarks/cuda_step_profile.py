@@ -18,12 +18,17 @@ import UniversalSeg.networks.precision as P
 from accuracy import network, train_config
 from UniversalSeg.training.trainer import Trainer
 
+if len(sys.argv) != 2:
+    sys.exit("usage: python Testing/Benchmarks/cuda_step_profile.py CATALOG  (needs a CUDA GPU)")
 catalog = sys.argv[1]
+
+
 def make(precision="auto", channels_last=True, patch=48, width=8):
     P.memory_format = (lambda d: torch.channels_last_3d) if channels_last else (lambda d: torch.contiguous_format)
     cfg = train_config(100, 0, 180 / 64, patch)
     cfg = dataclasses.replace(cfg, precision=precision)
     return Trainer(catalog, network(width, "universal"), cfg, f"/tmp/prof-{precision}-{channels_last}-{patch}-{width}", "cuda", progress=False)
+
 
 def timeit(t, n=20, benchmark=True):
     torch.backends.cudnn.benchmark = benchmark

@@ -272,6 +272,7 @@ def test_intensity_remapping_reorders_tissues_reproducibly_and_leaves_the_cache_
     assert not torch.equal(only_mr({"image": tissues, "modality": "MR-T2"})["image"], tissues)
     cfg = TrainConfig().replace(augmentation={"remap_prob": 0.5, "remap_modalities": ["MR-T1"]})
     assert cfg.augmentation.remap_modalities == ("MR-T1",)
+    assert TrainConfig().replace(augmentation={"remap_modalities": "MR-T1"}).augmentation.remap_modalities == ("MR-T1",)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # a run's saved settings
     step = next(t for t in augmentation((8,) * 3, cfg.augmentation, 2).transforms
                 if isinstance(t, RandIntensityRemapd))

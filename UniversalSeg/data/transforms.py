@@ -120,7 +120,9 @@ class AugmentationConfig:
     remap_modalities: tuple = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "remap_modalities", tuple(str(m) for m in self.remap_modalities))
+        names = self.remap_modalities  # one name written as a string (YAML `remap_modalities: MR-T1`)
+        names = (names,) if isinstance(names, str) else names
+        object.__setattr__(self, "remap_modalities", tuple(str(m) for m in names))
 
     @classmethod
     def preset(cls, name: str) -> "AugmentationConfig":

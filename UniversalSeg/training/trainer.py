@@ -115,10 +115,13 @@ class Trainer:
         self.catalog = catalog_path if isinstance(catalog_path, Catalog) else load_catalog(catalog_path)
         self.catalog_path = Path(self.catalog.path or catalog_path)
         self.start = start
-        unknown = [m for m in cfg.augmentation.remap_modalities if m not in self.catalog.modalities]
+        # a setting error before the files are read (which can take minutes); fine-tuning also
+        # knows its parent's modalities
+        known = {*self.catalog.modalities, *(start.package.modalities if start is not None else ())}
+        unknown = [m for m in cfg.augmentation.remap_modalities if m not in known]
         if unknown:
             raise TrainConfigError(f"augmentation.remap_modalities: unknown modality {unknown[0]!r}; "
-                                   f"known: {', '.join(sorted(self.catalog.modalities))}")
+                                   f"known: {', '.join(sorted(known))}")
         if self.dist.is_main:
             check_files(self.catalog, progress=self.progress)  # every bad file before training
         barrier(self.dist)
