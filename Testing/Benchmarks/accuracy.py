@@ -231,7 +231,8 @@ def paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str
 
 
 PAIRS = (("universal", "per-institution"), ("universal", "per-institution-split"), ("universal", "naive"),
-         ("universal-wide", "per-institution"), ("universal-total-budget", "per-institution"))
+         ("universal-wide", "per-institution"), ("universal-total-budget", "per-institution"),
+         *((plugin, "universal") for plugin in PLUGINS))  # does a plug-in add to the universal model?
 
 
 def paired_comparisons(runs: dict, seeds: dict) -> tuple[dict, dict]:
@@ -314,7 +315,7 @@ def main(argv=None):
     ap.add_argument("--nsd-tolerance", type=float, default=None,
                     help="also score normalized surface Dice at this tolerance in mm (default: one model voxel)")
     ap.add_argument("--table-from", metavar="JSON", help="only print the Markdown tables of an accuracy.json")
-    ap.add_argument("--methods", nargs="+",
+    ap.add_argument("--methods", nargs="*",
                     default=["universal", "per-institution", "per-institution-split", "naive", *PLUGINS])
     ap.add_argument("--wide-width", type=int, default=16,
                     help="base width of the capacity-fair arm universal-wide (default 16)")
@@ -326,6 +327,10 @@ def main(argv=None):
     ap.add_argument("--remap", type=float, default=0.25,
                     help="intensity remapping probability of every model (default: the demo's, 0.25)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training and evaluation)")
+    ap.add_argument("--merge-from", metavar="JSON", nargs="+",
+                    help="finished accuracy.json files of the same study (same data, steps, widths and recipe): "
+                         "their methods that --methods does not name join this report as they are "
+                         "(--methods with no name: only merge them)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     if args.table_from:
@@ -336,6 +341,9 @@ def main(argv=None):
         print(markdown(report))
         return
     out = Path(args.out)
+    if not args.methods and not args.merge_from:
+        raise SystemExit("--methods: name at least one method (or merge finished studies with --merge-from)")
+    merged = [merge_source(path, args) for path in args.merge_from] if args.merge_from else None
     out.mkdir(parents=True, exist_ok=True)
     if args.catalog:
         catalog_path, heldout_path = Path(args.catalog), Path(args.heldout) if args.heldout else None
@@ -346,14 +354,14 @@ def main(argv=None):
         # --vary-data-seed: seed s trains on the collection of data seed (--data-seed + s), so the
         # spread over seeds includes which training cases were drawn, not only the initialisation
         catalogs = {}
-        for s in sorted(set(args.seeds) | set(args.seeds_total_budget or [])):
+        for s in sorted(set(args.seeds) | set(args.seeds_total_budget or [])) if args.methods else []:
             data_seed = args.data_seed + s if args.vary_data_seed else args.data_seed
             path = generate_collection(out / f"data-{data_seed}", cases=args.cases, shape=args.shape, seed=data_seed)
             catalogs[s] = (path, path.parent / "catalog-heldout.yaml")
         spacing = args.spacing or 180.0 / args.shape
         # test cases never seen in training: the same institutions drawn from another data seed
         test_path = generate_collection(out / "test-data", cases=args.test_cases, shape=args.shape,
-                                        seed=args.data_seed + 1000) if args.test_cases else None
+                                        seed=args.data_seed + 1000) if args.test_cases and args.methods else None
     test = load_catalog(test_path) if test_path else None
     nsd_tolerance = args.nsd_tolerance or spacing
     seeds = {m: (args.seeds_total_budget or args.seeds) if m == "universal-total-budget" else args.seeds
@@ -390,8 +398,12 @@ def main(argv=None):
         print(f"{key:36s} seen mean {statistics.fmean(seen_dice.values()):.3f}  held-out mean "
               f"{statistics.fmean(held_dice.values()) if held_dice else float('nan'):.3f}  params {params / 1e6:.2f}M",
               flush=True)
+    methods = list(args.methods)
+    command = "python Testing/Benchmarks/accuracy.py " + " ".join(argv)
+    if merged is not None:  # the earlier study's other methods, as they were
+        methods, command = merge_into(results, seeds, merged, args, command)
     summary = {}
-    for method in args.methods:
+    for method in methods:
         runs = [results[f"{method}/seed{s}"] for s in seeds[method]]
         row = {}
         for part in ("seen", "heldout"):
@@ -401,8 +413,9 @@ def main(argv=None):
         summary[method] = {"dice": row, "parameters": runs[0]["parameters"], "seeds": seeds[method],
                            "seen_mean": statistics.fmean(v["mean"] for k, v in row.items() if k.startswith("seen:"))}
     verdict = verdicts(summary)
-    paired_tables, nsd_tables = paired_comparisons(results, seeds) if test is not None else ({}, {})
-    report = {"command": "python Testing/Benchmarks/accuracy.py " + " ".join(argv),
+    scored = any(r.get("test_cases") for r in results.values())  # test cases: here or in a merged study
+    paired_tables, nsd_tables = paired_comparisons(results, seeds) if scored else ({}, {})
+    report = {"command": command,
               "steps": args.steps, "seeds": args.seeds, "base_width": args.base_width,
               "wide_width": args.wide_width, "vary_data_seed": args.vary_data_seed, "device": args.device,
               "loss": args.loss, "remap": args.remap, "summary": summary,
@@ -412,14 +425,65 @@ def main(argv=None):
     (out / "accuracy.md").write_text(markdown(report))
     for part in ("seen", "heldout"):
         groups = {m: {k.split(":", 1)[1]: v["mean"] for k, v in summary[m]["dice"].items() if k.startswith(part)}
-                  for m in args.methods}
+                  for m in methods}
         errs = {m: {k.split(":", 1)[1]: v["sd"] for k, v in summary[m]["dice"].items() if k.startswith(part)}
-                for m in args.methods}
+                for m in methods}
         bar_chart(groups, out / f"accuracy-{part}.png", errors=errs,
                   title=f"Dice on {'validation cases of seen' if part == 'seen' else 'the held-out'} institution(s)"
                         f" - mean and SD over seeds {args.seeds}")
     learning_curves(results, seeds, out / "accuracy-curves.png")
     print(json.dumps(verdict, indent=2))
+
+
+MERGE_KEYS = ("steps", "base_width", "wide_width", "vary_data_seed", "loss", "remap", "nsd_tolerance_mm", "device")
+
+
+def merge_source(path, args) -> dict:
+    """An earlier report ``--merge-from`` names, checked BEFORE anything trains: it must be a
+    study of the same recipe (MERGE_KEYS), or the merged table would compare unlike runs."""
+    path = Path(path)
+    try:
+        old = json.loads(path.read_text())
+        runs, summary = old["runs"], old["summary"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--merge-from {path}: not a finished accuracy.json ({e.__class__.__name__}: {e})")
+    spacing = args.spacing or (1.5 if args.catalog else 180.0 / args.shape)
+    mine = {"steps": args.steps, "base_width": args.base_width, "wide_width": args.wide_width,
+            "vary_data_seed": args.vary_data_seed, "loss": args.loss, "remap": args.remap,
+            "nsd_tolerance_mm": args.nsd_tolerance or spacing, "device": args.device}
+    differ = [f"{k} {old.get(k)!r} vs {mine[k]!r}" for k in MERGE_KEYS if old.get(k) != mine[k]]
+    if differ:
+        raise SystemExit(f"--merge-from {path}: another study's settings ({'; '.join(differ)}); "
+                         "run with the same settings or without --merge-from")
+    return {"path": str(path), "runs": runs, "summary": summary, "command": old.get("command", "?")}
+
+
+def merge_into(results: dict, seeds: dict, sources: list, args, command: str) -> tuple[list, str]:
+    """Add the earlier reports' methods that this run did not train to ``results`` and ``seeds``
+    (in place); every run must have been scored on the same test cases, or the paired tables
+    would pair different cases, and a method may come from one report only. Returns (methods in
+    the reports' order, then the new ones; the command of every part)."""
+    def case_ids(run):
+        return tuple(sorted({(c["dataset"], c["case"]) for c in run.get("test_cases", [])}))
+    cases = {case_ids(r) for r in results.values() if r.get("test_cases")}
+    methods, origin = [], {}
+    for source in sources:
+        for m in source["summary"]:
+            if m in args.methods:
+                continue
+            if m in origin:
+                raise SystemExit(f"--merge-from: {m} is in both {origin[m]} and {source['path']}; merge one of them")
+            origin[m] = source["path"]
+            methods.append(m)
+            seeds[m] = source["summary"][m]["seeds"]
+            for s in seeds[m]:
+                run = source["runs"][f"{m}/seed{s}"]
+                cases |= {case_ids(run)} if run.get("test_cases") else set()
+                if len(cases) > 1:
+                    raise SystemExit(f"--merge-from {source['path']}: {m} seed {s} was scored on other test cases")
+                results[f"{m}/seed{s}"] = run
+    parts = [s["command"] for s in sources] + ([command] if args.methods else [])
+    return methods + list(args.methods), " + ".join(parts) + " (merged: --merge-from)"
 
 
 def learning_curves(results, seeds, path):

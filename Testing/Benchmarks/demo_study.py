@@ -52,6 +52,9 @@ ARMS = {
     "ct-window-remap-0.5": ("abdominal CT window, intensity remapping p 0.5 (all modalities)",
                             {"ct_window": (-160.0, 240.0), "train": {"augmentation": {"remap_prob": 0.5}}}),
     "ct-window-800": ("abdominal CT window, 800 steps", {"ct_window": (-160.0, 240.0), "steps": 800}),
+    "grid-48": ("the demo's recipe on a 48^3 grid (3.75 mm voxels, was 4.5 mm), the same 32^3 patch: small "
+                "structures leave the one-voxel regime (Testing/Benchmarks/boundary_regime.py)",
+                {"shape": 48, "train": {"patch_size": (32, 32, 32)}}),
     "ct-window-tversky": ("abdominal CT window, Hermes' adaptive Tversky instead of soft Dice",
                           {"ct_window": (-160.0, 240.0), "train": {"loss": "adaptive-tversky"}}),
 }

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 STUDY = Path(__file__).resolve().parents[1] / "Benchmarks" / "accuracy.py"
 
 
@@ -73,6 +75,32 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     assert set(nsd) == set(table) and all(v["low"] <= v["difference"] <= v["high"] for v in nsd.values())
     text = (out / "accuracy.md").read_text()
     assert "paired bootstrap 95 % interval" in text and "NSD 95 % interval" in text
+
+    # --merge-from: a later arm joins the finished study; refused (before training) for other settings
+    settings = ["--seeds", "0", "--cases", "3", "--shape", "32", "--test-cases", "3", "--base-width", "4",
+                "--patch", "32", "--methods", "universal-total-budget", "--merge-from", str(out / "accuracy.json")]
+    with pytest.raises(SystemExit, match="steps 3 vs 4"):
+        study.main(["--out", str(tmp_path / "other"), "--steps", "4"] + settings)
+    assert not (tmp_path / "other").exists()
+    study.main(["--out", str(tmp_path / "later"), "--steps", "3"] + settings)
+    merged = json.loads((tmp_path / "later" / "accuracy.json").read_text())
+    assert list(merged["summary"]) == ["universal", "per-institution-split", "universal-total-budget"]
+    for key in ("universal/seed0", "per-institution-split/seed0"):
+        assert merged["runs"][key] == report["runs"][key]  # taken as they were, not retrained
+    assert not (tmp_path / "later" / "runs" / "universal").exists()
+    long_run = tmp_path / "later" / "runs" / "universal-total-budget" / "seed0" / "validation.json"
+    assert json.loads(long_run.read_text())["step"] == 15  # 3 steps x 5 seen institutions
+    assert {c["case"] for c in merged["runs"]["universal-total-budget/seed0"]["test_cases"]} == \
+        {c["case"] for c in cases}
+    assert "(merged: --merge-from)" in merged["command"]
+    # merging only (no --methods): the same report again; a method in two reports is refused
+    both = ["--out", str(tmp_path / "both"), "--steps", "3"] + settings[:-4] + ["--methods", "--merge-from"]
+    with pytest.raises(SystemExit, match="universal is in both"):
+        study.main(both + [str(out / "accuracy.json"), str(tmp_path / "later" / "accuracy.json")])
+    study.main(both + [str(tmp_path / "later" / "accuracy.json")])
+    again = json.loads((tmp_path / "both" / "accuracy.json").read_text())
+    assert again["runs"] == merged["runs"] and again["paired"] == merged["paired"]
+    assert not (tmp_path / "both" / "runs").exists() and not (tmp_path / "both" / "test-data").exists()
 
 
 def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp_path):
