@@ -13,7 +13,9 @@ validation cases of the seen institutions AND on an institution left out of trai
   (c) naive joint: one shared network, one output channel per global task, partial-label loss,
       no priors (static head);
   (d) universal + each harmonization plug-in (domain BN, polynomial/U-Harmony, class-aware,
-      domain-separable convolutions); the held-out institution is run without a domain id.
+      domain-separable convolutions); the held-out institution is run without a domain id. Domain
+      BN trains as MS-Net does: every site in every step (``--batches every-site``, one patch per
+      site), for as many patches in all as the other arms.
 Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a PNG bar chart;
 and, on TEST cases never used in training (synthetic: ``--test-cases`` per institution from
 another data seed; real data: ``--test-catalog``), paired bootstrap 95 % intervals of the Dice
@@ -154,8 +156,13 @@ def plan(method, seed, args, seen, catalog_path, spacing, out):
     # per-institution models together
     width = args.wide_width if method == "universal-wide" else args.base_width
     kind = "universal" if method in ("universal-total-budget", "universal-wide") else method
-    return [(catalog_path, network(width, kind), train_config(steps, seed, spacing, args.patch, **recipe),
-             out / "runs" / key)]
+    cfg = train_config(steps, seed, spacing, args.patch, **recipe)
+    if method == "domain_batch":  # MS-Net as its paper trains it: every site in every step, each
+        # through its own BN (a batch of one patch per site), for as many patches as the other arms see
+        n = len(seen.datasets)
+        cfg = train_config(max(1, round(steps * cfg.batch_size / n)), seed, spacing, args.patch, **recipe)
+        cfg = cfg.replace(batches="every-site", batch_size=n)
+    return [(catalog_path, network(width, kind), cfg, out / "runs" / key)]
 
 
 def run_all(jobs, workers: int, threads: int = 0, device: str = "cpu"):
