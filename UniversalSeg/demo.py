@@ -51,10 +51,14 @@ def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConf
     return cfg.replace(**changes) if changes else cfg
 
 
-def demo_network(preset: str = "small") -> ModelConfig:
+def demo_network(preset: str = "small", base_width: int | None = None) -> ModelConfig:
     """The demo's network: ``preset`` with a click-refinement stage of width 8 (the default 16
-    made a demo training step 1.7x as long as without the stage here; 8: 1.26x)."""
-    return ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"], prompt={"enabled": True, "width": 8})
+    made a demo training step 1.7x as long as without the stage here; 8: 1.26x). ``base_width``
+    overrides the preset's width (and the priors' head size with it, as the accuracy study's
+    networks: Testing/Benchmarks/accuracy.py)."""
+    width = {} if base_width is None else {"base_width": base_width, "fusion": {"head_dim": min(32, base_width)}}
+    return ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"], prompt={"enabled": True, "width": 8},
+                              **width)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -74,9 +78,10 @@ def declare_ct_window(catalog_path: Path, window: tuple[float, float]) -> None:
 def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40, seed: int = 0,
              preset: str = "small", device: str = "auto", progress: bool = True, test_cases: int = 4,
              overlays: int = 1, train_changes: dict | None = None,
-             ct_window: tuple[float, float] | None = None) -> dict:
+             ct_window: tuple[float, float] | None = None, base_width: int | None = None) -> dict:
     """``overlays``: PNG montages per institution (the first N test cases). ``ct_window``: declare
-    this CT window (HU) in the training catalog instead of the default CT policy."""
+    this CT window (HU) in the training catalog instead of the default CT policy. ``base_width``:
+    the network's width instead of the preset's."""
     out = Path(out)
     t0 = time.time()
     print(f"[1/4] synthetic multi-institution collection -> {out / 'data'} (training), "
@@ -86,7 +91,7 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
     if ct_window is not None:
         declare_ct_window(catalog_path, ct_window)
     cfg = demo_train_config(steps, shape, seed, **(train_changes or {}))
-    net = demo_network(preset)
+    net = demo_network(preset, base_width)
     print(f"[2/4] training the {preset} universal model jointly on every institution "
           f"({cfg.total_steps} steps, patch {cfg.patch_size[0]}^3 at {cfg.spacing[0]:.2f} mm)", flush=True)
     run = out / "run"

@@ -28,3 +28,17 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert package.config.base_width == 16  # the small preset
     assert package.config.prompt.enabled and package.config.prompt.width == 8  # it refines with clicks
     assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_demo_network_width_override_matches_the_accuracy_study_network():
+    """demo_study's width arms: the width and the priors' head size change together (the head
+    size must divide every fused stage's channels: 4w, 8w, 10w), nothing else does."""
+    from UniversalSeg.demo import demo_network
+    from UniversalSeg.networks import UniversalSegNet
+
+    small, narrow = demo_network("small"), demo_network("small", base_width=8)
+    assert (small.base_width, small.fusion.head_dim) == (16, 32)
+    assert (narrow.base_width, narrow.fusion.head_dim) == (8, 8)
+    assert narrow.prompt == small.prompt and narrow.fusion.sites == small.fusion.sites
+    count = lambda cfg: sum(p.numel() for p in UniversalSegNet(cfg.replace(tasks=["a", "b"])).parameters())
+    assert count(narrow) < count(small) / 3
