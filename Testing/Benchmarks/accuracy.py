@@ -31,6 +31,9 @@ paired table. ``--vary-data-seed``: seed S trains on the collection of data seed
     # session 9's run (README): --steps 400 --seeds 0 1 2 --cases 8 --shape 40 --base-width 8
     #   --wide-width 16 --vary-data-seed --curve-points 4 --test-cases 20 --jobs 2 --threads 1
     #   --methods universal universal-wide per-institution naive
+    # session 10 (README): the same settings with --jobs 1 and --methods universal-total-budget
+    #   (--merge-from session 9's accuracy.json), then --methods per-institution-split domain_batch
+    #   polynomial class_aware domain_separable, then --methods (none) --merge-from <both reports>
     # real data, same study: a catalog of seen datasets and one of held-out datasets
     python Testing/Benchmarks/accuracy.py --catalog seen.yaml --heldout heldout.yaml \
            --spacing 1.5 --patch 128 --steps 40000 --base-width 32 --out results/real
