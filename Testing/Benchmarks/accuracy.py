@@ -163,8 +163,8 @@ def plan(method, seed, args, seen, catalog_path, spacing, out):
     if method == "domain_batch":  # MS-Net as its paper trains it: every site in every step, each
         # through its own BN (a batch of one patch per site), for as many patches as the other arms see
         n = len(seen.datasets)
-        cfg = train_config(max(1, round(steps * cfg.batch_size / n)), seed, spacing, args.patch, **recipe)
-        cfg = cfg.replace(batches="every-site", batch_size=n)
+        cfg = train_config(max(1, round(steps * cfg.batch_size / n)), seed, spacing, args.patch, **recipe
+                           ).replace(batches="every-site", batch_size=n)
     return [(catalog_path, network(width, kind), cfg, out / "runs" / key)]
 
 
@@ -353,12 +353,12 @@ def main(argv=None):
     out = Path(args.out)
     if not args.methods and not args.merge_from:
         raise SystemExit("--methods: name at least one method (or merge finished studies with --merge-from)")
-    merged = [merge_source(path, args) for path in args.merge_from] if args.merge_from else None
+    spacing = args.spacing or (1.5 if args.catalog else 180.0 / args.shape)  # the models' mm per voxel
+    merged = [merge_source(path, args, spacing) for path in args.merge_from] if args.merge_from else None
     out.mkdir(parents=True, exist_ok=True)
     if args.catalog:
         catalog_path, heldout_path = Path(args.catalog), Path(args.heldout) if args.heldout else None
         catalogs = {s: (catalog_path, heldout_path) for s in set(args.seeds) | set(args.seeds_total_budget or [])}
-        spacing = args.spacing or 1.5
         test_path = Path(args.test_catalog) if args.test_catalog else None
     else:
         # --vary-data-seed: seed s trains on the collection of data seed (--data-seed + s), so the
@@ -368,7 +368,6 @@ def main(argv=None):
             data_seed = args.data_seed + s if args.vary_data_seed else args.data_seed
             path = generate_collection(out / f"data-{data_seed}", cases=args.cases, shape=args.shape, seed=data_seed)
             catalogs[s] = (path, path.parent / "catalog-heldout.yaml")
-        spacing = args.spacing or 180.0 / args.shape
         # test cases never seen in training: the same institutions drawn from another data seed
         test_path = generate_collection(out / "test-data", cases=args.test_cases, shape=args.shape,
                                         seed=args.data_seed + 1000) if args.test_cases and args.methods else None
@@ -448,7 +447,7 @@ def main(argv=None):
 MERGE_KEYS = ("steps", "base_width", "wide_width", "vary_data_seed", "loss", "remap", "nsd_tolerance_mm", "device")
 
 
-def merge_source(path, args) -> dict:
+def merge_source(path, args, spacing: float) -> dict:
     """An earlier report ``--merge-from`` names, checked BEFORE anything trains: it must be a
     study of the same recipe (MERGE_KEYS), or the merged table would compare unlike runs."""
     path = Path(path)
@@ -457,7 +456,6 @@ def merge_source(path, args) -> dict:
         runs, summary = old["runs"], old["summary"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--merge-from {path}: not a finished accuracy.json ({e.__class__.__name__}: {e})")
-    spacing = args.spacing or (1.5 if args.catalog else 180.0 / args.shape)
     mine = {"steps": args.steps, "base_width": args.base_width, "wide_width": args.wide_width,
             "vary_data_seed": args.vary_data_seed, "loss": args.loss, "remap": args.remap,
             "nsd_tolerance_mm": args.nsd_tolerance or spacing, "device": args.device}

@@ -55,7 +55,7 @@ ARMS = {
     "grid-48": ("the demo's recipe on a 48^3 grid (3.75 mm voxels, was 4.5 mm), the same 32^3 patch: small "
                 "structures leave the one-voxel regime (Testing/Benchmarks/boundary_regime.py)",
                 {"shape": 48, "train": {"patch_size": (32, 32, 32)}}),
-    "width8-1200": ("the demo's recipe with a width-8 network (3.9M parameters instead of 15.2M) trained 1200 "
+    "width8-1200": ("the demo's recipe with a width-8 network (about a quarter of the parameters) trained 1200 "
                     "steps instead of 600: a step costs about half (the accuracy study's equal-compute arm "
                     "found steps worth more than width at this budget)",
                     {"base_width": 8, "steps": 1200}),
