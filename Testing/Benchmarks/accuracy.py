@@ -117,16 +117,17 @@ def evaluate(package_path, catalog, split_names, cases_out=None, nsd_tolerance=N
 
 
 def train_config(steps: int, seed: int, spacing: float, patch: int, loss: str = "dice",
-                 remap: float = 0.25, curve_points: int = 1) -> TrainConfig:
+                 remap: float = 0.25, curve_points: int = 1, ema_warmup: bool = True) -> TrainConfig:
     """The recipe every model of the study gets: the demo's (soft Dice + BCE, intensity remapping p
     0.25; ``--loss tversky --remap 0`` is Hermes' loss without remapping). ``curve_points``
-    validations along the run (validation-history.jsonl: the learning curve)."""
+    validations along the run (validation-history.jsonl: the learning curve). ``ema_warmup=False``
+    is the EMA of sessions 9-10 (constant decay; training/ema.py says why it changed)."""
     epochs = max(1, steps // 50)
     return TrainConfig(spacing=(spacing,) * 3, patch_size=(patch,) * 3, batch_size=2, epochs=epochs,
                        iterations_per_epoch=max(1, steps // epochs),
                        validate_every=max(1, epochs // max(1, curve_points)), lr=3e-3,
                        warmup_epochs=0.5, num_workers=0, checkpoint_every=10_000, seed=seed, loss=loss,
-                       augmentation=AugmentationConfig(remap_prob=remap))
+                       ema_warmup=ema_warmup, augmentation=AugmentationConfig(remap_prob=remap))
 
 
 def _train(job, threads: int, device: str = "cpu"):
@@ -142,7 +143,8 @@ def _train(job, threads: int, device: str = "cpu"):
 def plan(method, seed, args, seen, catalog_path, spacing, out):
     """The training runs of one method and seed: [(catalog, network, train config, run dir)]."""
     key = f"{method}/seed{seed}"
-    recipe = dict(loss=args.loss, remap=args.remap, curve_points=args.curve_points)
+    recipe = dict(loss=args.loss, remap=args.remap, curve_points=args.curve_points,
+                  ema_warmup=not args.no_ema_warmup)
     if method.startswith("per-institution"):
         n = len(seen.datasets)
         steps = args.steps if method == "per-institution" else max(1, args.steps // n)
@@ -336,6 +338,8 @@ def main(argv=None):
     ap.add_argument("--loss", default="dice", help="training loss of every model (default: the demo's, dice)")
     ap.add_argument("--remap", type=float, default=0.25,
                     help="intensity remapping probability of every model (default: the demo's, 0.25)")
+    ap.add_argument("--no-ema-warmup", action="store_true",
+                    help="the constant-decay EMA of sessions 9-10 (the committed results/accuracy)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training and evaluation)")
     ap.add_argument("--merge-from", metavar="JSON", nargs="+",
                     help="finished accuracy.json files of the same study (same data, steps, widths and recipe): "
@@ -427,7 +431,8 @@ def main(argv=None):
     report = {"command": command,
               "steps": args.steps, "seeds": args.seeds, "base_width": args.base_width,
               "wide_width": args.wide_width, "vary_data_seed": args.vary_data_seed, "device": args.device,
-              "loss": args.loss, "remap": args.remap, "summary": summary,
+              "loss": args.loss, "remap": args.remap, "ema_warmup": not args.no_ema_warmup,
+              "summary": summary,
               "runs": results, "universal_vs_per_institution": verdict, "paired": paired_tables, "paired_nsd": nsd_tables,
               "nsd_tolerance_mm": nsd_tolerance}
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
@@ -444,7 +449,8 @@ def main(argv=None):
     print(json.dumps(verdict, indent=2))
 
 
-MERGE_KEYS = ("steps", "base_width", "wide_width", "vary_data_seed", "loss", "remap", "nsd_tolerance_mm", "device")
+MERGE_KEYS = ("steps", "base_width", "wide_width", "vary_data_seed", "loss", "remap", "nsd_tolerance_mm", "device",
+              "ema_warmup")
 
 
 def merge_source(path, args, spacing: float) -> dict:
@@ -458,7 +464,9 @@ def merge_source(path, args, spacing: float) -> dict:
         raise SystemExit(f"--merge-from {path}: not a finished accuracy.json ({e.__class__.__name__}: {e})")
     mine = {"steps": args.steps, "base_width": args.base_width, "wide_width": args.wide_width,
             "vary_data_seed": args.vary_data_seed, "loss": args.loss, "remap": args.remap,
-            "nsd_tolerance_mm": args.nsd_tolerance or spacing, "device": args.device}
+            "nsd_tolerance_mm": args.nsd_tolerance or spacing, "device": args.device,
+            "ema_warmup": not args.no_ema_warmup}
+    old = {**old, "ema_warmup": old.get("ema_warmup", False)}  # reports before the key: no warm-up
     differ = [f"{k} {old.get(k)!r} vs {mine[k]!r}" for k in MERGE_KEYS if old.get(k) != mine[k]]
     if differ:
         raise SystemExit(f"--merge-from {path}: another study's settings ({'; '.join(differ)}); "

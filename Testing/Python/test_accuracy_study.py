@@ -82,6 +82,9 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     with pytest.raises(SystemExit, match="steps 3 vs 4"):
         study.main(["--out", str(tmp_path / "other"), "--steps", "4"] + settings)
     assert not (tmp_path / "other").exists()
+    with pytest.raises(SystemExit, match="ema_warmup True vs False"):  # another EMA: not the same recipe
+        study.main(["--out", str(tmp_path / "other"), "--steps", "3", "--no-ema-warmup"] + settings)
+    assert not (tmp_path / "other").exists()
     study.main(["--out", str(tmp_path / "later"), "--steps", "3"] + settings)
     merged = json.loads((tmp_path / "later" / "accuracy.json").read_text())
     assert list(merged["summary"]) == ["universal", "per-institution-split", "universal-total-budget"]

@@ -29,6 +29,7 @@ class TrainConfig:
     poly_power: float = 0.9
     grad_clip: float = 1.0
     ema_decay: float = 0.99
+    ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)) at update n (training/ema.py)
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; bf16 on CPU when asked (AMX)
     validate_every: int = 1  # epochs
     checkpoint_every: int = 50  # iterations (and at each epoch end)
@@ -130,6 +131,8 @@ class TrainConfig:
             raise TrainConfigError(f"loss: one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.optimizer != "adamw":
             raise TrainConfigError(f"optimizer: only 'adamw' is available, got {self.optimizer!r}")
+        if not isinstance(self.ema_warmup, bool):
+            raise TrainConfigError(f"ema_warmup: true or false, got {self.ema_warmup!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise TrainConfigError(f"precision: auto, fp32, bf16 or fp16, got {self.precision!r}")
         ranges = {"lr": (0, 10, False), "weight_decay": (0, 10, True), "grad_clip": (0, 1e6, True),

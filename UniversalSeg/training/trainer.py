@@ -5,7 +5,7 @@
 Per step: a batch of patches (datasets mixed by their catalog weights; each sample carries its
 dataset's tasks, modality and domain) -> forward under autocast (bf16 on CUDA; on CPU when asked)
 -> partial-label loss -> backward -> gradient clipping -> AdamW step -> warm-up + poly LR ->
-EMA update (``torch.optim.swa_utils.AveragedModel``). Every ``validate_every`` epochs the EMA
+EMA update (``AveragedModel`` with a warm-up, training/ema.py). Every ``validate_every`` epochs the EMA
 model is evaluated on WHOLE validation volumes (sliding window): Dice per dataset x task.
 
 Output folder::
@@ -37,7 +37,6 @@ from typing import Optional
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from ..data.catalog import Catalog, check_files, load_catalog
@@ -50,6 +49,7 @@ from ..networks.growable_table import GrowableTable
 from ..cpu_threads import ThreadGovernor
 from .checkpoint import CheckpointError, load_checkpoint, save_atomic
 from .config import TrainConfig, TrainConfigError
+from .ema import weight_average
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .evaluation import evaluate_cases, format_dice_table
 from .click_simulation import refinement_loss
@@ -142,8 +142,7 @@ class Trainer:
         self.model = (DistributedDataParallel(self.net, device_ids=[self.device.index]
                                               if self.device.type == "cuda" else None)
                       if self.dist.enabled else self.net)
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                                 use_buffers=True)
+        self.ema = weight_average(self.net, cfg.ema_decay, cfg.ema_warmup)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.net, cfg.weight_decay), lr=cfg.lr)
         warmup = int(round(cfg.warmup_epochs * cfg.iterations_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -393,10 +392,15 @@ class Trainer:
 RESUMABLE_CHANGES = {"num_workers", "checkpoint_every", "validate_every", "cache_rate", "batch_size"}
 
 
+# settings whose default differs from what the code did before the setting existed
+BEHAVIOUR_BEFORE_SETTING = {"ema_warmup": False}
+
+
 def changed_settings(before: dict, now: dict) -> list[str]:
     """'name: old -> new' for every training setting that differs and matters for the result."""
     before, now = json.loads(json.dumps(before)), json.loads(json.dumps(now))  # tuples == lists
-    defaults = TrainConfig().to_dict()  # settings added since the run began had their defaults
+    # settings added since the run began had their defaults, or the behaviour before they existed
+    defaults = {**TrainConfig().to_dict(), **BEHAVIOUR_BEFORE_SETTING}
     before = {**defaults, **before, "augmentation": {**defaults["augmentation"], **before.get("augmentation", {})}}
     return [f"{k}: {before.get(k)} -> {now.get(k)}" for k in sorted(set(before) | set(now))
             if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)]
