@@ -59,6 +59,8 @@ ARMS = {
                     "steps instead of 600: a step costs about half (the accuracy study's equal-compute arm "
                     "found steps worth more than width at this budget)",
                     {"base_width": 8, "steps": 1200}),
+    "no-ema-warmup": ("the demo's recipe with the constant-decay EMA of sessions 1-10 (the 'default' of "
+                      "results/demo_study/study.json, session 8)", {"train": {"ema_warmup": False}}),
     "ct-window-tversky": ("abdominal CT window, Hermes' adaptive Tversky instead of soft Dice",
                           {"ct_window": (-160.0, 240.0), "train": {"loss": "adaptive-tversky"}}),
 }
