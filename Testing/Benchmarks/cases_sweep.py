@@ -53,19 +53,37 @@ def heldout(report, method: str) -> dict:
     return out
 
 
-def summarize(report, train_cases: int) -> dict:
-    row = {"train_cases": train_cases}
+def compare(report, method: str) -> dict:
+    """``method`` against the five per-institution models: pooled test Dice / NSD, paired bootstrap."""
+    out = {}
     for metric in ("dice", "nsd"):
-        uni, per = pooled(report, "universal", metric), pooled(report, "per-institution", metric)
+        uni, per = pooled(report, method, metric), pooled(report, "per-institution", metric)
         keys = sorted(set(uni) & set(per))
         if not keys:
             continue
         cmp = paired_bootstrap([per[k] for k in keys], [uni[k] for k in keys]).to_dict()
-        row[metric] = {"universal": statistics.fmean(uni[k] for k in keys),
+        out[metric] = {"universal": statistics.fmean(uni[k] for k in keys),
                        "per_institution": statistics.fmean(per[k] for k in keys), "paired": cmp}
+    return out
+
+
+def summarize(report, train_cases: int) -> dict:
+    row = {"train_cases": train_cases, **compare(report, "universal")}
     row["heldout"] = {m: heldout(report, m) for m in ("universal", "per-institution")}
     row["parameters"] = {m: report["summary"][m]["parameters"] for m in ("universal", "per-institution")}
+    if "universal-total-budget" in report["summary"]:  # equal compute: one model as long as the five
+        verdict = report["universal_vs_per_institution"]["universal-total-budget vs per-institution"]
+        tasks = report["paired"]["universal-total-budget vs per-institution"]  # per task, test cases
+        row["equal_compute"] = {**compare(report, "universal-total-budget"),
+                                "tasks_non_inferior": sum(v["non_inferior"] for v in tasks.values()),
+                                "tasks": len(tasks),
+                                "heldout_mean": {"universal": verdict["heldout_mean_universal"],
+                                                 "per_institution": verdict["heldout_mean_baseline"]}}
     return row
+
+
+def _difference(d: dict) -> str:
+    return f"{d['paired']['difference']:+.3f} [{d['paired']['low']:+.3f}, {d['paired']['high']:+.3f}]"
 
 
 def markdown(rows, seeds) -> str:
@@ -78,13 +96,26 @@ def markdown(rows, seeds) -> str:
         left = " / ".join(f"{h[k]['mean']:.2f}" if k in h else "-"
                           for k in (f"mr-t1-hospital-f/{t}" for t in ("liver", "spleen", "kidney")))
         lines.append(
-            f"| {r['train_cases']} | {d['universal']:.3f} | {d['per_institution']:.3f} | "
-            f"{d['paired']['difference']:+.3f} [{d['paired']['low']:+.3f}, {d['paired']['high']:+.3f}] | "
+            f"| {r['train_cases']} | {d['universal']:.3f} | {d['per_institution']:.3f} | {_difference(d)} | "
             f"{'yes' if d['paired']['non_inferior'] else 'no'} | "
             f"{nsd} | {left} |")
     lines.append("")
     lines.append(f"Seen institutions' test cases, Dice averaged over seeds {seeds} per case, then over every "
                  "(case, task); difference = universal - per-institution, paired bootstrap over (case, task).")
+    equal = [r for r in rows if "equal_compute" in r]
+    if equal:
+        lines += ["", "At equal compute (`universal-total-budget`: the universal model trained as many steps as "
+                  "the five per-institution models together):", "",
+                  "| training cases per institution | universal | per-institution | difference (95 % interval) | "
+                  "seen tasks non-inferior (-0.02) | left-out mean universal / per-institution |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in equal:
+            e = r["equal_compute"]
+            lines.append(f"| {r['train_cases']} | {e['dice']['universal']:.3f} | {e['dice']['per_institution']:.3f} | "
+                         f"{_difference(e['dice'])} | {e['tasks_non_inferior']} of {e['tasks']} | "
+                         f"{e['heldout_mean']['universal']:.2f} / {e['heldout_mean']['per_institution']:.2f} |")
+        lines += ["", "Left-out mean: over its three tasks; a task a model cannot segment (the per-institution "
+                  "models: the MR-T1 kidney) counts 0."]
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +127,10 @@ def figure(rows, path):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for key, label in (("universal", "universal (one model)"), ("per_institution", "one model per institution")):
         ax.plot(n, [r["dice"][key] for r in rows], marker="o", label=label)
+    equal = [r for r in rows if "equal_compute" in r]
+    if equal:
+        ax.plot([r["train_cases"] for r in equal], [r["equal_compute"]["dice"]["universal"] for r in equal],
+                marker="s", linestyle="--", label="universal at equal compute")
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [str(v) for v in n])
     ax.set_xlabel("training cases per institution")
@@ -113,6 +148,8 @@ def main(argv=None):
     ap.add_argument("--train-cases", type=int, nargs="+", default=[2, 4, 8, 16])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--summarize-only", action="store_true", help="only re-read the runs' accuracy.json")
+    ap.add_argument("--equal-compute", action="store_true",
+                    help="also train universal-total-budget (one model, as many steps as the five together)")
     args, passthrough = ap.parse_known_args(argv)
     out = Path(args.out)
     rows = []
@@ -120,7 +157,9 @@ def main(argv=None):
         sub = out / f"train-{n}"
         if not args.summarize_only:
             accuracy.main(["--out", str(sub), "--cases", str(cases_for(n)), "--seeds", *map(str, args.seeds),
-                           "--methods", "universal", "per-institution", "--vary-data-seed", *passthrough])
+                           "--methods", "universal", "per-institution",
+                           *(["universal-total-budget"] if args.equal_compute else []), "--vary-data-seed",
+                           *passthrough])
         rows.append(summarize(json.loads((sub / "accuracy.json").read_text()), n))
     command = "python Testing/Benchmarks/cases_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "sweep.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "rows": rows}, indent=2))

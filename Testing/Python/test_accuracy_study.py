@@ -118,7 +118,7 @@ def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp
     assert [sweep.cases_for(n) for n in (2, 4, 8, 16)] == [3, 5, 10, 20]
     out = tmp_path / "sweep"
     sweep.main(["--out", str(out), "--train-cases", "2", "--seeds", "0", "1", "--steps", "2", "--shape", "32",
-                "--test-cases", "1", "--base-width", "4", "--patch", "32", "--curve-points", "1"])
+                "--test-cases", "1", "--base-width", "4", "--patch", "32", "--curve-points", "1", "--equal-compute"])
     for seed in (0, 1):
         catalog = load_catalog(out / "train-2" / f"data-{seed}" / "catalog.yaml")
         assert {len(d.splits["train"]) for d in catalog.datasets} == {2}
@@ -133,6 +133,14 @@ def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp
     assert set(report["rows"][0]["heldout"]["universal"]) == {"mr-t1-hospital-f/liver", "mr-t1-hospital-f/spleen",
                                                               "mr-t1-hospital-f/kidney"}
     assert (out / "sweep.png").stat().st_size > 10000 and "| 2 |" in (out / "sweep.md").read_text()
+    # --equal-compute: the universal model trained as long as the five per-institution models together
+    budget = out / "train-2" / "runs" / "universal-total-budget" / "seed0" / "validation.json"
+    assert json.loads(budget.read_text())["step"] == 10  # 2 steps x 5 seen institutions
+    e = report["rows"][0]["equal_compute"]
+    assert e["tasks"] == 11 and 0 <= e["tasks_non_inferior"] <= 11
+    assert abs(e["dice"]["paired"]["difference"] - (e["dice"]["universal"] - e["dice"]["per_institution"])) < 1e-9
+    assert e["dice"]["per_institution"] == d["per_institution"]  # the same five models, the same cases
+    assert "At equal compute" in (out / "sweep.md").read_text()
     acc = json.loads((out / "train-2" / "accuracy.json").read_text())
     assert acc["vary_data_seed"] and all(acc["runs"][f"universal/seed{s}"]["curves"] for s in (0, 1))
     # the capacity-fair arm's rule: width 16 stays under five width-8 per-institution models
