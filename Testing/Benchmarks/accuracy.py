@@ -223,17 +223,20 @@ def verdicts(summary):
     return out
 
 
+def per_case(runs: dict, method: str, seeds, metric: str = "dice") -> dict:
+    """Every seen (dataset, task, case) test score of ``method``, averaged over its seeds."""
+    scores = {}
+    for s in seeds:
+        for c in runs[f"{method}/seed{s}"].get("test_cases", []):
+            if metric in c:
+                scores.setdefault((c["dataset"], c["task"], c["case"]), []).append(c[metric])
+    return {k: statistics.fmean(v) for k, v in scores.items()}
+
+
 def paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str = "dice") -> dict:
     """Per seen dataset/task: the paired bootstrap interval of mean(mine - base) over the TEST
     cases (each case's score averaged over seeds first), and the non-inferiority verdict."""
-    def per_case(method, seeds):
-        scores = {}
-        for s in seeds:
-            for c in runs[f"{method}/seed{s}"].get("test_cases", []):
-                if metric in c:
-                    scores.setdefault((c["dataset"], c["task"], c["case"]), []).append(c[metric])
-        return {k: statistics.fmean(v) for k, v in scores.items()}
-    a, b = per_case(base, seeds_base), per_case(mine, seeds_mine)
+    a, b = per_case(runs, base, seeds_base, metric), per_case(runs, mine, seeds_mine, metric)
     out = {}
     for ds_task in sorted({k[:2] for k in a} & {k[:2] for k in b}):
         keys = sorted(k for k in a if k[:2] == ds_task and k in b)
@@ -245,6 +248,14 @@ def paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str
 PAIRS = (("universal", "per-institution"), ("universal", "per-institution-split"), ("universal", "naive"),
          ("universal-wide", "per-institution"), ("universal-total-budget", "per-institution"),
          *((plugin, "universal") for plugin in PLUGINS))  # does a plug-in add to the universal model?
+
+
+def pooled_paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str = "dice"):
+    """One paired bootstrap over every seen (dataset, task, case) both methods scored: the pooled
+    verdict (each task's table row has only its 20 cases; this has them all)."""
+    a, b = per_case(runs, base, seeds_base, metric), per_case(runs, mine, seeds_mine, metric)
+    keys = sorted(set(a) & set(b))
+    return paired_bootstrap([a[k] for k in keys], [b[k] for k in keys]).to_dict() if keys else None
 
 
 def paired_comparisons(runs: dict, seeds: dict) -> tuple[dict, dict]:
@@ -300,6 +311,16 @@ def markdown(report) -> str:
         lines.append(f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | "
                      f"{sum(w['non_inferior'] for w in nsd.values())} of {len(nsd)} (NSD) | |" if nsd else
                      f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | | |")
+        mine, base = name.split(" vs ")
+        seeds = {m: summary[m]["seeds"] for m in (mine, base)}
+        pool = {metric: pooled_paired(report["runs"], mine, base, seeds[mine], seeds[base], metric)
+                for metric in ("dice", "nsd")}
+        if pool["dice"]:
+            d, w = pool["dice"], pool["nsd"]
+            surface = f"{w['difference']:+.3f} | [{w['low']:+.3f}, {w['high']:+.3f}]" if w else "- | -"
+            lines.append(f"| **pooled** ({d['cases']} case-tasks) | {d['difference']:+.3f} | "
+                         f"[{d['low']:+.3f}, {d['high']:+.3f}] | {'yes' if d['non_inferior'] else 'no'} | "
+                         f"{'yes' if d['better'] else 'no'} | {surface} |")
     return "\n".join(lines) + "\n"
 
 

@@ -36,12 +36,7 @@ def cases_for(train_cases: int) -> int:
 
 def pooled(report, method: str, metric: str = "dice") -> dict:
     """Every seen (dataset, task, case) test score of ``method``, averaged over its seeds."""
-    scores = {}
-    for s in report["summary"][method]["seeds"]:
-        for c in report["runs"][f"{method}/seed{s}"]["test_cases"]:
-            if metric in c:
-                scores.setdefault((c["dataset"], c["task"], c["case"]), []).append(c[metric])
-    return {k: statistics.fmean(v) for k, v in scores.items()}
+    return accuracy.per_case(report["runs"], method, report["summary"][method]["seeds"], metric)
 
 
 def heldout(report, method: str) -> dict:

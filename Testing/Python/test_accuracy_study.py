@@ -75,6 +75,13 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     assert set(nsd) == set(table) and all(v["low"] <= v["difference"] <= v["high"] for v in nsd.values())
     text = (out / "accuracy.md").read_text()
     assert "paired bootstrap 95 % interval" in text and "NSD 95 % interval" in text
+    # the pooled row: one bootstrap over all 11 tasks x 3 cases, its mean the mean of the case differences
+    pool = study.pooled_paired(report["runs"], "universal", "per-institution-split", [0], [0])
+    assert pool["cases"] == 33 and pool["low"] <= pool["difference"] <= pool["high"]
+    a = study.per_case(report["runs"], "per-institution-split", [0])
+    b = study.per_case(report["runs"], "universal", [0])
+    assert abs(pool["difference"] - sum(b[k] - a[k] for k in a) / 33) < 1e-9
+    assert f"| **pooled** (33 case-tasks) | {pool['difference']:+.3f} |" in text
 
     # --merge-from: a later arm joins the finished study; refused (before training) for other settings
     settings = ["--seeds", "0", "--cases", "3", "--shape", "32", "--test-cases", "3", "--base-width", "4",
