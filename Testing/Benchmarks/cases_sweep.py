@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import accuracy  # noqa: E402  (the study this sweep repeats)
 
-from UniversalSeg.training.statistics import paired_bootstrap  # noqa: E402
 
 
 def cases_for(train_cases: int) -> int:
@@ -32,11 +30,6 @@ def cases_for(train_cases: int) -> int:
     while n - max(1, round(0.2 * n)) < train_cases:
         n += 1
     return n
-
-
-def pooled(report, method: str, metric: str = "dice") -> dict:
-    """Every seen (dataset, task, case) test score of ``method``, averaged over its seeds."""
-    return accuracy.per_case(report["runs"], method, report["summary"][method]["seeds"], metric)
 
 
 def heldout(report, method: str) -> dict:
@@ -50,15 +43,12 @@ def heldout(report, method: str) -> dict:
 
 def compare(report, method: str) -> dict:
     """``method`` against the five per-institution models: pooled test Dice / NSD, paired bootstrap."""
-    out = {}
+    out, seeds = {}, {m: report["summary"][m]["seeds"] for m in (method, "per-institution")}
     for metric in ("dice", "nsd"):
-        uni, per = pooled(report, method, metric), pooled(report, "per-institution", metric)
-        keys = sorted(set(uni) & set(per))
-        if not keys:
-            continue
-        cmp = paired_bootstrap([per[k] for k in keys], [uni[k] for k in keys]).to_dict()
-        out[metric] = {"universal": statistics.fmean(uni[k] for k in keys),
-                       "per_institution": statistics.fmean(per[k] for k in keys), "paired": cmp}
+        cmp = accuracy.pooled_paired(report["runs"], method, "per-institution", seeds[method],
+                                     seeds["per-institution"], metric)
+        if cmp:
+            out[metric] = {"universal": cmp["mean_b"], "per_institution": cmp["mean_a"], "paired": cmp}
     return out
 
 
