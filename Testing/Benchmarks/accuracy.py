@@ -348,6 +348,8 @@ def main(argv=None):
     ap.add_argument("--nsd-tolerance", type=float, default=None,
                     help="also score normalized surface Dice at this tolerance in mm (default: one model voxel)")
     ap.add_argument("--table-from", metavar="JSON", help="only print the Markdown tables of an accuracy.json")
+    ap.add_argument("--curves", action="store_true",
+                    help="with --table-from: also redraw accuracy-curves.png beside that accuracy.json")
     ap.add_argument("--methods", nargs="*",
                     default=["universal", "per-institution", "per-institution-split", "naive", *PLUGINS])
     ap.add_argument("--wide-width", type=int, default=16,
@@ -374,6 +376,9 @@ def main(argv=None):
             seeds = {m: v["seeds"] for m, v in report["summary"].items()}
             report["paired"], report["paired_nsd"] = paired_comparisons(report["runs"], seeds)
         print(markdown(report))
+        if args.curves:  # redraw the learning curves of a finished report beside it
+            learning_curves(report["runs"], {m: v["seeds"] for m, v in report["summary"].items()},
+                            Path(args.table_from).with_name("accuracy-curves.png"))
         return
     out = Path(args.out)
     if not args.methods and not args.merge_from:
@@ -523,31 +528,43 @@ def merge_into(results: dict, seeds: dict, sources: list, args, command: str) ->
     return methods + list(args.methods), " + ".join(parts) + " (merged: --merge-from)"
 
 
+def curve_points(results, method, method_seeds):
+    """{training steps of one model: [mean validation Dice]} and {training steps summed over the
+    method's models: [...]}; a per-institution run's five models each add a point."""
+    per_model, total = {}, {}
+    for s in method_seeds:
+        curves = results[f"{method}/seed{s}"].get("curves", {})
+        for curve in curves.values():
+            for r in curve:
+                per_model.setdefault(r["step"], []).append(r["mean_dice"])
+                total.setdefault(r["step"] * len(curves), []).append(r["mean_dice"])
+    return per_model, total
+
+
 def learning_curves(results, seeds, path):
     """Mean validation Dice over training steps, one line per method (mean over seeds; a
-    per-institution method averages its five models)."""
+    per-institution method averages its five models): against one model's steps, and against
+    the steps of all the method's models together (where the equal-compute arm lines up with the
+    five per-institution models; an MS-Net step, five site batches, still counts as one)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for method, method_seeds in seeds.items():
-        points = {}
-        for s in method_seeds:
-            for curve in results[f"{method}/seed{s}"].get("curves", {}).values():
-                for r in curve:
-                    points.setdefault(r["step"], []).append(r["mean_dice"])
-        if points:
-            steps = sorted(points)
-            ax.plot(steps, [statistics.fmean(points[k]) for k in steps], marker="o", label=method)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("mean validation Dice")
-    ax.set_title("Learning curves (validation cases of the seen institutions)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        for ax, points in zip(axes, curve_points(results, method, method_seeds)):
+            if points:
+                steps = sorted(points)
+                ax.plot(steps, [statistics.fmean(points[k]) for k in steps], marker="o", label=method)
+    axes[0].set_xlabel("training steps of one model")
+    axes[1].set_xlabel("training steps of all the method's models together")
+    axes[0].set_ylabel("mean validation Dice")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Learning curves (validation cases of the seen institutions)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
 
 if __name__ == "__main__":
     main()

@@ -103,6 +103,10 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     assert {c["case"] for c in merged["runs"]["universal-total-budget/seed0"]["test_cases"]} == \
         {c["case"] for c in cases}
     assert "(merged: --merge-from)" in merged["command"]
+    # the learning curves of a finished report, redrawn beside it
+    (tmp_path / "later" / "accuracy-curves.png").unlink()
+    study.main(["--table-from", str(tmp_path / "later" / "accuracy.json"), "--curves"])
+    assert (tmp_path / "later" / "accuracy-curves.png").read_bytes()[:4] == b"\x89PNG"
     # merging only (no --methods): the same report again; a method in two reports is refused
     both = ["--out", str(tmp_path / "both"), "--steps", "3"] + settings[:-4] + ["--methods", "--merge-from"]
     with pytest.raises(SystemExit, match="universal is in both"):
@@ -159,3 +163,17 @@ def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp
                              "modalities": ["CT", "MR-T1", "MR-T2", "PET"]})
         return sum(p.numel() for p in UniversalSegNet(cfg).parameters())
     assert 3 * params(8) < params(16) < 5 * params(8)
+
+
+def test_learning_curves_put_methods_on_one_model_steps_and_on_their_compute():
+    """A method of five models reaches step 3 after 15 steps of compute; one model after 3."""
+    study = load_study()
+    results = {"universal/seed0": {"curves": {"universal": [{"step": 3, "mean_dice": 0.5},
+                                                            {"step": 6, "mean_dice": 0.7}]}},
+               "per-institution/seed0": {"curves": {f"site{i}": [{"step": 3, "mean_dice": 0.1 * i}]
+                                                    for i in range(5)}}}
+    per_model, total = study.curve_points(results, "universal", [0])
+    assert per_model == total == {3: [0.5], 6: [0.7]}
+    per_model, total = study.curve_points(results, "per-institution", [0])
+    assert list(per_model) == [3] and list(total) == [15]
+    assert total[15] == per_model[3] == [0.0, 0.1, 0.2, 0.1 * 3, 0.4]
