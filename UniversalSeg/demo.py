@@ -3,7 +3,8 @@
 ``universalseg demo [--out DIR]``:
 1. writes the synthetic multi-institution collection (5 institutions, 4 modalities, partial
    labels; a 6th institution held out of training);
-2. trains ONE small-preset universal model on all of it, jointly (progress bar, bf16 on GPUs);
+2. trains ONE universal model (the small preset at width 8) on all of it, jointly (progress bar,
+   bf16 on GPUs);
 3. predicts TEST cases never used in training (``test_cases`` per institution, drawn from data
    seed + 1000, the held-out institution's included) with the exported package, exactly as
    ``universalseg predict`` does;
@@ -51,6 +52,13 @@ def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConf
     return cfg.replace(**changes) if changes else cfg
 
 
+# The demo's grid, steps and width (session 13, Testing/Benchmarks/demo_study.py arm grid-64-800,
+# README): 64^3 voxels of 2.81 mm (48^3 patches: 135 mm of context), the small preset at width 8,
+# 800 steps: about 9 minutes on the 2-core CPU (a step costs 1.7x a 40^3 step at the preset's
+# width 16); README's demo section compares it with the 40^3 / width 16 / 600 steps recipe before.
+DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH = 64, 800, 8
+
+
 def demo_network(preset: str = "small", base_width: int | None = None) -> ModelConfig:
     """The demo's network: ``preset`` with a click-refinement stage of width 8 (the default 16
     made a demo training step 1.7x as long as without the stage here; 8: 1.26x). ``base_width``
@@ -75,13 +83,13 @@ def declare_ct_window(catalog_path: Path, window: tuple[float, float]) -> None:
     catalog_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40, seed: int = 0,
+def run_demo(out: str | Path, steps: int = DEMO_STEPS, cases: int = 8, shape: int = DEMO_SHAPE, seed: int = 0,
              preset: str = "small", device: str = "auto", progress: bool = True, test_cases: int = 4,
              overlays: int = 1, train_changes: dict | None = None,
-             ct_window: tuple[float, float] | None = None, base_width: int | None = None) -> dict:
+             ct_window: tuple[float, float] | None = None, base_width: int | None = DEMO_WIDTH) -> dict:
     """``overlays``: PNG montages per institution (the first N test cases). ``ct_window``: declare
     this CT window (HU) in the training catalog instead of the default CT policy. ``base_width``:
-    the network's width instead of the preset's."""
+    the network's width (default: the demo's 8; None: the preset's own)."""
     out = Path(out)
     t0 = time.time()
     print(f"[1/4] synthetic multi-institution collection -> {out / 'data'} (training), "
@@ -92,7 +100,7 @@ def run_demo(out: str | Path, steps: int = 600, cases: int = 8, shape: int = 40,
         declare_ct_window(catalog_path, ct_window)
     cfg = demo_train_config(steps, shape, seed, **(train_changes or {}))
     net = demo_network(preset, base_width)
-    print(f"[2/4] training the {preset} universal model jointly on every institution "
+    print(f"[2/4] training the {preset} universal model (width {net.base_width}) jointly on every institution "
           f"({cfg.total_steps} steps, patch {cfg.patch_size[0]}^3 at {cfg.spacing[0]:.2f} mm)", flush=True)
     run = out / "run"
     if run.exists():

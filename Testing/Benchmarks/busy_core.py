@@ -8,7 +8,7 @@ Each configuration runs in a fresh process twice, on an idle machine and next to
 
     python Testing/Benchmarks/busy_core.py [--steps 40] [--demo-steps 100] [--out results/busy_core.json]
 
-Part 1 times training steps of the demo's network (small preset, 32^3 patches, batch 2; median
+Part 1 times training steps of the small preset (the 40^3 demo's network; 32^3 patches, batch 2; median
 of the steps after the first 10). Part 2 runs ``universalseg demo`` reduced (``--demo-steps``
 training steps, 4 cases per institution) end to end, wall-clock. Ratios are measured in one run.
 """

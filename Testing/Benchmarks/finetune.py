@@ -167,7 +167,9 @@ def main(argv=None) -> int:
                       else args.out / f"parent-seed{seed}")
         if not (parent_dir / "model.zip").exists():
             from UniversalSeg.demo import run_demo
-            run_demo(parent_dir, steps=args.demo_steps, seed=seed, progress=False, overlays=0)
+            # the 40^3 demo recipe (width 16) of results/finetune: the demo moved to 64^3 later
+            run_demo(parent_dir, steps=args.demo_steps, seed=seed, progress=False, overlays=0, shape=40,
+                     base_width=None)
         results.append(one_seed(seed, parent_dir, args.out, args.steps, args.cases))
     keys = ("heldout_before", "heldout_after", "seen_before", "seen_after")
     summary = {k: float(statistics.mean(r[k] for r in results)) for k in keys}

@@ -25,7 +25,7 @@ def test_demo_end_to_end_reduced(tmp_path):
     assert all(s["name"] in {"Liver", "Spleen", "Kidney", "Liver tumor"} for s in seg["segments"])
     assert (tmp_path / "dice.png").stat().st_size > 10000
     package = load_package(summary["model"])
-    assert package.config.base_width == 16  # the small preset
+    assert package.config.base_width == 8  # the demo's width (the small preset's own is 16)
     assert package.config.prompt.enabled and package.config.prompt.width == 8  # it refines with clicks
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
@@ -42,3 +42,35 @@ def test_demo_network_width_override_matches_the_accuracy_study_network():
     assert narrow.prompt == small.prompt and narrow.fusion.sites == small.fusion.sites
     count = lambda cfg: sum(p.numel() for p in UniversalSegNet(cfg.replace(tasks=["a", "b"])).parameters())
     assert count(narrow) < count(small) / 3
+
+
+def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
+    """`universalseg demo` with no options runs exactly demo_study.py's arm grid-64-800 (README's
+    table of the shipped demo comes from that arm); --width and --preset change only the width."""
+    import importlib.util
+    import inspect
+    from pathlib import Path
+
+    import UniversalSeg.demo as demo
+    from UniversalSeg import cli
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_study", Path(__file__).resolve().parents[1] / "Benchmarks" / "demo_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    arm = study.ARMS["grid-64-800"][1]
+    defaults = inspect.signature(demo.run_demo).parameters
+    assert {k: defaults[k].default for k in arm} == arm == {"shape": 64, "base_width": 8, "steps": 800}
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append((a, k)))
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    (out, steps, cases, shape, seed, preset, _), options = calls[-1]
+    assert (steps, cases, shape, seed, preset, options["base_width"]) == (800, 8, 64, 0, "small", 8)
+    assert cli.main(["demo", "--out", str(tmp_path), "--width", "16", "--shape", "40"]) == 0
+    assert calls[-1][0][3] == 40 and calls[-1][1]["base_width"] == 16
+    assert cli.main(["demo", "--out", str(tmp_path), "--preset", "base"]) == 0
+    assert calls[-1][1]["base_width"] is None  # the preset's own width
+    assert cli.main(["demo", "--out", str(tmp_path), "--width", "2"]) == 2  # a clear error, no run
+    assert len(calls) == 3
+    # the arms run before the demo moved to 64^3 keep their 40^3 recipe
+    assert study.ARMS["no-remap"][1]["shape"] == 40 and study.ARMS["grid-40"][1] == study.GRID_40

@@ -1,6 +1,7 @@
 """The whole product on the embedded synthetic default: data, joint training, prediction, report.
 
-    universalseg demo [--out universalseg-demo] [--steps 600] [--cases 8] [--shape 40] [--test-cases 4]
+    universalseg demo [--out universalseg-demo] [--steps 800] [--cases 8] [--shape 64] [--width 8]
+                      [--test-cases 4]
 
 Writes DIR/data (collection + catalog), DIR/run (checkpoints, TensorBoard, logs),
 DIR/test-data (test cases from data seed + 1000, never trained on), DIR/predictions (.seg.nrrd per
@@ -14,9 +15,13 @@ HELP = "run the end-to-end demo on the synthetic multi-institution collection"
 
 def register(parser):
     parser.add_argument("--out", default="universalseg-demo", help="output folder")
-    parser.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    # the defaults live in demo.py (DEMO_*; imported only when the demo runs: it loads torch)
+    parser.add_argument("--steps", type=int, help="training steps (default 800)")
     parser.add_argument("--cases", type=int, default=8, help="cases per institution (default 8)")
-    parser.add_argument("--shape", type=int, default=40, help="voxels per axis (default 40)")
+    parser.add_argument("--shape", type=int, help="voxels per axis (default 64: 2.81 mm; up to 40 the model "
+                                                  "trains on 32^3 patches, above on 48^3)")
+    parser.add_argument("--width", type=int, help="the network's base width (default: 8 with the small "
+                                                  "preset, else the preset's own)")
     parser.add_argument("--test-cases", type=int, default=4,
                         help="test cases per institution, never used in training (default 4)")
     parser.add_argument("--preset", default="small", choices=["small", "base", "large"])
@@ -27,9 +32,13 @@ def register(parser):
 
 
 def run(args) -> int:
-    from ..demo import run_demo
-    if args.steps < 1 or args.cases < 3 or args.shape < 32 or args.test_cases < 1:
-        raise InputError("--steps >= 1, --cases >= 3, --shape >= 32 and --test-cases >= 1 are needed")
-    run_demo(args.out, args.steps, args.cases, args.shape, args.seed, args.preset, args.device,
-             progress=not args.no_progress, test_cases=args.test_cases)
+    from ..demo import DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH, run_demo
+    steps = DEMO_STEPS if args.steps is None else args.steps
+    shape = DEMO_SHAPE if args.shape is None else args.shape
+    width = args.width if args.width is not None else DEMO_WIDTH if args.preset == "small" else None
+    if steps < 1 or args.cases < 3 or shape < 32 or args.test_cases < 1 or (width is not None and width < 4):
+        raise InputError("--steps >= 1, --cases >= 3, --shape >= 32, --width >= 4 and --test-cases >= 1 "
+                         "are needed")
+    run_demo(args.out, steps, args.cases, shape, args.seed, args.preset, args.device,
+             progress=not args.no_progress, test_cases=args.test_cases, base_width=width)
     return 0
