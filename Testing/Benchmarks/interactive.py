@@ -1,10 +1,11 @@
 """Click refinement on the synthetic collection: Dice after 0, 1, 3 and 5 simulated clicks.
 
     python Testing/Benchmarks/interactive.py --out Testing/Benchmarks/results/interactive [--quick]
-        [--model PACKAGE] [--steps 600] [--seed 0] [--test-cases 4]
+        [--model PACKAGE] [--steps 800] [--shape 64] [--seed 0] [--test-cases 4]
 
-Without --model it trains the demo's recipe (``universalseg demo``: small preset, 600 steps,
-40^3 at 4.5 mm, the click-refinement stage of width 8 on: ``clicks=5``), on data seed SEED. Test cases
+Without --model it trains the demo's recipe (``universalseg demo``'s defaults: the small preset at
+width 8, 800 steps, 64^3 at 2.81 mm, the click-refinement stage of width 8 on: ``clicks=5``; before
+session 13 the demo's 40^3 recipe: ``--shape 40 --steps 600 --width 16``), on data seed SEED. Test cases
 come from data seed SEED + 1000 (never trained on), the held-out institution included. Every
 case is opened in ONE warm worker (``universalseg worker``, the process the Slicer module keeps),
 as the module does (largest components on); per labelled task, clicks are simulated from the
@@ -13,6 +14,7 @@ error voxel farthest from the error's boundary; a missed region gives a positive
 positive a negative one), sent as RAS millimetres, and the mask the worker sends back is scored.
 seconds_per_click: median round trip of a refine request (client to worker and back, mask
 decoded), this CPU. --quick: 200 training steps, 2 test cases per institution (a few minutes).
+--shape: the grid of the training and test collections (with --model: the test collection's).
 --brain: also the shipped brain model on the real 1 mm MNI152 T1 (197 x 233 x 189, needs
 nilearn): the worker's open time and 5 clicks on the brain mask (whole_head in the JSON).
 
@@ -43,13 +45,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
 
 
-def train_model(out: Path, steps: int, seed: int) -> Path:
+def train_model(out: Path, steps: int, seed: int, shape: int, width: int) -> Path:
     from UniversalSeg.data.synthetic import generate_collection
     from UniversalSeg.demo import demo_network, demo_train_config
     from UniversalSeg.training.trainer import run_training
-    catalog = generate_collection(out / "data", cases=8, shape=40, seed=seed)
-    cfg = demo_train_config(steps, 40, seed)  # the demo's recipe: its click stage included
-    net = demo_network("small")
+    catalog = generate_collection(out / "data", cases=8, shape=shape, seed=seed)
+    cfg = demo_train_config(steps, shape, seed)  # the demo's recipe: its click stage included
+    net = demo_network("small", width)
     result = run_training(catalog, net, cfg, out / "run", device="cpu", progress=True)
     return Path(result["package"])
 
@@ -123,23 +125,27 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a package with the click-refinement stage (default: train one)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--shape", type=int, help="voxels per axis (default: the demo's, 64)")
+    parser.add_argument("--width", type=int, help="network width when training (default: the demo's, 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-cases", type=int)
     parser.add_argument("--brain", action="store_true", help="also time the shipped brain model on a 1 mm head")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = args.steps or (200 if args.quick else 600)
+    from UniversalSeg.demo import DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH
+    steps = args.steps or (200 if args.quick else DEMO_STEPS)
+    shape, width = args.shape or DEMO_SHAPE, args.width or DEMO_WIDTH
     test_cases = args.test_cases or (2 if args.quick else 4)
     from UniversalSeg.data.catalog import load_catalog
     from UniversalSeg.data.synthetic import generate_collection
     from UniversalSegmentationLib.command import child_environment
     from UniversalSegmentationLib.refine_worker import RefineWorker
     t0 = time.time()
-    model = Path(args.model) if args.model else train_model(out / "work", steps, args.seed)
+    model = Path(args.model) if args.model else train_model(out / "work", steps, args.seed, shape, width)
     train_seconds = time.time() - t0
     test_root = out / "work" / "test-data"
-    generate_collection(test_root, cases=test_cases, shape=40, seed=args.seed + 1000)
+    generate_collection(test_root, cases=test_cases, shape=shape, seed=args.seed + 1000)
     env = child_environment()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     worker = RefineWorker()
@@ -172,7 +178,8 @@ def main(argv=None) -> int:
               "goals": {"rises_with_every_click_count": rising, "weakest_gain_at_least_0.15": gain >= 0.15,
                         "at_most_1.5_s_per_click": median is not None and median <= 1.5},
               "clicks_measured": len(seconds), "whole_head": head, "cases": len({r["case"] for r in rows}),
-              "model": str(model), "steps": None if args.model else steps, "seed": args.seed,
+              "model": str(model), "steps": None if args.model else steps, "seed": args.seed, "shape": shape,
+              "width": None if args.model else width,
               "train_seconds": None if args.model else round(train_seconds), "quick": args.quick,
               "command": "python Testing/Benchmarks/interactive.py " + " ".join(argv or sys.argv[1:]),
               "rows": rows}
