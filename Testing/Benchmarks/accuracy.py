@@ -566,5 +566,6 @@ def learning_curves(results, seeds, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
 if __name__ == "__main__":
     main()

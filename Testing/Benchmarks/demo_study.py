@@ -113,7 +113,7 @@ def summarize(runs: dict) -> tuple[str, dict]:
         lines += [f"**{arm}** ({ARMS.get(arm, ('?',))[0]}; {grid}^3 grid, {first['steps']} steps; "
                   f"seeds {' '.join(map(str, seeds))}; "
                   f"{statistics.mean(seconds):.0f} s per run): Dice, mean ± SD over seeds of the mean "
-                  f"over {runs[next(k for k in runs if k.startswith(arm + '/'))]['test_cases']} test cases",
+                  f"over {first['test_cases']} test cases",
                   "", "| institution | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
         met = total = 0
         for row, values in rows.items():
