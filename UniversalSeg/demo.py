@@ -63,8 +63,10 @@ def demo_network(preset: str = "small", base_width: int | None = None) -> ModelC
     """The demo's network: ``preset`` with a click-refinement stage of width 8 (the default 16
     made a demo training step 1.7x as long as without the stage here; 8: 1.26x). ``base_width``
     overrides the preset's width (and the priors' head size with it, as the accuracy study's
-    networks: Testing/Benchmarks/accuracy.py)."""
-    width = {} if base_width is None else {"base_width": base_width, "fusion": {"head_dim": min(32, base_width)}}
+    networks: Testing/Benchmarks/accuracy.py); the preset's own width gives the preset's network."""
+    from .networks.config import PRESETS
+    own = base_width is None or base_width == PRESETS.get(preset)
+    width = {} if own else {"base_width": base_width, "fusion": {"head_dim": min(32, base_width)}}
     return ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"], prompt={"enabled": True, "width": 8},
                               **width)
 

@@ -5,7 +5,9 @@ never saw, and teach it a structure it never had, on the synthetic collection.
         --models-from Testing/Benchmarks/results/demo_study/runs --arm dice --seeds 0 1 2
 
 Per seed: the PARENT is the demo model of that seed (``--models-from``: a demo_study.py run folder
-with model.zip, data/ and test-data/; else one is trained here with ``--demo-steps``).
+with model.zip, data/ and test-data/; else one is trained here: ``universalseg demo``'s recipe, 64^3
+at width 8 and 800 steps by default; ``--shape 40 --width 16 --demo-steps 600`` is the 40^3 recipe
+of the results before session 14).
 1. adapt: ``universalseg finetune --mode adapt`` on 3 labelled cases of the left-out MR-T1 site
    (its ground truth stands in for the user's corrections), replaying the five seen sites
    (``--replay``, half of the samples). Before/after Dice on the TEST cases (data seed + 1000,
@@ -154,9 +156,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps (default 150)")
     ap.add_argument("--cases", type=int, default=3, help="corrected cases (default 3)")
-    ap.add_argument("--demo-steps", type=int, default=600, help="parent training steps when no --models-from")
+    ap.add_argument("--demo-steps", type=int, help="parent training steps when no --models-from "
+                    "(default: the demo's, 800)")
+    ap.add_argument("--shape", type=int, help="the parent's grid, voxels per axis (default: the demo's, 64)")
+    ap.add_argument("--width", type=int, help="the parent's network width (default: the demo's, 8)")
     ap.add_argument("--quick", action="store_true", help="one seed, 40 steps, a 150-step parent")
     args = ap.parse_args(argv)
+    from UniversalSeg.demo import DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH
+    args.demo_steps, args.shape = args.demo_steps or DEMO_STEPS, args.shape or DEMO_SHAPE
+    args.width = args.width or DEMO_WIDTH
     if args.quick:
         args.seeds, args.steps, args.demo_steps = args.seeds[:1], 40, 150
     args.out = args.out.resolve()  # catalogs written below name absolute paths
@@ -167,9 +175,8 @@ def main(argv=None) -> int:
                       else args.out / f"parent-seed{seed}")
         if not (parent_dir / "model.zip").exists():
             from UniversalSeg.demo import run_demo
-            # the 40^3 demo recipe (width 16) of results/finetune: the demo moved to 64^3 later
-            run_demo(parent_dir, steps=args.demo_steps, seed=seed, progress=False, overlays=0, shape=40,
-                     base_width=None)
+            run_demo(parent_dir, steps=args.demo_steps, seed=seed, progress=False, overlays=0, shape=args.shape,
+                     base_width=args.width)
         results.append(one_seed(seed, parent_dir, args.out, args.steps, args.cases))
     keys = ("heldout_before", "heldout_after", "seen_before", "seen_after")
     summary = {k: float(statistics.mean(r[k] for r in results)) for k in keys}
@@ -178,6 +185,9 @@ def main(argv=None) -> int:
     summary["add_tasks_dice"] = float(statistics.mean(r["add_tasks"]["dice_new_structure"] for r in results))
     summary["add_tasks_old_outputs_identical"] = all(r["add_tasks"]["old_outputs_identical"] for r in results)
     summary.update(seeds=args.seeds, steps=args.steps, cases=args.cases, runs=results,
+                   parent=None if args.models_from else {"shape": args.shape, "width": args.width,
+                                                         "steps": args.demo_steps},
+                   command="python Testing/Benchmarks/finetune.py " + " ".join(argv or sys.argv[1:]),
                    goals={"heldout_gain >= 0.10": summary["heldout_gain"] >= 0.10,
                           "seen_change >= -0.02": summary["seen_change"] >= -0.02})
     (args.out / "finetune.json").write_text(json.dumps(summary, indent=1))

@@ -17,6 +17,11 @@ decoded), this CPU. --quick: 200 training steps, 2 test cases per institution (a
 --shape: the grid of the training and test collections (with --model: the test collection's).
 --brain: also the shipped brain model on the real 1 mm MNI152 T1 (197 x 233 x 189, needs
 nilearn): the worker's open time and 5 clicks on the brain mask (whole_head in the JSON).
+--task-blind: the click stage without its per-task FiLM (the stage before session 14). With
+UNIVERSALSEG_THREADS fixed, the same seed trains the same automatic model either way (the stage
+never touches it), so the two runs are paired: the 0-click columns are equal.
+
+--compare LABEL=JSON ...: only a table of finished runs (OUT/compare.md).
 
 Writes OUT/interactive.json (dice_by_clicks: mean over tasks of the per-task mean over cases;
 dice_by_task; seconds_per_click; goals) and OUT/interactive.md.
@@ -45,13 +50,18 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
 
 
-def train_model(out: Path, steps: int, seed: int, shape: int, width: int) -> Path:
+def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_blind: bool = False,
+                boundary_share: float | None = None) -> Path:
     from UniversalSeg.data.synthetic import generate_collection
     from UniversalSeg.demo import demo_network, demo_train_config
     from UniversalSeg.training.trainer import run_training
     catalog = generate_collection(out / "data", cases=8, shape=shape, seed=seed)
     cfg = demo_train_config(steps, shape, seed)  # the demo's recipe: its click stage included
+    if boundary_share is not None:
+        cfg = cfg.replace(click_boundary_share=boundary_share)
     net = demo_network("small", width)
+    if task_blind:  # the stage as before session 14: no per-task FiLM (networks.prompt_stage)
+        net = net.replace(prompt={**net.to_dict()["prompt"], "task_conditioned": False})
     result = run_training(catalog, net, cfg, out / "run", device="cpu", progress=True)
     return Path(result["package"])
 
@@ -119,9 +129,28 @@ def whole_head(worker, tmp: Path) -> dict:
             "seconds_per_click": round(statistics.median(seconds), 4), "dice_by_clicks": [round(d, 4) for d in scores]}
 
 
+def compare(runs: list[str]) -> str:
+    """A markdown table of finished runs, each LABEL=OUT/interactive.json: the mean over tasks by
+    clicks, the weakest task's 0 -> 5 change, and how many case x task curves end more than 0.02
+    below their start (after 1 and after 5 clicks)."""
+    lines = ["| run | seed | 0 clicks | 1 | 3 | 5 | weakest task, 0 -> 5 | curves down > 0.02 after 1 / 5 clicks |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        label, path = run.split("=", 1)
+        r = json.loads(Path(path).read_text())
+        rows = r["rows"]
+        down = [sum(row["dice"][n] < row["dice"][0] - 0.02 for row in rows) for n in (1, len(CLICKS))]
+        weakest = r["dice_by_task"][r["weakest_task"]]
+        lines.append(f"| {label} | {r['seed']} | " + " | ".join(f"{r['dice_by_clicks'][k]:.3f}" for k in REPORTED)
+                     + f" | {r['weakest_task']} {weakest['0']:.3f} -> {weakest['5']:.3f} | {down[0]} / {down[1]} of {len(rows)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=JSON",
+                        help="only write OUT/compare.md: a table of finished runs' interactive.json")
     parser.add_argument("--model", help="a package with the click-refinement stage (default: train one)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int)
@@ -130,19 +159,32 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-cases", type=int)
     parser.add_argument("--brain", action="store_true", help="also time the shipped brain model on a 1 mm head")
+    parser.add_argument("--task-blind", action="store_true",
+                        help="train the click stage without its per-task FiLM (as before session 14), for a "
+                             "paired comparison: same seed and fixed threads give the same automatic model")
+    parser.add_argument("--boundary-share", type=float,
+                        help="the click stage's samples that start from the truth 1-2 voxels off "
+                             "(training setting click_boundary_share; default: the setting's, 0)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        table = compare(args.compare)
+        (out / "compare.md").write_text(table)
+        print(table)
+        return 0
     from UniversalSeg.demo import DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH
     steps = args.steps or (200 if args.quick else DEMO_STEPS)
     shape, width = args.shape or DEMO_SHAPE, args.width or DEMO_WIDTH
     test_cases = args.test_cases or (2 if args.quick else 4)
     from UniversalSeg.data.catalog import load_catalog
     from UniversalSeg.data.synthetic import generate_collection
+    from UniversalSeg.training.config import TrainConfig
     from UniversalSegmentationLib.command import child_environment
     from UniversalSegmentationLib.refine_worker import RefineWorker
     t0 = time.time()
-    model = Path(args.model) if args.model else train_model(out / "work", steps, args.seed, shape, width)
+    model = Path(args.model) if args.model else train_model(out / "work", steps, args.seed, shape, width,
+                                                            args.task_blind, args.boundary_share)
     train_seconds = time.time() - t0
     test_root = out / "work" / "test-data"
     generate_collection(test_root, cases=test_cases, shape=shape, seed=args.seed + 1000)
@@ -180,6 +222,9 @@ def main(argv=None) -> int:
               "clicks_measured": len(seconds), "whole_head": head, "cases": len({r["case"] for r in rows}),
               "model": str(model), "steps": None if args.model else steps, "seed": args.seed, "shape": shape,
               "width": None if args.model else width,
+              "task_conditioned": load_package(model).config.prompt.task_conditioned,
+              "click_boundary_share": None if args.model else (
+                  TrainConfig().click_boundary_share if args.boundary_share is None else args.boundary_share),
               "train_seconds": None if args.model else round(train_seconds), "quick": args.quick,
               "command": "python Testing/Benchmarks/interactive.py " + " ".join(argv or sys.argv[1:]),
               "rows": rows}

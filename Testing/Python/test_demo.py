@@ -37,6 +37,7 @@ def test_demo_network_width_override_matches_the_accuracy_study_network():
     from UniversalSeg.networks import UniversalSegNet
 
     small, narrow = demo_network("small"), demo_network("small", base_width=8)
+    assert demo_network("small", base_width=16) == small  # the preset's width: the preset's network (head_dim 32)
     assert (small.base_width, small.fusion.head_dim) == (16, 32)
     assert (narrow.base_width, narrow.fusion.head_dim) == (8, 8)
     assert narrow.prompt == small.prompt and narrow.fusion.sites == small.fusion.sites

@@ -9,8 +9,9 @@
 The automatic pass keeps, on the model grid, the network's final features and each task's
 logits (the same sliding window as ``Predictor.predict``: its masks are exactly predict's). A
 click converts RAS mm to a model-grid voxel, runs the model's refinement stage
-(``networks.prompt_stage``) on a region of ``REGION`` voxels around it with ``MARGIN`` voxels of
-context (so the region's values are those the whole volume would give), replaces the task's
+(``networks.prompt_stage``, told which task the click is for) on a region of ``REGION`` voxels
+around it with ``MARGIN`` voxels of context (so the region's values are those the whole volume
+would give), replaces the task's
 logits there (a positive click only adds to the mask, a negative one only removes: without that
 rule 31 of 56 case x task curves of Testing/Benchmarks/interactive.py ended below their start,
 clicks on thin boundary errors rewriting correct voxels around them; with it 10, by at most 0.07)
@@ -111,8 +112,9 @@ class InteractiveSession:
         positive, negative = click_maps(ctx_hi - ctx_lo, self.clicks[task], self.predictor.net.prompt.sigma,
                                         offset=ctx_lo, device=self.features.device)
         with torch.inference_mode():
+            task_id = torch.tensor([self.predictor.vocab.task_id(task)], device=self.features.device)
             refined = self.predictor.net.refine(self.features[(slice(None), slice(None)) + ctx],
-                                                logits[ctx][None, None], positive, negative)[0, 0]
+                                                logits[ctx][None, None], positive, negative, task_id)[0, 0]
         inner = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, ctx_lo))
         undo = _Undo(region, logits[region].clone(), (), np.empty(0), before)
         signs = {bool(positive) for _, positive in points}

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 from ..errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# what a config of an older format meant by a key it did not have yet (format 2 added
+# prompt.task_conditioned; a format-1 package's click stage is not conditioned on the task)
+BEFORE_FORMAT = {"prompt.task_conditioned": (2, False)}
 
 ENCODER_STAGES = ("enc0", "enc1", "enc2", "enc3", "enc4")
 DECODER_STAGES = ("dec3", "dec2", "dec1", "dec0")
@@ -71,6 +74,7 @@ class PromptConfig:
     enabled: bool = False
     width: int = 16        # channels of its first level (then 2x, 4x)
     sigma: float = 2.0     # click maps: Gaussian blobs of this many model-grid voxels
+    task_conditioned: bool = True  # per-task FiLM of the stage (prompt_stage); False in format-1 configs
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,13 @@ class ModelConfig:
         _check_keys(data, cls, "")
         fusion = _nested(data.pop("fusion", {}), FusionConfig, "fusion")
         harm = _nested(data.pop("harmonization", {}), HarmonizationConfig, "harmonization")
-        prompt = _nested(data.pop("prompt", {}), PromptConfig, "prompt")
+        prompt = data.pop("prompt", {})
+        if isinstance(prompt, dict) and isinstance(version, int):
+            for key, (since, before) in BEFORE_FORMAT.items():
+                if key.startswith("prompt.") and version < since:
+                    prompt = {key.split(".", 1)[1]: before, **prompt}
+        prompt = _nested(prompt, PromptConfig, "prompt")
+        data["format_version"] = FORMAT_VERSION  # every key is now explicit: written back as today's format
         for key in ("tasks", "modalities", "domains", "width_multipliers", "encoder_blocks",
                     "decoder_blocks"):
             if key in data:
@@ -229,8 +239,9 @@ class ModelConfig:
                 if s not in STAGES:
                     raise ConfigError(f"harmonization.{key}: unknown stage {s!r}; stages are {list(STAGES)}")
         p = self.prompt
-        if not isinstance(p.enabled, bool):
-            raise ConfigError(f"prompt.enabled: true or false, got {p.enabled!r}")
+        for key in ("enabled", "task_conditioned"):
+            if not isinstance(getattr(p, key), bool):
+                raise ConfigError(f"prompt.{key}: true or false, got {getattr(p, key)!r}")
         _positive_int(p.width, "prompt.width", 256)
         if not (isinstance(p.sigma, (int, float)) and not isinstance(p.sigma, bool) and 0.5 <= p.sigma <= 16):
             raise ConfigError(f"prompt.sigma: a number of voxels in [0.5, 16], got {p.sigma!r}")

@@ -6,7 +6,7 @@
     outputs["modality_logits"] [B, M]           auxiliary modality head (when priors are fused)
     outputs["domain_logits"]   [B, D]           domain gate (when a domain plug-in is configured)
     outputs["features"]        [B, C, D, H, W]  the final features the task kernels read
-    refined = model.refine(features, logits_of_one_task, positive, negative)   # click refinement
+    refined = model.refine(features, logits_of_one_task, positive, negative, task_ids)   # clicks
               (``prompt_stage``; only when ``config.prompt.enabled``)
 
 The config (``ModelConfig``) fully describes the network; ``UniversalSegNet(config)`` rebuilds it
@@ -59,7 +59,7 @@ class UniversalSegNet(nn.Module):
             # training draws later, is the same as in the network without the stage
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0x5EED)
-                self.prompt = PromptStage(c0, config.prompt)
+                self.prompt = PromptStage(c0, config.prompt, nt)
         self._frozen_for_increment = False
 
     # ------------------------------------------------------------------ context
@@ -131,12 +131,13 @@ class UniversalSegNet(nn.Module):
         return logits, modality_logits, features
 
     def refine(self, features: torch.Tensor, logits: torch.Tensor, positive: torch.Tensor,
-               negative: torch.Tensor) -> torch.Tensor:
-        """One task's logits [B, 1, ...] corrected by click maps (``prompt_stage.click_maps``)."""
+               negative: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """One task's logits [B, 1, ...] corrected by click maps (``prompt_stage.click_maps``);
+        ``task_ids`` [B]: whose logits they are (the stage is conditioned on it)."""
         if self.prompt is None:
             raise InputError("this model has no click-refinement stage (it was trained without "
                              "clicks); train or fine-tune it with clicks to refine interactively")
-        return self.prompt(features, logits, positive, negative)
+        return self.prompt(features, logits, positive, negative, task_ids)
 
     # ------------------------------------------------------------------ incremental learning
     def _tables(self, kind: str) -> list[GrowableTable]:
@@ -148,6 +149,8 @@ class UniversalSegNet(nn.Module):
                 tables.append(self.task_head.kernels)
             if self.mask_embedding is not None:
                 tables.append(self.mask_embedding.table)
+            if self.prompt is not None and self.prompt.task_film is not None:
+                tables.extend(self.prompt.task_film)
         elif self.modality_head is not None:
             tables.append(self.modality_head.classes)
         return tables

@@ -41,6 +41,7 @@ class TrainConfig:
     batches: str = "mixed"          # "distinct-sites", or "every-site" (MS-Net: every site in every step)
     loss: str = "adaptive-tversky"  # Hermes' region term; "dice": Tversky with alpha fixed at 0.5
     clicks: int = 0  # > 0: also train the click-refinement stage, 1..clicks simulated clicks per step
+    click_boundary_share: float = 0.0  # of the stage's samples: start from the truth 1-2 voxels off
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -123,6 +124,9 @@ class TrainConfig:
                 raise TrainConfigError(f"{key}: a whole number >= 0, got {v!r}")
         if self.clicks > 20:
             raise TrainConfigError(f"clicks: at most 20 simulated clicks per step, got {self.clicks}")
+        if not (_finite(self.click_boundary_share) and 0 <= self.click_boundary_share <= 0.5):
+            raise TrainConfigError(f"click_boundary_share: a share between 0 and 0.5 (the other half of the "
+                                   f"click stage's samples start empty), got {self.click_boundary_share!r}")
         if self.sampling not in ("dataset", "case"):
             raise TrainConfigError(f"sampling: 'dataset' or 'case', got {self.sampling!r}")
         if self.batches not in ("mixed", "distinct-sites", "every-site"):

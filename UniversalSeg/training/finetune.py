@@ -103,8 +103,8 @@ def starting_network(start: FineTuneStart, catalog: Catalog) -> UniversalSegNet:
     new_tasks, new_modalities = check_catalog(start, catalog)
     if start.mode == "clicks":
         config = start.package.config
-        if not config.prompt.enabled:
-            config = config.replace(prompt={**config.to_dict()["prompt"], "enabled": True})
+        if not config.prompt.enabled:  # a new stage: conditioned on the task, whatever the parent's format
+            config = config.replace(prompt={**config.to_dict()["prompt"], "enabled": True, "task_conditioned": True})
         net = UniversalSegNet(config)
         missing, unexpected = net.load_state_dict(start.package.state_dict, strict=False)
         if unexpected or any(not k.startswith("prompt.") for k in missing):

@@ -247,7 +247,8 @@ class Trainer:
             rng = np.random.default_rng([self.cfg.seed, self.dist.rank, self.step])
             with autocast(self.device, self.precision):
                 clicks = refinement_loss(self.net, outputs["features"], outputs["logits"], target,
-                                         ctx.task_mask, self.cfg.clicks, rng)
+                                         ctx.task_mask, ctx.task_ids, self.cfg.clicks, rng,
+                                         boundary_share=self.cfg.click_boundary_share)
             if clicks is not None:
                 loss = loss + clicks
                 parts["clicks"] = clicks.detach()
