@@ -14,8 +14,9 @@ of the results before session 14).
    never trained on) of the left-out site and of the seen sites.
 2. add-tasks: a NEW structure, the left kidney ("kidney-left": the kidney voxels on the patient's
    left), learnt from 3 cases of ct-hospital-a with every old weight frozen; its Dice on that
-   site's test cases, and whether the old structures' outputs stay bit-identical (every voxel of
-   every test prediction).
+   site's test cases (largest component kept), the new structure's mean probability inside the
+   left and inside the right kidney (does it tell them apart?), and whether the old structures'
+   outputs stay bit-identical (every voxel of every test prediction).
 
 Writes OUT/finetune.json: ``heldout_before``, ``heldout_after``, ``seen_before``, ``seen_after``
 (mean Dice over tasks and seeds), per seed the same, and the add-tasks results. ``--quick``: one
@@ -127,12 +128,13 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
             "--evaluate", "none")
     child = load_package(run / "model")
     old_tasks = list(parent.config.tasks)
-    identical, dices = True, []
+    identical, dices, p_left, p_right = True, [], [], []
     p_old, p_new = Predictor(parent, device="cpu"), Predictor(child, device="cpu")
     for image in sorted((split_test / "imagesTr").glob("*.nii.gz")):
         keep = PredictOptions(keep_probabilities=True)
         a = p_old.predict(str(image), "CT", old_tasks, keep)
-        b = p_new.predict(str(image), "CT", old_tasks + ["kidney-left"], PredictOptions(largest_component=True))
+        b = p_new.predict(str(image), "CT", old_tasks + ["kidney-left"],
+                          PredictOptions(largest_component=True, keep_probabilities=True))
         c = p_new.predict(str(image), "CT", old_tasks, keep)
         identical &= all(np.array_equal(sitk.GetArrayViewFromImage(a.probabilities[t]),
                                         sitk.GetArrayViewFromImage(c.probabilities[t])) for t in old_tasks)
@@ -140,8 +142,15 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
         got = sitk.GetArrayViewFromImage(b.masks["kidney-left"]) > 0
         truth = label == 5
         dices.append(float(2 * (got & truth).sum() / max(got.sum() + truth.sum(), 1)))
+        # does it know LEFT? (the largest-component filter keeps one kidney: which one decides the Dice)
+        prob = sitk.GetArrayViewFromImage(b.probabilities["kidney-left"])
+        p_left.append(float(prob[truth].mean()))
+        p_right.append(float(prob[label == 4].mean()))
     result["add_tasks"] = {"structure": "kidney-left", "site": NEW_SITE, "cases": ids,
                            "dice_new_structure": float(statistics.mean(dices)),
+                           "dice_per_case": [round(d, 3) for d in dices],
+                           "probability_in_left_kidney": round(statistics.mean(p_left), 3),
+                           "probability_in_right_kidney": round(statistics.mean(p_right), 3),
                            "old_outputs_identical": bool(identical)}
     result["seconds"] = round(time.time() - t0, 1)
     print(json.dumps({k: v for k, v in result.items() if k not in ("before", "after")}), flush=True)
@@ -184,6 +193,9 @@ def main(argv=None) -> int:
     summary["seen_change"] = summary["seen_after"] - summary["seen_before"]
     summary["add_tasks_dice"] = float(statistics.mean(r["add_tasks"]["dice_new_structure"] for r in results))
     summary["add_tasks_old_outputs_identical"] = all(r["add_tasks"]["old_outputs_identical"] for r in results)
+    summary["add_tasks_probability_left_right"] = [
+        round(statistics.mean(r["add_tasks"][f"probability_in_{side}_kidney"] for r in results), 3)
+        for side in ("left", "right")]
     summary.update(seeds=args.seeds, steps=args.steps, cases=args.cases, runs=results,
                    parent=None if args.models_from else {"shape": args.shape, "width": args.width,
                                                          "steps": args.demo_steps},
