@@ -145,6 +145,10 @@ def test_format_1_click_stages_are_task_blind_and_new_rows_grow_with_tasks(volum
     assert ModelConfig.from_dict(old).to_dict()["format_version"] == 2
     assert UniversalSegNet(ModelConfig.from_dict(old)).prompt.task_film is None
     assert ModelConfig.from_dict({**old, "format_version": 2}).prompt.task_conditioned is True
+    # train --clicks / finetune --mode clicks: a stage added now is conditioned, an old one stays as it is
+    assert ModelConfig.from_dict(old).with_click_stage().prompt.task_conditioned is False
+    no_stage = ModelConfig.from_dict({**old, "prompt": {}})
+    assert no_stage.prompt.task_conditioned is False and no_stage.with_click_stage().prompt.task_conditioned is True
     torch.manual_seed(0)
     net = UniversalSegNet(tiny_config(prompt={"enabled": True, "width": 4})).eval()
     for table in net.prompt.task_film:

@@ -187,6 +187,13 @@ class ModelConfig:
         data.update(changes)
         return ModelConfig.from_dict(data)
 
+    def with_click_stage(self) -> "ModelConfig":
+        """This config with the click-refinement stage on; a stage added now is task-conditioned,
+        whatever format the config came from (a format-1 config's existing stage is kept as it is)."""
+        if self.prompt.enabled:
+            return self
+        return self.replace(prompt={**self.to_dict()["prompt"], "enabled": True, "task_conditioned": True})
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         _names(self.tasks, "tasks", allow_empty=False)

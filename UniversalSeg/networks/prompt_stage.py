@@ -53,7 +53,7 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class PromptStage(nn.Module):
     """features [B, C, D, H, W] + logits [B, 1, ...] + clicks -> refined logits [B, 1, ...]."""
 
-    def __init__(self, feature_channels: int, config: PromptConfig, num_tasks: int = 0):
+    def __init__(self, feature_channels: int, config: PromptConfig, num_tasks: int):
         super().__init__()
         w = config.width
         self.sigma = float(config.sigma)

@@ -102,9 +102,7 @@ def starting_network(start: FineTuneStart, catalog: Catalog) -> UniversalSegNet:
     (frozen except the new rows in ``add-tasks``)."""
     new_tasks, new_modalities = check_catalog(start, catalog)
     if start.mode == "clicks":
-        config = start.package.config
-        if not config.prompt.enabled:  # a new stage: conditioned on the task, whatever the parent's format
-            config = config.replace(prompt={**config.to_dict()["prompt"], "enabled": True, "task_conditioned": True})
+        config = start.package.config.with_click_stage()
         net = UniversalSegNet(config)
         missing, unexpected = net.load_state_dict(start.package.state_dict, strict=False)
         if unexpected or any(not k.startswith("prompt.") for k in missing):

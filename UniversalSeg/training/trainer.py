@@ -128,9 +128,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         if start is None:
             self.model_config = fit_config_to_catalog(model_config, self.catalog)
-            if cfg.clicks and not self.model_config.prompt.enabled:
-                self.model_config = self.model_config.replace(
-                    prompt={**self.model_config.to_dict()["prompt"], "enabled": True})
+            if cfg.clicks:
+                self.model_config = self.model_config.with_click_stage()
             net = UniversalSegNet(self.model_config)
         else:  # fine-tuning: the parent's network and weights (grown for new tasks / modalities)
             net = starting_network(start, self.catalog)
