@@ -48,7 +48,11 @@ def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConf
     # the only recipe change that taught the left-out MR-T1 site's kidney, which no MR-T1 site
     # labels (Testing/Benchmarks/demo_study.py, README); it costs the seen sites a little.
     # clicks=5: the click-refinement stage trains too (its automatic weights are the same as
-    # without it), so the demo's model refines with clicks in Slicer (Testing/Benchmarks/interactive.py)
+    # without it), so the demo's model refines with clicks in Slicer (Testing/Benchmarks/interactive.py),
+    # on every step: at 64^3 it makes a step 1.72x as long (Testing/Benchmarks/demo_step_cost.py), but
+    # training it on every 2nd step only (click_every=2) and spending the time on 1000 steps (arm
+    # clicks-every-2) left clicks worse: on the same automatic model 23 of 56 click curves ended
+    # > 0.02 lower after 5 clicks, 4 of 56 with every step (interactive.py, README)
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -61,7 +65,7 @@ DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH = 64, 800, 8
 
 def demo_network(preset: str = "small", base_width: int | None = None) -> ModelConfig:
     """The demo's network: ``preset`` with a click-refinement stage of width 8 (the default 16
-    made a demo training step 1.7x as long as without the stage here; 8: 1.26x). ``base_width``
+    made a 40^3 demo training step 1.7x as long as without the stage; 8: 1.26x). ``base_width``
     overrides the preset's width (and the priors' head size with it, as the accuracy study's
     networks: Testing/Benchmarks/accuracy.py); the preset's own width gives the preset's network."""
     from .networks.config import PRESETS

@@ -4,7 +4,8 @@
         [--model PACKAGE] [--steps 800] [--shape 64] [--seed 0] [--test-cases 4]
 
 Without --model it trains the demo's recipe (``universalseg demo``'s defaults: the small preset at
-width 8, 800 steps, 64^3 at 2.81 mm, the click-refinement stage of width 8 on: ``clicks=5``; before
+width 8, 800 steps, 64^3 at 2.81 mm, the click-refinement stage of width 8 on: ``clicks=5``, trained on
+every step; ``--click-every 2`` on every 2nd, as session 15's comparison); before
 session 13 the demo's 40^3 recipe: ``--shape 40 --steps 600 --width 16``), on data seed SEED. Test cases
 come from data seed SEED + 1000 (never trained on), the held-out institution included. Every
 case is opened in ONE warm worker (``universalseg worker``, the process the Slicer module keeps),
@@ -51,7 +52,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_blind: bool = False,
-                boundary_share: float | None = None) -> Path:
+                boundary_share: float | None = None, click_every: int | None = None) -> Path:
     from UniversalSeg.data.synthetic import generate_collection
     from UniversalSeg.demo import demo_network, demo_train_config
     from UniversalSeg.training.trainer import run_training
@@ -59,6 +60,8 @@ def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_b
     cfg = demo_train_config(steps, shape, seed)  # the demo's recipe: its click stage included
     if boundary_share is not None:
         cfg = cfg.replace(click_boundary_share=boundary_share)
+    if click_every is not None:
+        cfg = cfg.replace(click_every=click_every)
     net = demo_network("small", width)
     if task_blind:  # the stage as before session 14: no per-task FiLM (networks.prompt_stage)
         net = net.replace(prompt={**net.to_dict()["prompt"], "task_conditioned": False})
@@ -165,6 +168,9 @@ def main(argv=None) -> int:
     parser.add_argument("--boundary-share", type=float,
                         help="the click stage's samples that start from the truth 1-2 voxels off "
                              "(training setting click_boundary_share; default: the setting's, 0)")
+    parser.add_argument("--click-every", type=int,
+                        help="train the click stage on every N-th step (training setting click_every; "
+                             "default: the demo's, 1)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
         (out / "compare.md").write_text(table)
         print(table)
         return 0
-    from UniversalSeg.demo import DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH
+    from UniversalSeg.demo import DEMO_SHAPE, DEMO_STEPS, DEMO_WIDTH, demo_train_config
     steps = args.steps or (200 if args.quick else DEMO_STEPS)
     shape, width = args.shape or DEMO_SHAPE, args.width or DEMO_WIDTH
     test_cases = args.test_cases or (2 if args.quick else 4)
@@ -184,7 +190,8 @@ def main(argv=None) -> int:
     from UniversalSegmentationLib.refine_worker import RefineWorker
     t0 = time.time()
     model = Path(args.model) if args.model else train_model(out / "work", steps, args.seed, shape, width,
-                                                            args.task_blind, args.boundary_share)
+                                                            args.task_blind, args.boundary_share,
+                                                            args.click_every)
     train_seconds = time.time() - t0
     test_root = out / "work" / "test-data"
     generate_collection(test_root, cases=test_cases, shape=shape, seed=args.seed + 1000)
@@ -225,6 +232,9 @@ def main(argv=None) -> int:
               "task_conditioned": load_package(model).config.prompt.task_conditioned,
               "click_boundary_share": None if args.model else (
                   TrainConfig().click_boundary_share if args.boundary_share is None else args.boundary_share),
+              "click_every": None if args.model else (
+                  demo_train_config(steps, shape, args.seed).click_every if args.click_every is None
+                  else args.click_every),
               "train_seconds": None if args.model else round(train_seconds), "quick": args.quick,
               "command": "python Testing/Benchmarks/interactive.py " + " ".join(argv or sys.argv[1:]),
               "rows": rows}

@@ -212,6 +212,48 @@ def test_simulated_clicks_go_to_the_centre_of_the_largest_error():
         assert positive and all(9 <= v <= 13 for v in (i, j, k))
 
 
+def test_click_distances_on_the_error_box_equal_those_on_the_whole_volume():
+    """next_click's distance transform runs on the error's bounding box (padded by one voxel), for
+    speed: the distances must be exactly those of the whole volume, errors at the edge included
+    (the volume's edge counts as boundary)."""
+    from scipy.ndimage import binary_dilation, distance_transform_edt
+    from UniversalSeg.training.click_simulation import _inner_distance
+    rng = np.random.default_rng(3)
+    for n in range(30):
+        error = rng.random((20, 24, 18)) < 0.003 * (1 + n % 5)
+        error = binary_dilation(error, iterations=int(rng.integers(1, 4)))
+        if n % 3 == 0:
+            error[:, :4, :] = True                      # touching the volume's edge
+        whole = distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1, 1:-1]
+        assert np.array_equal(_inner_distance(error), whole)
+    one = np.zeros((9, 9, 9), bool)
+    one[4, 4, 4] = True
+    assert _inner_distance(one)[4, 4, 4] == 1.0 and _inner_distance(one).sum() == 1.0
+
+
+def test_click_every_trains_the_stage_on_every_nth_step_only(synth_collection, tmp_path, monkeypatch):
+    """``click_every`` 2: the stage's loss on steps 0, 2, ... only (half its cost); it is a checked
+    setting, and an older run's settings (without it) read as 1."""
+    from UniversalSeg.training.config import TrainConfigError
+    from UniversalSeg.training.trainer import changed_settings
+    monkeypatch.setenv("UNIVERSALSEG_THREADS", "1")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    cfg = TrainConfig(spacing=(5.625,) * 3, patch_size=(32, 32, 32), batch_size=2, epochs=1,
+                      iterations_per_epoch=4, num_workers=0, checkpoint_every=100, validate_every=10,
+                      clicks=2, click_every=2)
+    trainer = Trainer(synth_collection, ModelConfig.from_dict(TINY_TRAIN_NET), cfg, tmp_path / "run",
+                      device="cpu", progress=False)
+    batches = iter(trainer.loader)
+    with_clicks = ["clicks" in trainer.train_step(next(batches)) for _ in range(4)]
+    trainer.close()
+    assert with_clicks == [True, False, True, False]
+    with pytest.raises(TrainConfigError, match="click_every: a positive integer"):
+        TrainConfig.from_dict({"click_every": 0})
+    before = TrainConfig().to_dict()
+    del before["click_every"]
+    assert changed_settings(before, TrainConfig().to_dict()) == []
+
+
 def test_boundary_error_starts_are_the_truth_one_or_two_voxels_off():
     from scipy.ndimage import distance_transform_edt
     from UniversalSeg.training.click_simulation import boundary_error

@@ -59,9 +59,12 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
         "demo_study", Path(__file__).resolve().parents[1] / "Benchmarks" / "demo_study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    arm = study.ARMS["grid-64-800"][1]
+    arm = dict(study.ARMS["grid-64-800"][1])
+    train = arm.pop("train")
     defaults = inspect.signature(demo.run_demo).parameters
     assert {k: defaults[k].default for k in arm} == arm == {"shape": 64, "base_width": 8, "steps": 800}
+    recipe = demo.demo_train_config(demo.DEMO_STEPS, demo.DEMO_SHAPE, 0)
+    assert train == {"click_every": 1} and recipe.replace(**train) == recipe and recipe.clicks == 5
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append((a, k)))
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
@@ -73,5 +76,9 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
     assert calls[-1][1]["base_width"] is None  # the preset's own width
     assert cli.main(["demo", "--out", str(tmp_path), "--width", "2"]) == 2  # a clear error, no run
     assert len(calls) == 3
-    # the arms run before the demo moved to 64^3 keep their 40^3 recipe
-    assert study.ARMS["no-remap"][1]["shape"] == 40 and study.ARMS["grid-40"][1] == study.GRID_40
+    # the arms run before the demo moved to 64^3 keep their 40^3 recipe, and every arm but the one
+    # that tried it its click stage on every step
+    assert study.ARMS["no-remap"][1]["shape"] == 40
+    assert study.ARMS["grid-40"][1] == {**study.GRID_40, "train": {"click_every": 1}}
+    assert study.ARMS["no-remap"][1]["train"] == {"click_every": 1, "augmentation": {"remap_prob": 0.0}}
+    assert study.ARMS["clicks-every-2"][1] == {"shape": 64, "base_width": 8, "steps": 1000, "train": {"click_every": 2}}

@@ -277,3 +277,43 @@ def test_intensity_remapping_reorders_tissues_reproducibly_and_leaves_the_cache_
     step = next(t for t in augmentation((8,) * 3, cfg.augmentation, 2).transforms
                 if isinstance(t, RandIntensityRemapd))
     assert step.modalities == {"MR-T1"}
+
+
+def test_gin_style_augmentation_changes_texture_keeps_the_norm_and_is_reproducible():
+    """RandGlobalIntensityNonlineard (GIN, Ouyang et al. 2022): a random shallow convolution network
+    mixed with the image and scaled back to its Frobenius norm. With 3x3x3 kernels a voxel's new
+    intensity depends on its neighbours (two voxels of the same intensity with different
+    neighbourhoods end apart), with 1x1x1 kernels only on itself; the same seed gives the same
+    network (resumable training), and the cached input is never written to."""
+    from monai.data import MetaTensor
+    from UniversalSeg.data.transforms import AugmentationConfig, RandGlobalIntensityNonlineard, augmentation
+    image = torch.zeros(1, 12, 12, 12)
+    image[0, 2:6, 2:6, 2:6] = 1.0   # a cube of intensity 1 inside background 0 ...
+    image[0, 7:11, 7:11, 7:11] = 1.0
+    image[0, 8:10, 8:10, 8:10] = 3.0  # ... and one whose centre is brighter
+    image = MetaTensor(image)
+    before = image.clone()
+    spread = {}
+    for kernels in ((1,), (3,)):
+        gaps = []
+        for seed in range(10):
+            gin = RandGlobalIntensityNonlineard("image", prob=1.0, kernels=kernels)
+            gin.set_random_state(seed)
+            out = gin({"image": image})["image"]
+            gin.set_random_state(seed)
+            assert torch.equal(out, gin({"image": image})["image"])
+            assert isinstance(out, MetaTensor) and out.shape == image.shape
+            assert float(out.norm()) == pytest.approx(float(image.norm()), rel=1e-4)
+            # two voxels of intensity 1: a first cube's centre and a second cube's rim beside the bright core
+            gaps.append(abs(float(out[0, 3, 3, 3] - out[0, 7, 8, 8])))
+        spread[kernels] = max(gaps)
+    assert spread[(1,)] < 1e-5 and spread[(3,)] > 0.05, spread
+    assert torch.equal(image, before)
+    assert RandGlobalIntensityNonlineard("image", prob=0.0)({"image": image})["image"] is image
+    names = [type(t).__name__ for t in augmentation((8,) * 3, AugmentationConfig(gin_prob=0.5), 2).transforms]
+    assert "RandGlobalIntensityNonlineard" in names
+    assert "RandGlobalIntensityNonlineard" not in [type(t).__name__ for t in
+                                                   augmentation((8,) * 3, AugmentationConfig(), 2).transforms]
+    from UniversalSeg.training.config import TrainConfig, TrainConfigError
+    with pytest.raises(TrainConfigError, match="augmentation.gin_prob: a probability"):
+        TrainConfig().replace(augmentation={"gin_prob": -0.1})

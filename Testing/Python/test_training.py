@@ -143,3 +143,20 @@ def test_torchrun_ddp_two_gloo_processes(synth_collection, tiny_net_file, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["world_size"] == 2 and ckpt["step"] == 3
+
+
+def test_torchrun_ddp_with_the_click_stage_on_every_second_step(synth_collection, tiny_net_file, tmp_path):
+    """DDP reduces every parameter's gradient in every step: with ``click_every`` 2 the steps that
+    skip the click stage must still hand DDP its (zero) gradients, or the next step fails."""
+    settings = tmp_path / "train.yaml"
+    settings.write_text("click_every: 2\n")
+    out = tmp_path / "ddp-clicks"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "UniversalSeg"] + _train_cmd(synth_collection, tiny_net_file, out, "--max-steps", "3",
+                                                "--clicks", "2", "--train-config", str(settings))[3:]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 3 and ckpt["train_config"]["click_every"] == 2
+    assert any(k.startswith("prompt.") for k in ckpt["model"])

@@ -118,6 +118,7 @@ class AugmentationConfig:
     # the modalities remapped (empty: all); e.g. only MR, whose intensities differ between scanners,
     # and not CT, whose Hounsfield units are the same everywhere
     remap_modalities: tuple = ()
+    gin_prob: float = 0.0  # random shallow convolution network on the intensities (RandGlobalIntensityNonlineard)
 
     def __post_init__(self):
         names = self.remap_modalities  # one name written as a string (YAML `remap_modalities: MR-T1`)
@@ -228,6 +229,55 @@ class RandIntensityRemapd(mt.RandomizableTransform, mt.MapTransform):
         return d
 
 
+class RandGlobalIntensityNonlineard(mt.RandomizableTransform, mt.MapTransform):
+    """GIN-style augmentation (global intensity non-linear augmentation; Ouyang et al., "Causality-
+    inspired single-source domain generalization for medical image segmentation", IEEE TMI 2022;
+    reference: cheng-01037/Causality-Medical-Image-Domain-Generalization, models/imagefilter3d.py):
+    the image goes through a freshly drawn shallow convolution network - ``layers`` convolutions,
+    ``hidden`` channels, each kernel 1x1x1 or 3x3x3 at random, weights and biases N(0, 1), leaky ReLU
+    between them - and the result is mixed with the image by a random weight in [0, 1] and scaled
+    back to the image's Frobenius norm. Unlike an intensity curve (RandIntensityRemapd) the new
+    intensity of a voxel depends on its neighbourhood too, so textures and edges change as well as
+    tissue order; the network must rely on shape. What differs from the reference: it runs on one
+    patch in the data pipeline (the reference augments the GPU batch), draws from the transform's
+    seeded state (reproducible and resumable training), and without the reference's IPA (its
+    random bias-field blending) and consistency loss."""
+
+    def __init__(self, keys, prob: float = 0.5, layers: int = 4, hidden: int = 2, kernels: Sequence[int] = (1, 3)):
+        mt.MapTransform.__init__(self, keys)
+        mt.RandomizableTransform.__init__(self, prob)
+        self.layers, self.hidden, self.kernels = layers, hidden, tuple(kernels)
+
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """x [C, X, Y, Z] -> the random network's output, same shape."""
+        g = torch.Generator().manual_seed(int(self.R.randint(2 ** 31)))
+        channels = x.shape[0]
+        h = x[None].float()
+        for i in range(self.layers):
+            last = i == self.layers - 1
+            out = channels if last else self.hidden
+            k = self.kernels[int(torch.randint(len(self.kernels), (1,), generator=g))]
+            weight = torch.randn(out, h.shape[1], k, k, k, generator=g)
+            bias = torch.randn(out, generator=g)
+            h = torch.nn.functional.conv3d(h, weight, bias, padding=k // 2)
+            if not last:
+                h = torch.nn.functional.leaky_relu(h)
+        return h[0]
+
+    def __call__(self, data):
+        self.randomize(None)
+        if not self._do_transform:
+            return data
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key]).float()
+            alpha = float(self.R.uniform(0, 1))
+            mixed = alpha * self.network(img) + (1 - alpha) * img
+            mixed = mixed * (img.norm() / mixed.norm().clamp_min(1e-5))
+            d[key] = convert_to_dst_type(mixed, dst=d[key])[0]
+        return d
+
+
 def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int,
                  synthesis=None) -> mt.Compose:
     """Random part for training: needs "image", "target" and "label" (crop centres).
@@ -272,6 +322,8 @@ def augmentation(patch: Sequence[int], aug: AugmentationConfig, num_classes: int
         ]
     if aug.remap_prob > 0:
         steps.append(RandIntensityRemapd("image", prob=aug.remap_prob, modalities=aug.remap_modalities))
+    if aug.gin_prob > 0:
+        steps.append(RandGlobalIntensityNonlineard("image", prob=aug.gin_prob))
     if aug.low_resolution_prob > 0:
         steps.append(mt.RandSimulateLowResolutiond("image", prob=aug.low_resolution_prob, zoom_range=(0.5, 1.0)))
     return mt.Compose(steps)

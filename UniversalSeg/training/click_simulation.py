@@ -33,7 +33,7 @@ def next_click(pred: np.ndarray, truth: np.ndarray, rng: Optional[np.random.Gene
     for error, positive in ((truth & ~pred, True), (pred & ~truth, False)):
         if not error.any():
             continue
-        distance = distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1, 1:-1]
+        distance = _inner_distance(error)
         peak = float(distance.max())
         if best is None or peak > best[0]:
             best = (peak, distance, positive)
@@ -46,6 +46,20 @@ def next_click(pred: np.ndarray, truth: np.ndarray, rng: Optional[np.random.Gene
         inner = np.flatnonzero(distance >= max(1.0, 0.5 * peak))
         voxel = np.unravel_index(int(inner[rng.integers(len(inner))]), distance.shape)
     return tuple(int(v) for v in voxel), positive
+
+
+def _inner_distance(error: np.ndarray) -> np.ndarray:
+    """Distance of each voxel of ``error`` to the nearest voxel outside it or beyond the volume's
+    edge (0 outside the error). Computed on the error's bounding box padded by one voxel: the same
+    numbers as on the whole volume (the nearest outside voxel is never farther than the padded
+    box's border, which is all outside), at a fraction of the cost - a training step simulates up
+    to ten such transforms per sample, and most errors are small."""
+    box = tuple(slice(int(a[0]), int(a[-1]) + 1) for a in
+                (np.flatnonzero(error.any(axis=tuple(j for j in range(error.ndim) if j != i)))
+                 for i in range(error.ndim)))
+    distance = np.zeros(error.shape, np.float64)
+    distance[box] = distance_transform_edt(np.pad(error[box], 1))[(slice(1, -1),) * error.ndim]
+    return distance
 
 
 def boundary_error(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:

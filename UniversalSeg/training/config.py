@@ -42,6 +42,7 @@ class TrainConfig:
     loss: str = "adaptive-tversky"  # Hermes' region term; "dice": Tversky with alpha fixed at 0.5
     clicks: int = 0  # > 0: also train the click-refinement stage, 1..clicks simulated clicks per step
     click_boundary_share: float = 0.0  # of the stage's samples: start from the truth 1-2 voxels off
+    click_every: int = 1  # the click stage trains on every N-th step (2: half its cost, half its updates)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -114,7 +115,8 @@ class TrainConfig:
                                    f"got {list(self.spacing)}")
         if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
             raise TrainConfigError(f"patch_size: three positive multiples of 16, got {self.patch_size}")
-        for key in ("batch_size", "epochs", "iterations_per_epoch", "validate_every", "checkpoint_every"):
+        for key in ("batch_size", "epochs", "iterations_per_epoch", "validate_every", "checkpoint_every",
+                    "click_every"):
             v = getattr(self, key)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise TrainConfigError(f"{key}: a positive integer, got {v!r}")
@@ -153,7 +155,7 @@ class TrainConfig:
                 raise TrainConfigError(f"{key}: a number in {edge}{low}, {high}{close}, got {v!r}")
         aug = self.augmentation
         for key in ("affine_prob", "intensity_prob", "foreground_ratio", "low_resolution_prob", "flip_prob",
-                    "remap_prob"):
+                    "remap_prob", "gin_prob"):
             v = getattr(aug, key)
             if not (_finite(v) and 0 <= v <= 1):
                 raise TrainConfigError(f"augmentation.{key}: a probability in [0, 1], got {v!r}")

@@ -242,15 +242,21 @@ class Trainer:
             anchor = anchor_penalty(self.net, self.reference)
             loss = loss + self.start.anchor * anchor
             parts["anchor"] = anchor.detach()
-        if self.cfg.clicks:  # the click-refinement stage, on detached features (click_simulation)
+        clicks = None
+        if self.cfg.clicks and self.step % self.cfg.click_every == 0:  # the click-refinement stage,
+            # on detached features (click_simulation); on every ``click_every``-th step
             rng = np.random.default_rng([self.cfg.seed, self.dist.rank, self.step])
             with autocast(self.device, self.precision):
                 clicks = refinement_loss(self.net, outputs["features"], outputs["logits"], target,
                                          ctx.task_mask, ctx.task_ids, self.cfg.clicks, rng,
                                          boundary_share=self.cfg.click_boundary_share)
-            if clicks is not None:
-                loss = loss + clicks
-                parts["clicks"] = clicks.detach()
+        if clicks is not None:
+            loss = loss + clicks
+            parts["clicks"] = clicks.detach()
+        elif self.cfg.clicks and self.dist.enabled:
+            # DDP reduces every parameter's gradient in every step: on a step without the stage's
+            # loss its gradients are zeros (a single process leaves them unset: AdamW skips the stage)
+            loss = loss + 0.0 * sum(p.sum() for p in self.clip_groups[-1])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {self.step}: the loss is {loss.item()}; lower the "
                                      "learning rate or check the images for extreme values")
