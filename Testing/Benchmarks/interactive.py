@@ -5,8 +5,9 @@
 
 Without --model it trains the demo's recipe (``universalseg demo``'s defaults: the small preset at
 width 8, 800 steps, 64^3 at 2.81 mm, the click-refinement stage of width 8 on: ``clicks=5``, trained on
-every step; ``--click-every 2`` on every 2nd, as session 15's comparison); before
-session 13 the demo's 40^3 recipe: ``--shape 40 --steps 600 --width 16``), on data seed SEED. Test cases
+every step; ``--click-every 2`` on every 2nd, as session 15's comparison; ``--click-lr-scale S`` at S
+times the learning rate, session 16's; before session 13 the demo's 40^3 recipe: ``--shape 40
+--steps 600 --width 16``), on data seed SEED. Test cases
 come from data seed SEED + 1000 (never trained on), the held-out institution included. Every
 case is opened in ONE warm worker (``universalseg worker``, the process the Slicer module keeps),
 as the module does (largest components on); per labelled task, clicks are simulated from the
@@ -52,7 +53,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_blind: bool = False,
-                boundary_share: float | None = None, click_every: int | None = None) -> Path:
+                boundary_share: float | None = None, click_every: int | None = None,
+                click_lr_scale: float | None = None) -> Path:
     from UniversalSeg.data.synthetic import generate_collection
     from UniversalSeg.demo import demo_network, demo_train_config
     from UniversalSeg.training.trainer import run_training
@@ -62,6 +64,8 @@ def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_b
         cfg = cfg.replace(click_boundary_share=boundary_share)
     if click_every is not None:
         cfg = cfg.replace(click_every=click_every)
+    if click_lr_scale is not None:
+        cfg = cfg.replace(click_lr_scale=click_lr_scale)
     net = demo_network("small", width)
     if task_blind:  # the stage as before session 14: no per-task FiLM (networks.prompt_stage)
         net = net.replace(prompt={**net.to_dict()["prompt"], "task_conditioned": False})
@@ -171,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--click-every", type=int,
                         help="train the click stage on every N-th step (training setting click_every; "
                              "default: the demo's, 1)")
+    parser.add_argument("--click-lr-scale", type=float,
+                        help="the click stage's learning rate as a multiple of lr (training setting "
+                             "click_lr_scale; default: the demo's)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,7 +198,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     model = Path(args.model) if args.model else train_model(out / "work", steps, args.seed, shape, width,
                                                             args.task_blind, args.boundary_share,
-                                                            args.click_every)
+                                                            args.click_every, args.click_lr_scale)
     train_seconds = time.time() - t0
     test_root = out / "work" / "test-data"
     generate_collection(test_root, cases=test_cases, shape=shape, seed=args.seed + 1000)
@@ -235,6 +242,9 @@ def main(argv=None) -> int:
               "click_every": None if args.model else (
                   demo_train_config(steps, shape, args.seed).click_every if args.click_every is None
                   else args.click_every),
+              "click_lr_scale": None if args.model else (
+                  demo_train_config(steps, shape, args.seed).click_lr_scale if args.click_lr_scale is None
+                  else args.click_lr_scale),
               "train_seconds": None if args.model else round(train_seconds), "quick": args.quick,
               "command": "python Testing/Benchmarks/interactive.py " + " ".join(argv or sys.argv[1:]),
               "rows": rows}

@@ -30,7 +30,7 @@ def measure(precision: str, patch: int, batch: int, iterations: int) -> dict:
     tasks = ["liver", "spleen", "kidney", "liver-tumor", "pancreas", "brain"]
     net = prepare_model(UniversalSegNet(ModelConfig.preset("small", tasks, ["CT", "MR-T1"])), cpu).train()
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True)
-    opt = torch.optim.AdamW(parameter_groups(net, 0.01), lr=1e-3)
+    opt = torch.optim.AdamW(parameter_groups(net, 0.01, 1e-3), lr=1e-3)
     loss_fn = PartialLabelLoss()
     x = prepare_input(torch.randn(batch, 1, patch, patch, patch), cpu)
     target = (torch.rand(batch, len(tasks), patch, patch, patch) > 0.9).to(torch.uint8)

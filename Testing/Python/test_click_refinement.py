@@ -254,6 +254,39 @@ def test_click_every_trains_the_stage_on_every_nth_step_only(synth_collection, t
     assert changed_settings(before, TrainConfig().to_dict()) == []
 
 
+def test_click_lr_scale_scales_only_the_stages_steps(synth_collection, tmp_path, monkeypatch):
+    """``click_lr_scale`` 2: the stage's parameters in groups of their own at twice the learning
+    rate (AdamW's first step moves each by lr * g / |g|: exactly twice as far), every automatic
+    weight bit-identical to scale 1; scale 1 keeps the two groups of before (older checkpoints
+    resume); a checked setting."""
+    from UniversalSeg.training.config import TrainConfigError
+    monkeypatch.setenv("UNIVERSALSEG_THREADS", "1")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    moved, groups = {}, {}
+    for scale in (1.0, 2.0):
+        cfg = TrainConfig(spacing=(5.625,) * 3, patch_size=(32, 32, 32), batch_size=2, epochs=1,
+                          iterations_per_epoch=4, num_workers=0, checkpoint_every=100, validate_every=10,
+                          clicks=2, click_lr_scale=scale, grad_clip=0.0, weight_decay=0.0)
+        trainer = Trainer(synth_collection, ModelConfig.from_dict(TINY_TRAIN_NET), cfg, tmp_path / str(scale),
+                          device="cpu", progress=False)
+        before = {k: v.detach().clone() for k, v in trainer.net.named_parameters()}
+        assert "clicks" in trainer.train_step(next(iter(trainer.loader)))
+        moved[scale] = {k: (v.detach() - before[k]) for k, v in trainer.net.named_parameters()}
+        groups[scale] = [g["lr"] for g in trainer.optimizer.param_groups]
+        trainer.close()
+    assert len(groups[1.0]) == 2 and groups[2.0][2:] == [2 * groups[2.0][0]] * 2
+    stage = [k for k in moved[1.0] if k.startswith("prompt.")]
+    assert stage and len(stage) < len(moved[1.0])
+    for k, step in moved[1.0].items():
+        if k.startswith("prompt."):
+            torch.testing.assert_close(moved[2.0][k], 2 * step, rtol=1e-4, atol=1e-7)
+        else:
+            assert torch.equal(moved[2.0][k], step), k
+    assert sum(float(moved[2.0][k].abs().sum()) for k in stage) > 0
+    with pytest.raises(TrainConfigError, match="click_lr_scale: a number above 0"):
+        TrainConfig.from_dict({"click_lr_scale": 0})
+
+
 def test_boundary_error_starts_are_the_truth_one_or_two_voxels_off():
     from scipy.ndimage import distance_transform_edt
     from UniversalSeg.training.click_simulation import boundary_error

@@ -64,7 +64,8 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
     defaults = inspect.signature(demo.run_demo).parameters
     assert {k: defaults[k].default for k in arm} == arm == {"shape": 64, "base_width": 8, "steps": 800}
     recipe = demo.demo_train_config(demo.DEMO_STEPS, demo.DEMO_SHAPE, 0)
-    assert train == {"click_every": 1} and recipe.replace(**train) == recipe and recipe.clicks == 5
+    assert train == {"click_every": 1, "click_lr_scale": 1.0} and recipe.replace(**train) == recipe
+    assert recipe.clicks == 5
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append((a, k)))
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
@@ -76,9 +77,18 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
     assert calls[-1][1]["base_width"] is None  # the preset's own width
     assert cli.main(["demo", "--out", str(tmp_path), "--width", "2"]) == 2  # a clear error, no run
     assert len(calls) == 3
-    # the arms run before the demo moved to 64^3 keep their 40^3 recipe, and every arm but the one
-    # that tried it its click stage on every step
+    # the help states the defaults without importing torch: the literals must follow demo.py
+    demo_parser = cli.build_parser()._subparsers._group_actions[0].choices["demo"]
+    helps = {a.dest: a.help for a in demo_parser._actions}
+    assert f"default {demo.DEMO_STEPS})" in helps["steps"] and f"default {demo.DEMO_SHAPE}:" in helps["shape"]
+    assert f"default: {demo.DEMO_WIDTH} with" in helps["width"]
+    assert f"[--steps {demo.DEMO_STEPS}] [--cases 8] [--shape {demo.DEMO_SHAPE}] [--width {demo.DEMO_WIDTH}]" \
+        in demo_parser.description
+    # the arms run before the demo moved to 64^3 keep their 40^3 recipe, and every arm that does not
+    # set its own the click stage on every step at the base learning rate
     assert study.ARMS["no-remap"][1]["shape"] == 40
-    assert study.ARMS["grid-40"][1] == {**study.GRID_40, "train": {"click_every": 1}}
-    assert study.ARMS["no-remap"][1]["train"] == {"click_every": 1, "augmentation": {"remap_prob": 0.0}}
-    assert study.ARMS["clicks-every-2"][1] == {"shape": 64, "base_width": 8, "steps": 1000, "train": {"click_every": 2}}
+    pinned = {"click_every": 1, "click_lr_scale": 1.0}
+    assert study.ARMS["grid-40"][1] == {**study.GRID_40, "train": pinned}
+    assert study.ARMS["no-remap"][1]["train"] == {**pinned, "augmentation": {"remap_prob": 0.0}}
+    assert study.ARMS["clicks-every-2"][1] == {"shape": 64, "base_width": 8, "steps": 1000,
+                                               "train": {"click_every": 2, "click_lr_scale": 1.0}}

@@ -43,6 +43,7 @@ class TrainConfig:
     clicks: int = 0  # > 0: also train the click-refinement stage, 1..clicks simulated clicks per step
     click_boundary_share: float = 0.0  # of the stage's samples: start from the truth 1-2 voxels off
     click_every: int = 1  # the click stage trains on every N-th step (2: half its cost, half its updates)
+    click_lr_scale: float = 1.0  # the click stage's learning rate, as a multiple of lr
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
     @property
@@ -129,6 +130,9 @@ class TrainConfig:
         if not (_finite(self.click_boundary_share) and 0 <= self.click_boundary_share <= 0.5):
             raise TrainConfigError(f"click_boundary_share: a share between 0 and 0.5 (the other half of the "
                                    f"click stage's samples start empty), got {self.click_boundary_share!r}")
+        if not (_finite(self.click_lr_scale) and 0 < self.click_lr_scale <= 10):
+            raise TrainConfigError(f"click_lr_scale: a number above 0 and at most 10 (the click stage's "
+                                   f"learning rate as a multiple of lr), got {self.click_lr_scale!r}")
         if self.sampling not in ("dataset", "case"):
             raise TrainConfigError(f"sampling: 'dataset' or 'case', got {self.sampling!r}")
         if self.batches not in ("mixed", "distinct-sites", "every-site"):

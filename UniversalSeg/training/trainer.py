@@ -77,18 +77,26 @@ def training_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float):
-    """Weight decay on convolution / linear weights only; never on norms, biases or prior tables."""
+def parameter_groups(model: torch.nn.Module, weight_decay: float, lr: float, stage_lr_scale: float = 1.0):
+    """Weight decay on convolution / linear weights only; never on norms, biases or prior tables.
+    ``stage_lr_scale`` != 1: the click stage's parameters (``prompt.``) in two groups of their own
+    at ``lr * stage_lr_scale`` (with 1 the two groups of before, so older checkpoints resume)."""
     no_decay = set()
     for module in model.modules():
         if isinstance(module, GrowableTable):
             no_decay |= {id(p) for p in module.parameters()}
-    decay, rest = [], []
+    stage = {id(p) for n, p in model.named_parameters() if n.startswith("prompt.")} \
+        if stage_lr_scale != 1 else set()
+    groups = {(decays, staged): [] for decays in (True, False) for staged in (False, True)}
     for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (rest if p.ndim < 2 or id(p) in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        if p.requires_grad:
+            groups[(p.ndim >= 2 and id(p) not in no_decay, id(p) in stage)].append(p)
+    out = [{"params": groups[(True, False)], "weight_decay": weight_decay, "lr": lr},
+           {"params": groups[(False, False)], "weight_decay": 0.0, "lr": lr}]
+    if stage:
+        out += [{"params": groups[(True, True)], "weight_decay": weight_decay, "lr": lr * stage_lr_scale},
+                {"params": groups[(False, True)], "weight_decay": 0.0, "lr": lr * stage_lr_scale}]
+    return out
 
 
 def lr_factor(step: int, warmup: int, total: int, power: float) -> float:
@@ -142,7 +150,8 @@ class Trainer:
                                               if self.device.type == "cuda" else None)
                       if self.dist.enabled else self.net)
         self.ema = weight_average(self.net, cfg.ema_decay, cfg.ema_warmup)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.net, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.net, cfg.weight_decay, cfg.lr,
+                                                            cfg.click_lr_scale), lr=cfg.lr)
         warmup = int(round(cfg.warmup_epochs * cfg.iterations_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, cfg.total_steps, cfg.poly_power))
