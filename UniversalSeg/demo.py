@@ -92,16 +92,20 @@ def declare_ct_window(catalog_path: Path, window: tuple[float, float]) -> None:
 def run_demo(out: str | Path, steps: int = DEMO_STEPS, cases: int = 8, shape: int = DEMO_SHAPE, seed: int = 0,
              preset: str = "small", device: str = "auto", progress: bool = True, test_cases: int = 4,
              overlays: int = 1, train_changes: dict | None = None,
-             ct_window: tuple[float, float] | None = None, base_width: int | None = DEMO_WIDTH) -> dict:
+             ct_window: tuple[float, float] | None = None, base_width: int | None = DEMO_WIDTH,
+             kidneys: str = "posterior") -> dict:
     """``overlays``: PNG montages per institution (the first N test cases). ``ct_window``: declare
     this CT window (HU) in the training catalog instead of the default CT policy. ``base_width``:
-    the network's width (default: the demo's 8; None: the preset's own)."""
+    the network's width (default: the demo's 8; None: the preset's own). ``kidneys``: where the
+    phantom's kidneys lie (data/synthetic.py KIDNEYS)."""
     out = Path(out)
     t0 = time.time()
     print(f"[1/4] synthetic multi-institution collection -> {out / 'data'} (training), "
           f"{out / 'test-data'} (test, data seed {seed + 1000})", flush=True)
-    catalog_path = generate_collection(out / "data", cases=cases, shape=shape, seed=seed, progress=progress)
-    test_path = generate_collection(out / "test-data", cases=test_cases, shape=shape, seed=seed + 1000)
+    catalog_path = generate_collection(out / "data", cases=cases, shape=shape, seed=seed, progress=progress,
+                                       kidneys=kidneys)
+    test_path = generate_collection(out / "test-data", cases=test_cases, shape=shape, seed=seed + 1000,
+                                    kidneys=kidneys)
     if ct_window is not None:
         declare_ct_window(catalog_path, ct_window)
     cfg = demo_train_config(steps, shape, seed, **(train_changes or {}))
@@ -128,7 +132,7 @@ def run_demo(out: str | Path, steps: int = DEMO_STEPS, cases: int = 8, shape: in
     print("\n".join(lines))
     summary = {"dice": means, "cases": {k: {t: v for t, v in r.items()} for k, r in table.items()},
                "steps": result["steps"], "seconds": round(time.time() - t0, 1), "seed": seed,
-               "test_cases": test_cases, "train_config": cfg.to_dict(),
+               "test_cases": test_cases, "train_config": cfg.to_dict(), "kidneys": kidneys,
                "model": str(model_zip), "catalog": str(catalog_path)}
     (out / "dice.json").write_text(json.dumps(summary, indent=2))
     bar_chart({inst: row for inst, row in means.items()}, out / "dice.png",

@@ -92,3 +92,32 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
     assert study.ARMS["no-remap"][1]["train"] == {**pinned, "augmentation": {"remap_prob": 0.0}}
     assert study.ARMS["clicks-every-2"][1] == {"shape": 64, "base_width": 8, "steps": 1000,
                                                "train": {"click_every": 2, "click_lr_scale": 1.0}}
+
+
+def test_study_tables_over_several_studies_never_merge_one_arm_across_them(tmp_path):
+    """demo_study.py --table-from A B: the same arm and seed in two studies (the same recipe on
+    another phantom) are two rows, each with its own mean; other arms keep their names."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_study", Path(__file__).resolve().parents[1] / "Benchmarks" / "demo_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def run(kidney):
+        return {"dice": {"ct-hospital-a (test)": {"kidney": kidney}}, "cases": {}, "seconds": 1.0, "seed": 0,
+                "test_cases": 4, "train_config": {"spacing": [2.8125] * 3}, "steps": 800}
+
+    paths = []
+    for name, runs in (("old", {"grid-64-800/seed0": run(0.4), "gin/seed0": run(0.3)}),
+                       ("new", {"grid-64-800/seed0": run(0.9)})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "study.json").write_text(json.dumps({"runs": runs}))
+        paths.append(tmp_path / name / "study.json")
+    merged = study.merge_studies(paths)
+    assert sorted(merged) == ["gin/seed0", "grid-64-800 (new)/seed0", "grid-64-800/seed0"]
+    _, cells = study.summarize(merged)
+    kidney = "ct-hospital-a (test)/kidney"
+    assert cells["grid-64-800"][kidney]["mean"] == 0.4 and cells["grid-64-800 (new)"][kidney]["mean"] == 0.9
+    assert "| grid-64-800 (new) | 1 of 1 |" in study.compact(cells)

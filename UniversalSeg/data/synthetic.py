@@ -17,7 +17,8 @@ mr-t1-hospital-f   MR-T1     liver, spleen, kidney             held out: other s
 
 The anatomy is drawn in physical (LPS, mm) space: an abdomen layered as a real one (subcutaneous
 fat, muscle wall, visceral fat with bowel loops, the spine), a liver with a tumour inside it, a
-spleen and two kidneys in a real abdomen's proportions, each case with its own shift, scale,
+spleen and two kidneys in a real abdomen's proportions (``kidneys``: where they lie, ``KIDNEYS``),
+each case with its own shift, scale,
 bowel pattern and tumour; every institution then
 samples it on its own grid (spacing, orientation), so the same physical anatomy produces
 differently shaped arrays, and labels lie exactly on the image grid. ``mr-t1-hospital-f`` is left
@@ -65,8 +66,9 @@ LABEL_VALUES = {"liver": 1, "liver-tumor": 2, "spleen": 3, "kidney": 4}
 
 # Mean intensity per tissue and modality, painted in this order (later tissues cover earlier ones).
 # The abdomen is layered as in a real scan: subcutaneous fat, the muscle wall, visceral fat with
-# bowel loops, the spine, then the organs, so every organ borders fat or bowel as it does in a
-# patient (CT: portal-venous phase; MR: relative signal; PET: SUV).
+# bowel loops, the spine, then the organs, so the organs border fat or bowel as in a patient (but
+# for the default "posterior" kidneys, which lie mostly in the wall: KIDNEYS below) (CT:
+# portal-venous phase; MR: relative signal; PET: SUV).
 TISSUES = ("background", "fat", "muscle", "bowel", "bone", "liver", "liver-tumor", "spleen", "kidney")
 CONTRAST = {
     "CT": (-1000.0, -100.0, 50.0, 30.0, 400.0, 100.0, 45.0, 120.0, 170.0),
@@ -76,13 +78,23 @@ CONTRAST = {
 }
 HELD_OUT_CONTRAST = (0.0, 700.0, 210.0, 360.0, 420.0, 520.0, 230.0, 330.0, 200.0)  # another MR-T1 scanner
 FAT_MM, MUSCLE_MM = 12.0, 10.0  # subcutaneous fat and muscle wall thickness (before the case's scale)
+PERIRENAL_MM = 4.0  # the fat around each kidney: a kidney borders fat (or the liver / spleen), as in a patient
+# Where the kidneys lie: (left, right) centres in mm before the case's scale, and their perirenal fat.
+# "posterior", the default: the phantom of sessions 8-16 (every committed study ran on it): each
+# kidney lies 30 % in the abdominal cavity, 44 % in the muscle wall and 25 % in the subcutaneous fat,
+# which no patient has (on the held-out MR-T1 scanner, kidney 200 and muscle 210, most of it has no
+# edge). "retroperitoneal" (session 17): inside the wall, beside the spine, the right one lower
+# (under the liver, touching it), each wrapped in perirenal fat, as in a patient
+# (Testing/Python/test_catalog.py). README (Results) gives what it changed in the demo.
+KIDNEYS = {"posterior": (((36, 30, -38), (-36, 30, -38)), 0.0),
+           "retroperitoneal": (((30, 18, -26), (-30, 18, -32)), PERIRENAL_MM)}
 
 
 def _ellipsoid(points, center, radii):
     return (((points - np.asarray(center)) / np.asarray(radii)) ** 2).sum(-1) <= 1.0
 
 
-def _anatomy(rng: np.random.Generator):
+def _anatomy(rng: np.random.Generator, kidneys: str = "posterior"):
     """Per-case anatomy in LPS mm (DICOM / ITK patient space: +x left, +y posterior, +z superior):
     name -> (center, radii), plus the bowel pattern. Organ sizes keep a real abdomen's proportions
     (liver about half the abdomen's width, kidneys 11 cm long in a 32 cm wide abdomen, all scaled to
@@ -96,9 +108,12 @@ def _anatomy(rng: np.random.Generator):
         "visceral": ((0, 0, 0), body - FAT_MM - MUSCLE_MM),
         "liver": ((-30, 0, 22), (44, 36, 38)),
         "spleen": ((44, 18, 18), (16, 20, 28)),
-        "kidney-left": ((36, 30, -38), (15, 12, 27)),
-        "kidney-right": ((-36, 30, -38), (15, 12, 27)),
     }
+    centers, perirenal = KIDNEYS[kidneys]
+    for side, center in zip(("left", "right"), centers):
+        organs[f"kidney-{side}"] = (center, (15, 12, 27))
+        if perirenal:  # the fat around each kidney (inside Gerota's fascia)
+            organs[f"perirenal-{side}"] = (center, np.array((15.0, 12.0, 27.0)) + perirenal)
     out = {k: (np.asarray(c) * scale + shift, np.asarray(r) * scale) for k, (c, r) in organs.items()}
     lc, lr = out["liver"]
     tumor_center = lc + rng.uniform(-0.45, 0.45, 3) * lr
@@ -128,14 +143,19 @@ def _render(inst: Institution, anatomy, shape: int, rng: np.random.Generator):
     lps = idx @ (direction * spacing).T + origin
     masks = {k: _ellipsoid(lps, *anatomy[k]) for k in ("body", "muscle", "visceral", "liver", "liver-tumor",
                                                         "spleen", "kidney-left", "kidney-right")}
-    masks["liver-tumor"] &= masks["liver"]
     masks["kidney"] = masks.pop("kidney-left") | masks.pop("kidney-right")
+    perirenal = np.zeros_like(masks["kidney"])
+    for side in ("left", "right"):
+        if f"perirenal-{side}" in anatomy:
+            perirenal |= _ellipsoid(lps, *anatomy[f"perirenal-{side}"])
+    # the kidneys are painted after the liver (retroperitoneal: a renal impression on it): no tumour there
+    masks["liver-tumor"] &= masks["liver"] & ~masks["kidney"]
     (sx, sy), radius = anatomy["spine"]
     masks["bone"] = ((lps[..., 0] - sx) ** 2 + (lps[..., 1] - sy) ** 2 <= radius ** 2) & masks["muscle"]
     waves, phases, shift = anatomy["bowel"]
-    masks["bowel"] = masks["visceral"] & (np.cos((lps - shift) @ waves.T + phases).sum(-1) > 1.0)
+    masks["bowel"] = masks["visceral"] & (np.cos((lps - shift) @ waves.T + phases).sum(-1) > 1.0) & ~perirenal
     masks["fat"] = masks["body"]  # painted first: what the wall, bowel and organs leave is fat
-    masks["muscle"] &= ~masks["visceral"]  # the wall only
+    masks["muscle"] &= ~masks["visceral"] & ~perirenal  # the wall only, less the perirenal fat
     contrast = HELD_OUT_CONTRAST if inst.held_out else CONTRAST[inst.modality]
     value = dict(zip(TISSUES, contrast))
     jitter = rng.uniform(0.92, 1.08, len(TISSUES))
@@ -176,8 +196,11 @@ def _write(array, spacing, direction, origin, path: Path, dtype):
 
 
 def generate_collection(out_dir: str | Path, cases: int = 10, shape: int = 48, seed: int = 0,
-                        progress: bool = False) -> Path:
-    """Write the collection under ``out_dir``; returns the path of ``catalog.yaml``."""
+                        progress: bool = False, kidneys: str = "posterior") -> Path:
+    """Write the collection under ``out_dir``; returns the path of ``catalog.yaml``. ``kidneys``:
+    where the kidneys lie, a key of ``KIDNEYS``."""
+    if kidneys not in KIDNEYS:
+        raise ValueError(f"kidneys: one of {sorted(KIDNEYS)}, got {kidneys!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     entries = {False: [], True: []}
@@ -190,7 +213,7 @@ def generate_collection(out_dir: str | Path, cases: int = 10, shape: int = 48, s
         (root / "imagesTr").mkdir(parents=True, exist_ok=True)
         (root / "labelsTr").mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, i, c])
-        image, label, spacing, direction, origin = _render(inst, _anatomy(rng), shape, rng)
+        image, label, spacing, direction, origin = _render(inst, _anatomy(rng, kidneys), shape, rng)
         cid = f"{inst.name}_{c:03d}"
         _write(image, spacing, direction, origin, root / "imagesTr" / f"{cid}_0000.nii.gz", np.float32)
         _write(label, spacing, direction, origin, root / "labelsTr" / f"{cid}.nii.gz", np.uint8)
