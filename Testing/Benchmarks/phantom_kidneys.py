@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from UniversalSeg.data.synthetic import FOV_MM, KIDNEYS, _anatomy, generate_collection  # noqa: E402
+from UniversalSeg.data.synthetic import FOV_MM, KIDNEYS, _anatomy, _ellipsoid, generate_collection  # noqa: E402
 
 
 def geometry(kidneys: str, seed: int, cases: int) -> dict:
@@ -31,7 +31,7 @@ def geometry(kidneys: str, seed: int, cases: int) -> dict:
     grid = np.stack(np.meshgrid(*[np.arange(-95.0, 95.0, 1.0)] * 3, indexing="ij"), -1).astype(np.float32)
 
     def inside(center, radii):
-        return (((grid - np.asarray(center, np.float32)) / np.asarray(radii, np.float32)) ** 2).sum(-1) <= 1
+        return _ellipsoid(grid, np.asarray(center, np.float32), np.asarray(radii, np.float32))
 
     shares = []
     for c in range(cases):

@@ -243,11 +243,11 @@ def test_synthetic_kidneys_lie_in_perirenal_fat_when_retroperitoneal(tmp_path):
     1.5 mm grid): retroperitoneal >= 90 % of each kidney inside the abdominal cavity and none outside
     the wall; posterior <= 35 % and >= 20 %. Image (held-out MR-T1, 64^3): every voxel one out from a
     retroperitoneal kidney that is no organ is >= 1.6x brighter than the kidney (fat); posterior 68-71 %."""
-    from UniversalSeg.data.synthetic import _anatomy, generate_collection
+    from UniversalSeg.data.synthetic import _anatomy, _ellipsoid, generate_collection
     grid = np.stack(np.meshgrid(*[np.arange(-95.0, 95.0, 1.5)] * 3, indexing="ij"), -1)
 
     def inside(center, radii):
-        return (((grid - center) / radii) ** 2).sum(-1) <= 1
+        return _ellipsoid(grid, center, radii)
 
     for c in range(3):
         for kidneys in ("retroperitoneal", "posterior"):

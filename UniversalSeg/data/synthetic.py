@@ -110,10 +110,11 @@ def _anatomy(rng: np.random.Generator, kidneys: str = "posterior"):
         "spleen": ((44, 18, 18), (16, 20, 28)),
     }
     centers, perirenal = KIDNEYS[kidneys]
+    radii = np.array((15.0, 12.0, 27.0))
     for side, center in zip(("left", "right"), centers):
-        organs[f"kidney-{side}"] = (center, (15, 12, 27))
+        organs[f"kidney-{side}"] = (center, radii)
         if perirenal:  # the fat around each kidney (inside Gerota's fascia)
-            organs[f"perirenal-{side}"] = (center, np.array((15.0, 12.0, 27.0)) + perirenal)
+            organs[f"perirenal-{side}"] = (center, radii + perirenal)
     out = {k: (np.asarray(c) * scale + shift, np.asarray(r) * scale) for k, (c, r) in organs.items()}
     lc, lr = out["liver"]
     tumor_center = lc + rng.uniform(-0.45, 0.45, 3) * lr
