@@ -56,7 +56,7 @@ def demo_train_config(steps: int, shape: int, seed: int, **changes) -> TrainConf
     return cfg.replace(**changes) if changes else cfg
 
 
-# The demo's grid, steps and width (session 13, Testing/Benchmarks/demo_study.py arm grid-64-800,
+# The demo's grid, steps and width (version 0.6.0, Testing/Benchmarks/demo_study.py arm grid-64-800,
 # README): 64^3 voxels of 2.81 mm (48^3 patches: 135 mm of context), the small preset at width 8,
 # 800 steps: about 9 minutes on the 2-core CPU (a step costs 1.7x a 40^3 step at the preset's
 # width 16); README's demo section compares it with the 40^3 / width 16 / 600 steps recipe before.

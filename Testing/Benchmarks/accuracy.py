@@ -28,11 +28,12 @@ paired table. ``--vary-data-seed``: seed S trains on the collection of data seed
     python Testing/Benchmarks/accuracy.py --out Testing/Benchmarks/results/accuracy \
            [--steps 300] [--seeds 0 1 2] [--cases 8] [--shape 40] [--base-width 16] [--jobs 2]
            [--methods universal-total-budget ... --seeds-total-budget 0]  # the long arm: fewer seeds
-    # session 9's run (README): --steps 400 --seeds 0 1 2 --cases 8 --shape 40 --base-width 8
+    # the first run (version 0.4.0, Testing/Benchmarks/STUDIES.md): --steps 400 --seeds 0 1 2
+    #   --cases 8 --shape 40 --base-width 8
     #   --wide-width 16 --vary-data-seed --curve-points 4 --test-cases 20 --jobs 2 --threads 1
     #   --methods universal universal-wide per-institution naive
-    # session 10 (README): the same settings with --jobs 1 and --methods universal-total-budget
-    #   (--merge-from session 9's accuracy.json), then --methods per-institution-split domain_batch
+    # then (0.4.0, STUDIES.md): the same settings with --jobs 1 and --methods universal-total-budget
+    #   (--merge-from the first run's accuracy.json), then --methods per-institution-split domain_batch
     #   polynomial class_aware domain_separable, then --methods (none) --merge-from <both reports>
     # real data, same study: a catalog of seen datasets and one of held-out datasets
     python Testing/Benchmarks/accuracy.py --catalog seen.yaml --heldout heldout.yaml \
@@ -121,7 +122,7 @@ def train_config(steps: int, seed: int, spacing: float, patch: int, loss: str = 
     """The recipe every model of the study gets: the demo's (soft Dice + BCE, intensity remapping p
     0.25; ``--loss tversky --remap 0`` is Hermes' loss without remapping). ``curve_points``
     validations along the run (validation-history.jsonl: the learning curve). ``ema_warmup=False``
-    is the EMA of sessions 9-10 (constant decay; training/ema.py says why it changed)."""
+    is the EMA of versions before 0.5.0 (constant decay; training/ema.py says why it changed)."""
     epochs = max(1, steps // 50)
     return TrainConfig(spacing=(spacing,) * 3, patch_size=(patch,) * 3, batch_size=2, epochs=epochs,
                        iterations_per_epoch=max(1, steps // epochs),
@@ -362,7 +363,7 @@ def main(argv=None):
     ap.add_argument("--remap", type=float, default=0.25,
                     help="intensity remapping probability of every model (default: the demo's, 0.25)")
     ap.add_argument("--no-ema-warmup", action="store_true",
-                    help="the constant-decay EMA of sessions 9-10 (the committed results/accuracy)")
+                    help="the constant-decay EMA of versions before 0.5.0 (the committed results/accuracy)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training and evaluation)")
     ap.add_argument("--merge-from", metavar="JSON", nargs="+",
                     help="finished accuracy.json files of the same study (same data, steps, widths and recipe): "

@@ -3,7 +3,7 @@
 # (bf16) and with fp16 + GradScaler, torchrun (NCCL process group), prediction on cuda against cpu
 # (same geometry; Dice between the two masks), and the demo on cuda with its time.
 #     bash Testing/Benchmarks/cuda_check.sh [WORK_DIR]      (default /tmp/universalseg-cuda)
-# Results: Testing/Benchmarks/results/cuda/cuda_check.log (an H100, session 9).
+# Results: Testing/Benchmarks/results/cuda/cuda_check.log (an NVIDIA H100, version 0.4.0, 2026-11-24).
 W=${1:-/tmp/universalseg-cuda}
 U="python3 -m UniversalSeg"
 TRAIN="--catalog $W/d/catalog.yaml --config small --patch 32 32 32 --spacing 3.75 3.75 3.75 --device cuda --no-progress"

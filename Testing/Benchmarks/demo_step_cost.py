@@ -5,7 +5,7 @@
 
 Builds the demo's trainer (``universalseg demo``'s recipe: 64^3 collection, the small preset at
 width 8, 48^3 patches, batch 2) three times - the click stage off, trained on every step, trained on
-every 2nd step (session 15's trial) - and times the same ``--steps`` batches through
+every 2nd step (the 0.7.0 trial) - and times the same ``--steps`` batches through
 ``Trainer.train_step`` (forward, losses, backward, AdamW, EMA; the batches are loaded before the
 clock starts). The variants take turns for ``--rounds`` rounds so that a drifting machine shows as
 spread, not as a difference; the thread count is fixed. Prints seconds per step and the ratios to

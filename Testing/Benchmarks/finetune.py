@@ -7,7 +7,7 @@ never saw, and teach it a structure it never had, on the synthetic collection.
 Per seed: the PARENT is the demo model of that seed (``--models-from``: a demo_study.py run folder
 with model.zip, data/ and test-data/; else one is trained here: ``universalseg demo``'s recipe, 64^3
 at width 8 and 800 steps by default; ``--shape 40 --width 16 --demo-steps 600`` is the 40^3 recipe
-of the results before session 14).
+of the results before version 0.7.0).
 1. adapt: ``universalseg finetune --mode adapt`` on 3 labelled cases of the left-out MR-T1 site
    (its ground truth stands in for the user's corrections), replaying the five seen sites
    (``--replay``, half of the samples). Before/after Dice on the TEST cases (data seed + 1000,

@@ -5,8 +5,8 @@
 
 Without --model it trains the demo's recipe (``universalseg demo``'s defaults: the small preset at
 width 8, 800 steps, 64^3 at 2.81 mm, the click-refinement stage of width 8 on: ``clicks=5``, trained on
-every step; ``--click-every 2`` on every 2nd, as session 15's comparison; ``--click-lr-scale S`` at S
-times the learning rate, session 16's; before session 13 the demo's 40^3 recipe: ``--shape 40
+every step; ``--click-every 2`` on every 2nd, as the 0.7.0 comparison; ``--click-lr-scale S`` at S
+times the learning rate, as in 0.8.0; before 0.6.0 the demo's 40^3 recipe: ``--shape 40
 --steps 600 --width 16``), on data seed SEED. Test cases
 come from data seed SEED + 1000 (never trained on), the held-out institution included. Every
 case is opened in ONE warm worker (``universalseg worker``, the process the Slicer module keeps),
@@ -19,7 +19,7 @@ decoded), this CPU. --quick: 200 training steps, 2 test cases per institution (a
 --shape: the grid of the training and test collections (with --model: the test collection's).
 --brain: also the shipped brain model on the real 1 mm MNI152 T1 (197 x 233 x 189, needs
 nilearn): the worker's open time and 5 clicks on the brain mask (whole_head in the JSON).
---task-blind: the click stage without its per-task FiLM (the stage before session 14). With
+--task-blind: the click stage without its per-task FiLM (the stage before version 0.7.0). With
 UNIVERSALSEG_THREADS fixed, the same seed trains the same automatic model either way (the stage
 never touches it), so the two runs are paired: the 0-click columns are equal.
 
@@ -67,7 +67,7 @@ def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_b
     if click_lr_scale is not None:
         cfg = cfg.replace(click_lr_scale=click_lr_scale)
     net = demo_network("small", width)
-    if task_blind:  # the stage as before session 14: no per-task FiLM (networks.prompt_stage)
+    if task_blind:  # the stage as before version 0.7.0: no per-task FiLM (networks.prompt_stage)
         net = net.replace(prompt={**net.to_dict()["prompt"], "task_conditioned": False})
     result = run_training(catalog, net, cfg, out / "run", device="cpu", progress=True)
     return Path(result["package"])
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-cases", type=int)
     parser.add_argument("--brain", action="store_true", help="also time the shipped brain model on a 1 mm head")
     parser.add_argument("--task-blind", action="store_true",
-                        help="train the click stage without its per-task FiLM (as before session 14), for a "
+                        help="train the click stage without its per-task FiLM (as before version 0.7.0), for a "
                              "paired comparison: same seed and fixed threads give the same automatic model")
     parser.add_argument("--boundary-share", type=float,
                         help="the click stage's samples that start from the truth 1-2 voxels off "

@@ -80,10 +80,10 @@ HELD_OUT_CONTRAST = (0.0, 700.0, 210.0, 360.0, 420.0, 520.0, 230.0, 330.0, 200.0
 FAT_MM, MUSCLE_MM = 12.0, 10.0  # subcutaneous fat and muscle wall thickness (before the case's scale)
 PERIRENAL_MM = 4.0  # the fat around each kidney: a kidney borders fat (or the liver / spleen), as in a patient
 # Where the kidneys lie: (left, right) centres in mm before the case's scale, and their perirenal fat.
-# "posterior", the default: the phantom of sessions 8-16 (every committed study ran on it): each
+# "posterior", the default: the phantom of versions 0.4.0-0.7.0 (every committed study ran on it): each
 # kidney lies 30 % in the abdominal cavity, 44 % in the muscle wall and 25 % in the subcutaneous fat,
 # which no patient has (on the held-out MR-T1 scanner, kidney 200 and muscle 210, most of it has no
-# edge). "retroperitoneal" (session 17): inside the wall, beside the spine, the right one lower
+# edge). "retroperitoneal" (version 0.8.0): inside the wall, beside the spine, the right one lower
 # (under the liver, touching it), each wrapped in perirenal fat, as in a patient
 # (Testing/Python/test_catalog.py). README (Results) gives what it changed in the demo.
 KIDNEYS = {"posterior": (((36, 30, -38), (-36, 30, -38)), 0.0),

@@ -84,7 +84,7 @@ def train_config(steps: int, seed: int, patch: int = 48) -> TrainConfig:
                        augmentation=AugmentationConfig(affine_prob=0.7, rotate_degrees=20.0, scale=0.15,
                                                        intensity_prob=0.0, foreground_ratio=0.5))
     # 1.0's settings, as shipped. A 1.1 with shear 0.05, left-right flips (p 0.5) and intensity
-    # augmentation (p 0.3) was built (session 8, seed 0) and measured WORSE by brain_model.py: head on
+    # augmentation (p 0.3) was built (version 0.4.0, seed 0) and measured WORSE by brain_model.py: head on
     # whole-head T2/FLAIR 0.99 -> 0.74-0.76, raw brain masks 0.64-0.80 -> 0.50-0.67, template white
     # matter 0.53 -> 0.43 (Testing/Benchmarks/results/brain/v1.1-rejected); not shipped.
 
