@@ -11,6 +11,9 @@ Each configuration runs in a fresh process twice, on an idle machine and next to
 Part 1 times training steps of the small preset (the 40^3 demo's network; 32^3 patches, batch 2; median
 of the steps after the first 10). Part 2 runs ``universalseg demo`` reduced (``--demo-steps``
 training steps, 4 cases per institution) end to end, wall-clock. Ratios are measured in one run.
+Part 0 checks what the governor reads: the share of a core that a busy loop beside us is measured to
+take from the free cores (about 1.0 on an otherwise idle machine; less when other programs already
+use the cores). It depends on the machine's load, so it is measured here, not asserted in the tests.
 """
 from __future__ import annotations
 
@@ -91,6 +94,27 @@ def both(measure):
     return idle, busy
 
 
+def measured_hog(seconds: float = 1.5) -> float:
+    """Free cores without a busy loop minus free cores with one, each over ``seconds``."""
+    from UniversalSeg import cpu_threads
+    cores = cpu_threads.our_cores()
+
+    def free_during(busy: bool) -> float:
+        hog = busy_loop() if busy else None
+        time.sleep(0.3)  # the interpreter has started
+        before = cpu_threads.sample(cores)
+        try:
+            time.sleep(seconds)
+        finally:
+            after = cpu_threads.sample(cores)
+            if hog is not None:
+                hog.kill()
+                hog.wait()
+        return cpu_threads.free_cores(before, after, len(cores))
+
+    return free_during(False) - free_during(True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
@@ -99,6 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     results = {"cores": len(os.sched_getaffinity(0)), "steps": {}, "demo": {}}
     print(f"{len(os.sched_getaffinity(0))} cores; one more process keeps one core busy")
+    results["hog_measured_cores"] = measured_hog()
+    print(f"a busy loop beside us is measured as {results['hog_measured_cores']:.2f} of a core taken "
+          "(about 1.0 on an idle machine)", flush=True)
     for name, extra in CONFIGS.items():
         idle, busy = both(lambda: run_steps(extra, args.steps))
         ratio = busy["median_s"] / idle["median_s"]
