@@ -1,5 +1,7 @@
 """The module's .ui: loads with PySide6's QUiLoader offscreen, has every widget the module uses,
-binds every parameter, and a screenshot of the panel is written for people to look at."""
+binds every parameter, and a screenshot of the panel is taken into a temporary folder and compared
+with the committed one (Testing/Screenshots/panel.png, for people to look at; the test never writes
+into the source tree: copy the new screenshot there when the panel changes)."""
 import ast
 import os
 import re
@@ -83,7 +85,8 @@ def test_parameter_bindings_match_the_parameter_node(app):
     assert bound == fields
 
 
-def test_panel_screenshot(app):
+def test_panel_screenshot(app, tmp_path):
+    kept = (SCREENSHOT.stat().st_mtime_ns, SCREENSHOT.read_bytes())
     widget = load(app)
     widget.findChild(qMRMLNodeComboBox, "inputVolumeSelector").addItem("abdomen CT")
     widget.findChild(QtWidgets.QComboBox, "modelSelector").addItem("synthetic-demo (imported)")
@@ -103,7 +106,16 @@ def test_panel_screenshot(app):
     widget.resize(440, 820)
     widget.show()
     app.processEvents()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert widget.grab().save(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 5000
+    shot = tmp_path / "panel.png"
+    assert widget.grab().save(str(shot))
     widget.close()
+    from PySide6.QtGui import QImage
+    new, committed = QImage(str(shot)), QImage(str(SCREENSHOT))
+    assert len({new.pixel(x, y) for x in range(0, new.width(), 7) for y in range(0, new.height(), 7)}) > 8, \
+        "the screenshot is (nearly) blank"
+    # fonts differ between machines, so pixels are not compared; the panel's layout (its size) is, with
+    # room for another machine's font metrics
+    assert new.width() == committed.width() and abs(new.height() / committed.height() - 1) < 0.15, (
+        f"the panel is now {new.width()}x{new.height()}, the committed screenshot {committed.width()}x"
+        f"{committed.height()}: look at {shot} and copy it to {SCREENSHOT} if the change is meant")
+    assert (SCREENSHOT.stat().st_mtime_ns, SCREENSHOT.read_bytes()) == kept, "the source tree was written"
