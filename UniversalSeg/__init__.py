@@ -3,4 +3,4 @@
 The core package: networks, data, training, inference, model packages and the command line.
 It never imports ``slicer``; the Slicer module in ``scripted_modules/`` is a thin layer over it.
 """
-__version__ = "0.1.0"
+__version__ = "0.9.0"
