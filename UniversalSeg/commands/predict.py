@@ -106,9 +106,8 @@ def check_options(args) -> None:
 
 
 def _inputs(path: Path, output: Path, fmt: str):
-    """(input, output) pairs: one image, or every image file of a folder into an output folder.
-    Every pair is checked before any inference: a known output type, never an input file, never
-    two inputs onto one output."""
+    """(input, output) pairs: one image, or every image file of a folder into an output folder,
+    each output of a known type (``check_outputs`` compares them with the inputs and each other)."""
     pairs = [(path, output)]  # a file, or a DICOM series folder
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
@@ -119,30 +118,80 @@ def _inputs(path: Path, output: Path, fmt: str):
             if output.resolve() == path.resolve():
                 raise InputError(f"--output {output} is the input folder: choose another folder for the results")
             pairs = [(f, output / (_stem(f) + suffix)) for f in files]
-    seen = {}
-    for src, dst in pairs:
+    for _, dst in pairs:
         if not dst.name.lower().endswith(OUTPUT_SUFFIXES):
             raise InputError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd, .mha or .dcm")
-        if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-            raise InputError(f"--output {dst} is the input image: it would be overwritten; choose another name")
-        if dst in seen:
-            raise InputError(f"--input {seen[dst].name} and {src.name} would both be written to {dst}: "
-                             "rename one of them")
-        seen[dst] = src
-    _check_writable(pairs[0][1].parent)
     return pairs
 
 
-def _check_writable(folder: Path) -> None:
+def planned_outputs(jobs, probabilities, tasks) -> list[tuple[Path, str, str]]:
+    """Every file the run will write, as (path, who writes it, what to change). ``tasks`` None:
+    not known yet (the probability maps are left out)."""
+    out = []
+    for src, dst in jobs:
+        if len(jobs) > 1:
+            out.append((dst, f"the result of --input {src.name}", "rename one of them"))
+        else:
+            out.append((dst, f"--output {dst}", "choose another --output name"))
+        if probabilities and tasks is not None:
+            folder = Path(probabilities) / (_stem(src) if len(jobs) > 1 else "")
+            out += [(folder / f"{t}.nii.gz", f"the {t} probability map of --probabilities {probabilities}",
+                     "choose another --probabilities folder") for t in tasks]
+    return out
+
+
+def input_files(jobs, others) -> list[tuple[Path, str]]:
+    """What the run reads and must never overwrite: the images (every file of a DICOM series
+    folder), the --points file, a local model package's files."""
+    out = []
+    for src, _ in jobs:
+        files = [f for f in src.iterdir() if f.is_file()] if src.is_dir() else [src]
+        out += [(f, "the input image" if f == src else f"a file of the input series {src}") for f in files]
+    for path, what in others:
+        if path is not None and Path(path).exists():
+            path = Path(path)
+            out += [(f, what) for f in ([*path.iterdir()] if path.is_dir() else [path])]
+    return out
+
+
+def _same_file_key(path: Path):
+    """Two names of one file (the same path, a symbolic or a hard link) give one key."""
+    try:
+        st = path.stat()
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
+
+
+def check_outputs(outputs, inputs) -> None:
+    """Before any model is loaded: no output of the run lands on anything it reads or on another of
+    its outputs (a probability map over the input CT or over the labelmap, two cases of a batch on
+    one file), no output is an existing folder, and every output folder can be written."""
+    read = {_same_file_key(path): what for path, what in inputs}
+    written = {}
+    for path, who, fix in outputs:
+        key = _same_file_key(path)
+        if key in read:
+            raise InputError(f"{who}: {path} is {read[key]}, which would be overwritten; {fix}")
+        if key in written:
+            raise InputError(f"{written[key]} and {who} would both be written to {path}: {fix}")
+        if path.is_dir():
+            raise InputError(f"{who}: {path} is a folder; {fix}")
+        written[key] = who
+    for folder in dict.fromkeys(path.parent for path, _, _ in outputs):
+        _check_writable(folder, next(who for path, who, _ in outputs if path.parent == folder))
+
+
+def _check_writable(folder: Path, who: str) -> None:
     """Before an hour of inference: the output folder (or the existing folder it will be made in)
     can be written (``access`` also reports a read-only file system to root)."""
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"--output: {existing} is a file, not a folder")
+        raise InputError(f"{who}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--output: cannot write in {existing} (read-only or no permission); "
+        raise InputError(f"{who}: cannot write in {existing} (read-only or no permission); "
                          "choose another output location")
 
 
@@ -172,7 +221,10 @@ def _refined(predictor, src, args, tasks, options, points, report):
 def run(args) -> int:
     from ..inference import PredictOptions, Predictor, write_labelmap, write_probabilities, write_seg_nrrd
     from ..inference.progress import make_reporter
-    from ..model_download import resolve_model
+    from ..model_download import resolve_model_path
+    from ..model_metadata import read_summary
+    from ..model_package import load_package
+    from ..networks.context import Vocabulary
 
     from ..data.image_io import check_header
     from ..inference.dicom_seg import check_dicom_output, wants_dicom_seg, write_dicom_seg
@@ -182,23 +234,32 @@ def run(args) -> int:
     if args.points and (len(jobs) > 1 or args.probabilities or args.overlap_policy == "probability"):
         raise InputError("--points refines ONE image and gives masks only: leave out a folder --input, "
                          "--probabilities and --overlap-policy probability")
+    read = [(args.points, "the --points file"), (args.model, "a file of the model package")]
+    named_tasks = requested_tasks(args.tasks, ()) if args.tasks is not None else None
+    check_outputs(planned_outputs(jobs, args.probabilities, named_tasks), input_files(jobs, read))
     for src, dst in jobs:  # every input's header before the model is loaded and any case is run
         check_header(src)
         check_dicom_output(src, dst)
     report = make_reporter(args.progress)
-    package = resolve_model(args.model, progress=args.progress != "none")
-    predictor = Predictor(package, device=args.device, precision=args.precision)
-    tasks = requested_tasks(args.tasks, package.config.tasks)
+    model_path = resolve_model_path(args.model, progress=args.progress != "none")
+    summary = read_summary(model_path)  # model.json only: names are checked before the weights are read
+    vocab = Vocabulary([t.name for t in summary.tasks], summary.modalities)
+    tasks = requested_tasks(args.tasks, vocab.tasks)
     for t in tasks:
-        predictor.vocab.task_id(t)
-    predictor.vocab.modality_id(args.modality)
+        vocab.task_id(t)
+    vocab.modality_id(args.modality)
+    thresholds = parse_thresholds(args.threshold, tasks)
+    check_outputs(planned_outputs(jobs, args.probabilities, tasks),  # now with the model's task names
+                  input_files(jobs, read + [(model_path, "a file of the model package")]))
+    package = load_package(model_path)
+    predictor = Predictor(package, device=args.device, precision=args.precision)
     points = None
     if args.points:
         from ..inference.interactive import read_points
         points = read_points(args.points, tasks)
     overlap = args.overlap if args.overlap is not None else (0.25 if args.fast else 0.5)
     options = PredictOptions(overlap=overlap, sw_batch_size=args.sw_batch,
-                             thresholds=parse_thresholds(args.threshold, tasks),
+                             thresholds=thresholds,
                              largest_component=args.largest_component, roi=args.roi,
                              crop_foreground=not args.no_crop,
                              keep_probabilities=bool(args.probabilities) or args.overlap_policy == "probability")

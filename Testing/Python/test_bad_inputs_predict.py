@@ -1,0 +1,95 @@
+"""Bad input to ``universalseg predict`` (outputs, images, options): the exit code, one line that
+names the problem, no traceback, and not a byte changed under the working folder (no input
+overwritten, no output half-written). Each row prepares the working folder and returns the
+arguments after ``predict --model MODEL --modality CT --progress none``."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from bad_input_checks import assert_refused, tree_state
+from UniversalSeg import model_package
+from UniversalSeg.cli import main
+
+
+def image(path, spacing=(2.0, 2.0, 2.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32))
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def _probabilities_over_input(tasks):
+    def prepare(work):
+        scan = image(work / "scans" / "liver.nii.gz")
+        return ["--input", str(scan), "--output", str(work / "out.seg.nrrd"),
+                "--probabilities", str(work / "scans"), *tasks]
+    return prepare
+
+
+def _probabilities_over_output(work):
+    return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "p" / "liver.nii.gz"),
+            "--probabilities", str(work / "p")]
+
+
+def _output_is_a_link_to_the_input(link):
+    def prepare(work):
+        scan = image(work / "ct.nrrd")
+        link(scan, work / "linked.nrrd")
+        return ["--input", str(scan), "--output", str(work / "linked.nrrd")]
+    return prepare
+
+
+def _probability_map_is_a_folder(work):
+    (work / "p" / "spleen.nii.gz").mkdir(parents=True)
+    return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "o.seg.nrrd"),
+            "--probabilities", str(work / "p")]
+
+
+def _probabilities_in_a_file(work):
+    (work / "notes.txt").write_text("not a folder")
+    return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "o.seg.nrrd"),
+            "--probabilities", str(work / "notes.txt" / "p")]
+
+
+def _batch_onto_one_output(work):
+    image(work / "batch" / "a.nrrd")
+    image(work / "batch" / "a.nii.gz")
+    return ["--input", str(work / "batch"), "--output", str(work / "out")]
+
+
+CASES = {  # name: (prepare(work) -> arguments, exit code, message)
+    "probabilities-over-input": (_probabilities_over_input([]),
+                                 2, "liver.nii.gz is the input image, which would be overwritten"),
+    "probabilities-over-input-tasks": (_probabilities_over_input(["--tasks", "liver"]),
+                                       2, "liver.nii.gz is the input image, which would be overwritten"),
+    "probabilities-over-output": (_probabilities_over_output,
+                                  2, "and the liver probability map of --probabilities"),
+    "output-symlink-to-input": (_output_is_a_link_to_the_input(lambda s, d: d.symlink_to(s)),
+                                2, "is the input image, which would be overwritten"),
+    "output-hardlink-to-input": (_output_is_a_link_to_the_input(lambda s, d: os.link(s, d)),
+                                 2, "is the input image, which would be overwritten"),
+    "probability-map-is-a-folder": (_probability_map_is_a_folder, 2, "spleen.nii.gz is a folder"),
+    "probabilities-in-a-file": (_probabilities_in_a_file, 2, "notes.txt is a file, not a folder"),
+    "batch-onto-one-output": (_batch_onto_one_output, 2, "would both be written to"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_predict_input_is_refused_before_the_model_loads(trained_run, tmp_path, capsys, monkeypatch, case):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    prepare, expected_code, message = CASES[case]
+    args = prepare(work)
+    before = tree_state(work)
+
+    def no_loading(path):
+        raise AssertionError(f"the weights of {path} were read before the input was refused")
+    monkeypatch.setattr(model_package, "load_package", no_loading)
+    code = main(["predict", "--model", str(trained_run["package"]), "--modality", "CT", "--progress", "none",
+                 *args])
+    assert_refused(code, capsys.readouterr().err, expected_code, message, before, tree_state(work))
