@@ -61,6 +61,10 @@ def _batch_onto_one_output(work):
     return ["--input", str(work / "batch"), "--output", str(work / "out")]
 
 
+def _output(name):
+    return lambda work: ["--input", str(image(work / "ct.nrrd")), "--output", str(work / name)]
+
+
 CASES = {  # name: (prepare(work) -> arguments, exit code, message)
     "probabilities-over-input": (_probabilities_over_input([]),
                                  2, "liver.nii.gz is the input image, which would be overwritten"),
@@ -75,6 +79,8 @@ CASES = {  # name: (prepare(work) -> arguments, exit code, message)
     "probability-map-is-a-folder": (_probability_map_is_a_folder, 2, "spleen.nii.gz is a folder"),
     "probabilities-in-a-file": (_probabilities_in_a_file, 2, "notes.txt is a file, not a folder"),
     "batch-onto-one-output": (_batch_onto_one_output, 2, "would both be written to"),
+    "output-nhdr": (_output("x.nhdr"), 2, "x.nhdr: a detached header (.nhdr, .mhd) is written as two files"),
+    "output-mhd": (_output("x.MHD"), 2, "x.MHD: a detached header (.nhdr, .mhd) is written as two files"),
 }
 
 

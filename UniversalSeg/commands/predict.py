@@ -26,7 +26,7 @@ from ..errors import InputError
 
 HELP = "segment images with a model (one pass for all requested tasks)"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-OUTPUT_SUFFIXES = (".seg.nrrd", ".dcm") + IMAGE_SUFFIXES
+OUTPUT_SUFFIXES = (".seg.nrrd", ".dcm", ".nii.gz", ".nii", ".nrrd", ".mha")  # single files only
 
 
 def register(parser):
@@ -108,17 +108,19 @@ def check_options(args) -> None:
 def _inputs(path: Path, output: Path, fmt: str):
     """(input, output) pairs: one image, or every image file of a folder into an output folder,
     each output of a known type (``check_outputs`` compares them with the inputs and each other)."""
+    from ..inference.writers import check_single_file
     pairs = [(path, output)]  # a file, or a DICOM series folder
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
         if files:
             suffix = ".seg.nrrd" if fmt == "seg" else ".nii.gz"
-            if output.name.lower().endswith(OUTPUT_SUFFIXES):
+            if output.name.lower().endswith(OUTPUT_SUFFIXES + IMAGE_SUFFIXES):
                 raise InputError(f"--input {path} is a folder of {len(files)} images: --output must be a folder")
             if output.resolve() == path.resolve():
                 raise InputError(f"--output {output} is the input folder: choose another folder for the results")
             pairs = [(f, output / (_stem(f) + suffix)) for f in files]
     for _, dst in pairs:
+        check_single_file(dst)
         if not dst.name.lower().endswith(OUTPUT_SUFFIXES):
             raise InputError(f"--output {dst}: end it with .seg.nrrd, .nii.gz, .nii, .nrrd, .mha or .dcm")
     return pairs

@@ -26,7 +26,17 @@ from ..data.terminology import TaskInfo
 from ..file_modes import apply_umask
 from ..errors import InputError
 
-LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# a detached header (.nhdr, .mhd) is two files, which one rename cannot put in place together
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
+
+
+def check_single_file(path: Path, option: str = "--output") -> None:
+    """Refuse a detached-header name: ITK would name the data file after the temporary header and
+    the header would point at it; a re-run would orphan the previous data file."""
+    if path.name.lower().endswith(DETACHED_SUFFIXES):
+        raise InputError(f"{option} {path.name}: a detached header ({', '.join(DETACHED_SUFFIXES)}) is written as "
+                         "two files and cannot be written safely; use a single-file format: .nrrd, .mha or .nii.gz")
 
 
 def _suffix(path: Path) -> str:
@@ -53,6 +63,7 @@ def verify_written(tmp: Path, final: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` with a temporary path of the same suffix, then rename it to ``path``."""
     path = Path(path)
+    check_single_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a bounded temporary name: a legal 250-character output name must not become an illegal one
     prefix, suffix = f".{path.name[:40]}.", _suffix(path)
