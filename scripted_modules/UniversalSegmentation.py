@@ -1,6 +1,7 @@
 """UniversalSeg 3D Slicer module: a thin binding of the panel to ``UniversalSegmentationLib`` (tested
 against slicer-core). Named ``UniversalSegmentation`` so that its ``sys.modules`` entry never shadows
 the core package ``UniversalSeg``, which runs in background processes. Nothing here imports torch."""
+import logging
 from typing import Annotated
 
 import qt
@@ -52,6 +53,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         VTKObservationMixin.__init__(self)
         self.logic = self._parameterNode = self._parameterNodeGuiTag = None
         self.jobs, self.state = JobSlots(), PanelState()
+        self.devicesKnown = False  # the device probe answered (a failed probe is asked again on enter)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -100,15 +102,17 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def enter(self):
         self.initializeParameterNode()
-        if self.ui.deviceInfoLabel.text == "detecting...":  # torch is asked in a child process, once
+        if not self.devicesKnown and self.jobs["probe"] is None:  # torch is asked in a child process
             self.startJob("probe", self.logic.core.start_device_probe())
 
-    def exit(self):
-        self.setParameterNode(None)
+    def exit(self):  # as Slicer's template: the GUI lets go, the parameter node stays (a run may end meanwhile)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event):
-        if self.jobs["run"] is not None:  # its nodes are about to go: end it, nothing is imported
-            self.jobs["run"].cancel("the scene was closed; the segmentation was stopped")
+        self.stopJob("run", "the scene was closed; the segmentation was stopped", self.ui.statusLabel)
         self.logic.core.last_run = None
         self.logic.core.end_refinement(accept=True)  # before its nodes go
         self.setParameterNode(None)
@@ -125,7 +129,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons):
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
         if parameterNode:
             self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
@@ -197,10 +202,12 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                        self.ui.discardRefineButton):
             button.enabled = refining
 
-    def fillRefineSegments(self):
+    def fillRefineSegments(self):  # the user's choice stays chosen (by segment ID) when the list is refilled
+        chosen = self.ui.refineSegmentSelector.currentData
         self.ui.refineSegmentSelector.clear()
         for sid, task, label in self.state.refinable_segments(self._parameterNode and self._parameterNode.outputSegmentation):
             self.ui.refineSegmentSelector.addItem(label, sid)
+        self.ui.refineSegmentSelector.setCurrentIndex(max(0, self.ui.refineSegmentSelector.findData(chosen)))
 
     def onRefine(self, accept=True):  # start refining the chosen segment, or end it (accept / discard)
         core, p, modality = self.logic.core, self._parameterNode, self.ui.modalitySelector.currentText
@@ -222,7 +229,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onApply(self):
         if self.jobs["run"] is not None:
-            self.jobs["run"].cancel()
+            self.stopJob("run", "cancelled", self.ui.statusLabel)
             return
         if not dependencies.ensure_in_slicer():
             return
@@ -238,7 +245,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onTrain(self):
         if self.jobs["train"] is not None:
-            self.jobs["train"].cancel("training stopped; continue it with 'Resume'")
+            self.stopJob("train", "training stopped; continue it with 'Resume'", self.ui.trainStatusLabel)
         elif dependencies.ensure_in_slicer():
             with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
                 self.startJob("train", self.logic.core.start_training(
@@ -255,7 +262,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onFinetune(self):  # a new version of the selected model, next to it in the list when done
         if self.jobs["finetune"] is not None:
-            self.jobs["finetune"].cancel("fine-tuning stopped; the model is unchanged")
+            self.stopJob("finetune", "fine-tuning stopped; the model is unchanged", self.ui.finetuneStatusLabel)
         elif dependencies.ensure_in_slicer():
             with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
                 self.startJob("finetune", self.logic.core.start_finetune(
@@ -272,24 +279,36 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.updateButtons()
         self.timer.start()
 
-    def onTimer(self):
-        try:
-            for slot, job, finished in self.jobs.poll():
-                self.showJob(slot, job, finished)
-            refinement = self.logic.core.refinement
-            if refinement is not None:  # the click worker's replies: each applied to the segment
-                self.ui.refineStatusLabel.text = "; ".join(refinement.poll()) or refinement.status
-        except Exception as exc:  # a failing slot would fire every 200 ms forever: stop, tell once
-            self.jobs.cancel_all(str(exc))
-            self.logic.core.end_refinement(accept=True)
-            slicer.util.errorDisplay(f"UniversalSeg stopped: {exc}")
+    def stopJob(self, slot, reason, label):
+        for job in self.jobs.cancel(slot, reason):
+            label.text = job.message
+        self.updateButtons()
+
+    def onTimer(self):  # an error in showing one job ends that job only (never hours of training beside it)
+        for slot, job, finished in self.jobs.poll():
+            self.contained(f"the {slot} job", lambda: self.jobs.cancel(slot, "stopped after an error"),
+                           lambda: self.showJob(slot, job, finished))
+        refinement = self.logic.core.refinement
+        if refinement is not None:  # the click worker's replies: each applied to the segment
+            self.contained("refining", lambda: self.logic.core.end_refinement(accept=True), lambda: setattr(
+                self.ui.refineStatusLabel, "text", "; ".join(refinement.poll()) or refinement.status))
         if self.jobs.idle and self.logic.core.refinement is None:
             self.timer.stop()
         self.updateButtons()
 
+    def contained(self, what, stop, call):
+        try:
+            call()
+        except Exception as exc:
+            logging.exception("UniversalSeg: %s failed", what)
+            stop()
+            slicer.util.errorDisplay(f"UniversalSeg stopped {what}: {exc}")
+
     def showJob(self, slot, job, finished):
         label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "finetune": self.ui.finetuneStatusLabel,
                  "probe": self.ui.deviceInfoLabel}[slot]
+        if slot == "probe" and finished:
+            self.devicesKnown = job.succeeded
         if finished or slot != "probe":  # the device label keeps "detecting..." until the answer
             label.text = f"{job.stage}: {job.message}" if slot == "run" and not finished else job.message
         if slot == "run":
@@ -298,8 +317,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.ui.logTextEdit.appendPlainText(line)
         if not (finished and job.succeeded):
             return
-        if isinstance(job, PredictionJob) and self._parameterNode:
-            self._parameterNode.outputSegmentation = job.segmentation_node
+        if isinstance(job, PredictionJob):  # also when the user is in another module meanwhile
+            (self._parameterNode or self.logic.getParameterNode()).outputSegmentation = job.segmentation_node
             slicer.util.setSliceViewerLayers(background=job.volume_node)
             self.fillRefineSegments()
         elif isinstance(job, TrainingJob):
@@ -321,5 +340,5 @@ class UniversalSegmentationTest(ScriptedLoadableModuleTest):  # also run on slic
     def runTest(self):
         from UniversalSegmentationLib.self_test import run_self_test
         slicer.mrmlScene.Clear()
-        run_self_test(slicer.mrmlScene, self.delayDisplay)
-        self.delayDisplay("Test passed")
+        if run_self_test(slicer.mrmlScene, self.delayDisplay):
+            self.delayDisplay("Test passed")

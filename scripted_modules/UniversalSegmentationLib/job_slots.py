@@ -32,6 +32,14 @@ class JobSlots:
                 events.append((slot, job, finished))
         return events
 
+    def cancel(self, slot: str, reason: str) -> list:
+        """Cancel the job in ``slot`` (if any) and empty the slot; returns it as a list (0 or 1)."""
+        job, self.jobs[slot] = self.jobs[slot], None
+        if job is None:
+            return []
+        job.cancel(reason)
+        return [job]
+
     def cancel_all(self, reason: str) -> list:
         """Cancel every job and empty the slots; returns the jobs (finished, ``reason`` as message)."""
         cancelled = [job for job in self.jobs.values() if job is not None]

@@ -282,9 +282,9 @@ class UniversalSegLogic:
         if self.last_run is None:
             raise ValueError("there is no run to undo")
         record, self.last_run = self.last_run, None
-        record.undo()
-        return (f"undone: removed {len(record.added)} added, restored {len(record.replaced)} replaced"
-                if not record.created_node else "undone: removed the segmentation the run created")
+        if record.undo():
+            return "undone: removed the segmentation the run created"
+        return f"undone: removed {len(record.added)} added, restored {len(record.replaced)} replaced"
 
     def start_download(self, model_id: str) -> DownloadJob:
         workdir = Path(tempfile.mkdtemp(prefix="UniversalSeg-download-"))

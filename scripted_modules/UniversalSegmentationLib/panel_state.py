@@ -71,10 +71,15 @@ class PanelState:
         """(segment ID, task, label) of the segments that stand for one of the model's structures."""
         if segmentation_node is None or not self.clicks:
             return []
-        from .training_set_export import training_segments
-        seg = segmentation_node.GetSegmentation()
-        return [(sid, task, f"{seg.GetSegment(sid).GetName()} ({task})")
-                for sid, task in training_segments(segmentation_node, self.task_labels()).items()]
+        from .training_set_export import segment_task
+        seg, labels = segmentation_node.GetSegmentation(), self.task_labels()
+        found = []  # two segments may stand for one structure (a user's own "Liver"): both are listed
+        for sid in seg.GetSegmentIDs():
+            name = seg.GetSegment(sid).GetName()
+            task = segment_task(sid, name, labels)
+            if task in labels:
+                found.append((sid, task, f"{name} ({task})"))
+        return found
 
     def refine_problem(self, segmentation_node, modality: str) -> str:
         """Why Refine cannot start ('' when it can)."""

@@ -160,9 +160,22 @@ class SegmentRefinement:
         self._remove_points()
 
     def _remove_points(self) -> None:
+        self._stop_place_mode()  # first: persistent place mode on a removed list makes a stray one
         for node, tag in self._observers:
             node.RemoveObserver(tag)
         self._observers = []
         for node in self.points.values():
             if node.GetScene() is not None:
                 slicer.mrmlScene.RemoveNode(node)
+
+    def _stop_place_mode(self) -> None:
+        """Back to view-transform mode if the user is placing points into one of our lists
+        (vtkMRMLSelectionNode::GetActivePlaceNodeID, vtkMRMLInteractionNode::SwitchToViewTransformMode;
+        the singletons' IDs as vtkSlicerMarkupsLogic looks them up)."""
+        scene = slicer.mrmlScene
+        selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        ours = {node.GetID() for node in self.points.values()}
+        if interaction is not None and selection is not None and selection.GetActivePlaceNodeID() in ours \
+                and interaction.GetCurrentInteractionMode() == interaction.Place:
+            interaction.SwitchToViewTransformMode()

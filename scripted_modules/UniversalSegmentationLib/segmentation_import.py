@@ -106,15 +106,17 @@ class UndoRecord:
     previous_order: list = field(default_factory=list)
     created_node: bool = False       # the run created the node: undo removes it
 
-    def undo(self) -> None:
+    def undo(self) -> bool:
+        """Remove what the run added, put back what it replaced; True when that left nothing of a
+        node the run created, which is then removed (segments the user added since keep it)."""
         node = self.segmentation_node
         scene = node.GetScene()
         if scene is None:
             raise RuntimeError("the segmentation of the last run is no longer in the scene")
-        if self.created_node:
-            scene.RemoveNode(node)
-            return
         dst = node.GetSegmentation()
+        if self.created_node and dst.GetNumberOfSegments() == sum(dst.GetSegment(s) is not None for s in self.added):
+            scene.RemoveNode(node)  # nothing in it but the run's segments
+            return True
         was_modified = node.StartModify()
         try:
             for segment_id in self.added + self.replaced:
@@ -127,6 +129,7 @@ class UndoRecord:
             dst.CollapseBinaryLabelmaps(False)
         finally:
             node.EndModify(was_modified)
+        return False
 
 
 def import_result(path: str | Path, segmentation_node, volume_node, keep_edited: bool = True,

@@ -33,9 +33,19 @@ TINY_MODEL = (
 
 def make_tiny_model(folder: Path, python: str) -> Path:
     model = folder / "tiny"
-    subprocess.run([python, "-c", TINY_MODEL, str(model)], check=True, env=child_environment(),
-                   cwd=folder, capture_output=True)
+    done = subprocess.run([python, "-c", TINY_MODEL, str(model)], env=child_environment(), cwd=folder,
+                          capture_output=True, text=True)
+    if done.returncode != 0:  # the child's own words, not just its exit code
+        raise RuntimeError(f"writing the tiny model failed (exit code {done.returncode}):\n{done.stderr[-2000:]}")
     return model
+
+
+def torch_problem(python: str) -> str:
+    """Why ``python`` cannot run the core ('' when it imports torch). Slicer's Python has no torch
+    until the module installs it on first use, e.g. in every Extensions Index build."""
+    done = subprocess.run([python, "-c", "import torch"], env=child_environment(), capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return "" if done.returncode == 0 else (lines[-1] if lines else f"exit code {done.returncode}")
 
 
 def oblique_volume(scene):
@@ -60,10 +70,18 @@ def check(condition, message):
         raise AssertionError(message)
 
 
-def run_self_test(scene, say=print, python: str | None = None) -> None:
+def run_self_test(scene, say=print, python: str | None = None) -> bool:
+    """Runs every step; False (and says why) when it is skipped because torch is not installed."""
+    python = python or python_executable()
+    problem = torch_problem(python)
+    if problem:
+        say(f"Skipped: torch cannot be imported ({problem}). UniversalSeg installs it the first time you "
+            "press Apply; run the test again after that.")
+        return False
     folder = Path(tempfile.mkdtemp(prefix="UniversalSeg-selftest-"))
     try:
-        _steps(scene, say, python or python_executable(), folder)
+        _steps(scene, say, python, folder)
+        return True
     finally:  # the tiny model and the training set go with the test
         shutil.rmtree(folder, ignore_errors=True)
 
