@@ -61,6 +61,20 @@ def _batch_onto_one_output(work):
     return ["--input", str(work / "batch"), "--output", str(work / "out")]
 
 
+def _nifti_spacing(axis, value):
+    """A NIfTI whose stored pixdim[axis] is ``value`` (written byte-wise: nibabel and ITK both
+    replace a 0 with 1 when they write or read)."""
+    def prepare(work):
+        import gzip
+        import struct
+        path = image(work / "ct.nii.gz")
+        data = bytearray(gzip.decompress(path.read_bytes()))
+        data[76 + 4 * axis:80 + 4 * axis] = struct.pack("<f", value)
+        path.write_bytes(gzip.compress(bytes(data)))
+        return ["--input", str(path), "--output", str(work / "o.seg.nrrd")]
+    return prepare
+
+
 def _output(name):
     return lambda work: ["--input", str(image(work / "ct.nrrd")), "--output", str(work / name)]
 
@@ -79,6 +93,9 @@ CASES = {  # name: (prepare(work) -> arguments, exit code, message)
     "probability-map-is-a-folder": (_probability_map_is_a_folder, 2, "spleen.nii.gz is a folder"),
     "probabilities-in-a-file": (_probabilities_in_a_file, 2, "notes.txt is a file, not a folder"),
     "batch-onto-one-output": (_batch_onto_one_output, 2, "would both be written to"),
+    "pixdim-zero": (_nifti_spacing(2, 0.0), 2, "voxel spacing 0.0 along axis j (pixdim[2]), which ITK "
+                    "would read as 1 mm; set the real spacing"),
+    "pixdim-nan": (_nifti_spacing(3, float("nan")), 2, "voxel spacing nan along axis k (pixdim[3])"),
     "output-nhdr": (_output("x.nhdr"), 2, "x.nhdr: a detached header (.nhdr, .mhd) is written as two files"),
     "output-mhd": (_output("x.MHD"), 2, "x.MHD: a detached header (.nhdr, .mhd) is written as two files"),
 }

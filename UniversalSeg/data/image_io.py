@@ -9,6 +9,8 @@ millimetres, which is what MONAI's ``Orientation`` / ``Spacing`` transforms expe
 from __future__ import annotations
 
 import gzip
+import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -60,6 +62,34 @@ def check_complete(path: Path, strict: bool = False) -> None:
         raise ImageError(f"{path}: the file is truncated or damaged: {problem}; copy or download it again")
 
 
+def _nifti_pixdim(path: Path):
+    """The voxel sizes (pixdim[1:4]) as the file stores them (NIfTI-1 or -2, either byte order), or
+    None for a file that is not a NIfTI. nibabel, like ITK, replaces a stored 0 with 1 on reading."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(540)
+    except (EOFError, OSError, zlib.error):
+        return None  # a damaged file: check_complete names it
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            return struct.unpack(order + "3f", head[80:92])
+        if len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
+            return struct.unpack(order + "3d", head[112:136])
+    return None
+
+
+def check_nifti_spacing(path: Path) -> None:
+    """ITK reads a NIfTI voxel size (``pixdim``) of 0 or NaN as 1 mm, without a word: the image
+    would be segmented on a made-up grid. Refused, naming the axis."""
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    for n, value in enumerate(_nifti_pixdim(path) or ()):
+        if not (math.isfinite(value) and value != 0):
+            raise ImageError(f"{path}: the NIfTI header gives voxel spacing {value} along axis {'ijk'[n]} "
+                             f"(pixdim[{n + 1}]), which ITK would read as 1 mm; set the real spacing in the "
+                             "header and try again")
+
+
 def check_header(path: str | Path) -> None:
     """What can be refused without reading the voxels: a batch checks every input this way before
     its first inference, so a bad file 50 cases in does not end a long run. Reads the header
@@ -71,6 +101,7 @@ def check_header(path: str | Path) -> None:
         if not path.exists():
             raise ImageError(f"{path}: no such file or folder")
         return  # a DICOM series folder is checked when it is read
+    check_nifti_spacing(path)  # before ITK reads it as 1 mm
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -102,6 +133,7 @@ def read_sitk(path: str | Path) -> sitk.Image:
         raise ImageError(f"{path}: no such file or folder")
     if path.is_file():
         check_complete(path)
+        check_nifti_spacing(path)
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
