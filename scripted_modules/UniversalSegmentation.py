@@ -16,7 +16,7 @@ from UniversalSegmentationLib import dependencies
 from UniversalSegmentationLib.command import settings_list
 from UniversalSegmentationLib.job_slots import JobSlots
 from UniversalSegmentationLib.logic import DownloadJob, PredictionJob, TrainingJob, UniversalSegLogic, roi_bounds
-from UniversalSegmentationLib.panel_state import PanelState, remember
+from UniversalSegmentationLib.panel_state import PanelState, first_input_volume, remember
 from UniversalSegmentationLib.paths import resources_dir
 
 FOLDERS_KEY = "UniversalSeg/ModelFolders"
@@ -28,7 +28,8 @@ class UniversalSegmentation(ScriptedLoadableModule):
         parent.title = "UniversalSeg"
         parent.categories = ["Segmentation"]
         parent.contributors = ["UniversalSeg developers"]
-        parent.helpText = "One universal model segments many structures of CT, MR and PET in one pass."
+        parent.helpText = ("One universal model segments many structures of CT, MR and PET in one pass. <a href="
+                           "'https://github.com/UniversalSeg/UniversalSeg/blob/main/Resources/Docs/slicer.md'>Guide</a>")
         parent.acknowledgementText = "Methods: Hermes, U-Harmony, 3D U2-Net, CateNorm, MS-Net (see README)."
 
 
@@ -112,7 +113,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event):
-        self.stopJob("run", "the scene was closed; the segmentation was stopped", self.ui.statusLabel)
+        if isinstance(self.jobs["run"], PredictionJob):  # a download or import goes on
+            self.stopJob("run", "the scene was closed; the segmentation was stopped", self.ui.statusLabel)
         self.logic.core.last_run = None
         self.logic.core.end_refinement(accept=True)  # before its nodes go
         self.setParameterNode(None)
@@ -124,7 +126,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self._parameterNode.inputVolume = first_input_volume(slicer.mrmlScene)  # no labelmap
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
@@ -163,7 +165,9 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         for t in self.state.visible(self.ui.taskFilterLineEdit.text):
             item = qt.QListWidgetItem(t.get("display_name", t["name"]))
             item.setData(qt.Qt.UserRole, t["name"])
-            item.setForeground(qt.QBrush(qt.QColor(*t["color"])))
+            swatch = qt.QPixmap(12, 12)
+            swatch.fill(qt.QColor(*t["color"]))
+            item.setIcon(qt.QIcon(swatch))  # the segment's colour, as Segment Editor's list shows it
             item.setCheckState(qt.Qt.Checked if t["name"] in self.state.checked else qt.Qt.Unchecked)
             self.ui.taskListWidget.addItem(item)
         self.ui.taskListWidget.blockSignals(blocked)
@@ -189,6 +193,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def updateButtons(self, caller=None, event=None):
         p, running = self._parameterNode, self.jobs["run"] is not None
+        self.ui.overlapSpinBox.enabled = not (p and p.fast)  # Fast mode sets the overlap (0.25)
         action = ("Cancel", True) if running else self.state.action(p and p.inputVolume, self.ui.modalitySelector.currentText)
         self.ui.applyButton.text, self.ui.applyButton.enabled = action
         self.ui.undoButton.enabled = not running and self.logic.core.last_run is not None

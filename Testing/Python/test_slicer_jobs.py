@@ -212,3 +212,18 @@ def test_cancel_after_the_process_ended_imports_nothing(app_scene, tiny_model):
     job.cancel()
     assert job.poll() and not job.succeeded and job.message == "cancelled"
     assert segmentation_count(app_scene) == 0 and not job.workdir.exists()
+
+
+def test_cancel_on_windows_has_no_console_window_and_logs_are_bounded(slicer_lib, tmp_path):
+    import sys
+    from UniversalSegmentationLib import logic, process_runner
+    command, options = process_runner.kill_tree_options(1234, "nt")
+    assert command[:4] == ["taskkill", "/F", "/T", "/PID"] and options["creationflags"] & 0x08000000
+    assert process_runner.kill_tree_options(1234, "posix") == (None, {})
+    runner = process_runner.ProcessRunner()  # hours of training log lines: the last ones are kept
+    runner.start([sys.executable, "-c", "import sys\nfor i in range(5000): print(i); print(i, file=sys.stderr)"])
+    job = logic.TrainingJob(runner, tmp_path)
+    while not job.poll():
+        pass
+    assert runner.stderr_lines[-1] == "4999" and len(runner.stderr_lines) <= 2 * process_runner.MAX_STDERR_LINES
+    assert job.log[-1] == "4999" and len(job.log) <= 2 * logic.MAX_LINES and len(job.output) == logic.MAX_LINES

@@ -51,7 +51,7 @@ class Panel:
                 return
             time.sleep(0.02)
 
-    def wait(self, until, timeout=180.0, what="the condition"):
+    def wait(self, until, timeout=300.0, what="the condition"):
         """Let the application run (its QTimer polls the jobs) until ``until()`` is true."""
         end = time.time() + timeout
         while time.time() < end:
@@ -132,11 +132,11 @@ def test_apply_segments_the_volume_with_named_coloured_segments(panel, painting_
     display = node.GetDisplayNode()
     assert display is not None and display.GetVisibility()
     seg = node.GetSegmentation()
-    for i in range(seg.GetNumberOfSegments()):  # each segment in its structure's colour (the task list's)
+    for i in range(seg.GetNumberOfSegments()):  # each segment in its structure's colour (the list's swatch)
         segment = seg.GetNthSegment(i)
         item = next(panel.ui.taskListWidget.item(k) for k in range(panel.ui.taskListWidget.count)
                     if panel.ui.taskListWidget.item(k).text() == segment.GetName())
-        colour = item.foreground().color()
+        colour = item.icon().pixmap(12, 12).toImage().pixelColor(6, 6)
         assert np.allclose(segment.GetColor(), (colour.redF(), colour.greenF(), colour.blueF()), atol=1 / 255)
     assert panel.layer.layers[-1]["background"] is volume
 
@@ -357,3 +357,75 @@ def test_a_failing_child_shows_its_own_error(tmp_path, slicer_lib):
     broken.chmod(0o755)
     with pytest.raises(RuntimeError, match="libtorch_cpu.so: cannot open shared object file"):
         make_tiny_model(tmp_path, str(broken))
+
+
+def test_the_input_list_offers_scalar_images_only(panel, synth_collection):
+    label = panel.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a labelmap")
+    vector = panel.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "an RGB photo")
+    volume = load_case(panel, synth_collection)
+    panel.enter()
+    assert panel.ui.inputVolumeSelector.nodes() == [volume]   # the .ui's nodeTypes + hideChildNodeTypes
+    assert panel.widget._parameterNode.inputVolume is volume  # preselected: not the labelmap added first
+    assert label.IsA("vtkMRMLScalarVolumeNode") and vector.IsA("vtkMRMLScalarVolumeNode")  # why they must be hidden
+
+
+def test_options_follow_each_other_and_the_parameter_node(panel):
+    panel.enter()
+    assert panel.ui.overlapSpinBox.enabled
+    panel.ui.fastCheckBox.checked = True  # Fast mode sets the overlap itself
+    assert panel.widget._parameterNode.fast and not panel.ui.overlapSpinBox.enabled
+    panel.ui.overlapSpinBox.value = 0.7
+    assert panel.widget._parameterNode.overlap == pytest.approx(0.7)
+    observed = len(panel.widget.Observations)
+    for _ in range(5):  # leaving and entering never piles up observers
+        panel.exit()
+        panel.enter()
+    assert len(panel.widget.Observations) == observed
+    assert panel.ui.fastCheckBox.checked and panel.ui.overlapSpinBox.value == pytest.approx(0.7)
+
+
+def test_closing_the_scene_leaves_a_model_download_running(panel, tmp_path):
+    panel.enter()
+    job = panel.widget.logic.core.start_import(str(tmp_path / "model.zip"))
+    panel.widget.startJob("run", job)
+    panel.scene.Clear(0)
+    assert panel.widget.jobs["run"] is job and not job.finished, "the scene close cancelled a model import"
+    panel.wait(lambda: panel.widget.jobs["run"] is None, what="the import")
+    assert "scene was closed" not in job.message and "does not exist" in job.message
+
+
+def test_volumes_under_a_transform_are_refused_for_a_box_or_clicks(panel, painting_click_model, synth_collection):
+    volume = start_model(panel, painting_click_model, synth_collection)
+    apply_and_wait(panel)
+    transform = panel.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    roi = panel.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetXYZ(0, 0, 0)
+    roi.SetRadiusXYZ(20, 20, 20)
+    panel.ui.roiSelector.setCurrentNode(roi)
+    panel.ui.applyButton.click()
+    assert panel.widget.jobs["run"] is None and "under a transform" in panel.layer.errors[-1]
+    panel.ui.refineCollapsibleButton.collapsed = False
+    panel.ui.refineButton.click()
+    assert panel.widget.logic.core.refinement is None and "under a transform" in panel.layer.errors[-1]
+
+
+def test_a_failed_click_removes_its_own_point(panel, painting_click_model, synth_collection):
+    volume = start_model(panel, painting_click_model, synth_collection)
+    apply_and_wait(panel)
+    chosen, refinement = start_refining(panel, 0)
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    inside = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
+    refinement.points[True].AddControlPointWorld(5000.0, 0.0, 0.0)  # outside the volume: refused
+    refinement.points[True].AddControlPointWorld(*inside)
+    panel.wait(lambda: not refinement.pending, what="both clicks")
+    points = refinement.points[True]
+    assert points.GetNumberOfControlPoints() == 1 and len(refinement.clicks) == 1
+    kept = [0.0, 0.0, 0.0]
+    points.GetNthControlPointPositionWorld(0, kept)
+    assert np.allclose(kept, inside), "the failed click removed the other click's point"
+    panel.ui.undoClickButton.click()  # the remaining click is the one undone
+    panel.wait(lambda: not refinement.pending, what="the undo")
+    assert points.GetNumberOfControlPoints() == 0 and not refinement.clicks
+    panel.ui.discardRefineButton.click()

@@ -15,6 +15,7 @@ kills its process and removes its temporary folder, so a GUI timer cannot fire o
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import shutil
@@ -32,6 +33,9 @@ from .refinement import SegmentRefinement
 from .segmentation_import import UndoRecord, import_result, write_volume
 
 
+MAX_LINES = 1000
+
+
 class Job:
     """A child process with progress: ``poll()`` until it returns True, or ``cancel()``."""
 
@@ -40,8 +44,8 @@ class Job:
         self.started = time.time()
         self.finished = self.succeeded = False
         self.stage, self.fraction, self.message = "starting", 0.0, ""
-        self.log: list[str] = []      # lines not yet shown; the GUI empties it
-        self.output: list[str] = []   # every stdout line that is not progress
+        self.log: list[str] = []      # lines not yet shown; the GUI empties it (the last MAX_LINES kept)
+        self.output = collections.deque(maxlen=MAX_LINES)  # the last stdout lines that are not progress
 
     @property
     def elapsed(self) -> float:
@@ -72,6 +76,8 @@ class Job:
             if p is None:
                 self.log.append(line)
                 self.output.append(line)
+                if len(self.log) > 2 * MAX_LINES:  # nobody shows a training job's lines: keep the last
+                    del self.log[:-MAX_LINES]
             else:
                 self.stage, self.fraction, self.message = p.stage, p.fraction, p.message
 
@@ -215,6 +221,8 @@ class UniversalSegLogic:
         """Refine mode on one segment (``refinement.SegmentRefinement``); the worker starts once."""
         if volume_node is None or segmentation_node is None or not segment_id:
             raise ValueError("select the volume, the segmentation and the segment to refine")
+        if volume_node.GetParentTransformNode() is not None:
+            raise ValueError(transformed_volume_problem(volume_node, "clicks"))
         if self.refinement is not None:
             self.end_refinement(accept=True)
         if not self.refine_worker.running:
@@ -253,6 +261,8 @@ class UniversalSegLogic:
         (and only when) the result is in."""
         if volume_node is None or volume_node.GetScene() is None:
             raise ValueError("select an input volume")
+        if roi is not None and volume_node.GetParentTransformNode() is not None:
+            raise ValueError(transformed_volume_problem(volume_node, "a region of interest"))
         if not tasks:
             raise ValueError("select at least one structure to segment")
         if not modality:
@@ -323,6 +333,13 @@ class UniversalSegLogic:
         out.mkdir(parents=True, exist_ok=False)
         cmd = finetune_command(model, str(catalog), str(out), mode, self.python) + list(extra)
         return TrainingJob(self._launch(cmd, out), out)
+
+
+def transformed_volume_problem(volume_node, what: str) -> str:
+    """Points and boxes are placed in world coordinates, the volume is segmented in its own
+    (vtkMRMLTransformableNode::GetParentTransformNode): refuse rather than miss the place."""
+    return (f"{what} cannot be used while the volume {volume_node.GetName()!r} is under a transform: "
+            "harden the transform (Data module: right-click the volume > Harden transform) or remove it")
 
 
 def roi_bounds(roi_node) -> Optional[list]:

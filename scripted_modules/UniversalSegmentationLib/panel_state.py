@@ -132,6 +132,19 @@ class PanelState:
         return "Apply", bool(has_volume and modality and self.checked)
 
 
+# What the input list hides (Resources/UI: hideChildNodeTypes): vtkMRMLScalarVolumeNode's
+# subclasses that are not one scalar image (labelmaps; vector, tensor and diffusion volumes).
+NOT_INPUT_VOLUMES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
+def first_input_volume(scene):
+    """The first volume the input list offers (None when there is none)."""
+    volumes = (scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")))
+    return next((v for v in volumes if not any(v.IsA(t) for t in NOT_INPUT_VOLUMES) and not v.GetHideFromEditors()),
+                None)
+
+
 def remember(folders: list, path: str) -> list:
     """The model folder list with ``path`` last (most recent), once."""
     return [f for f in folders if f != path] + [path]

@@ -39,6 +39,17 @@ def popen_options(os_name: str = os.name) -> dict:
     return options
 
 
+def kill_tree_options(pid: int, os_name: str = os.name):
+    """How Cancel ends a child and everything it started: ``taskkill /T`` without a console
+    window on Windows (a bare subprocess.run flashes one), the process group on POSIX."""
+    if os_name == "nt":
+        return ["taskkill", "/F", "/T", "/PID", str(pid)], {"capture_output": True, "creationflags": CREATE_NO_WINDOW}
+    return None, {}
+
+
+MAX_STDERR_LINES = 1000  # a training run logs for hours: the last lines are kept, not all
+
+
 class ProcessRunner:
     def __init__(self):
         self.proc: Optional[subprocess.Popen] = None
@@ -64,6 +75,8 @@ class ProcessRunner:
                 self.lines.put(line.rstrip("\n"))
             else:
                 self.stderr_lines.append(line.rstrip("\n"))
+                if len(self.stderr_lines) > 2 * MAX_STDERR_LINES:
+                    del self.stderr_lines[:-MAX_STDERR_LINES]
         stream.close()
 
     @property
@@ -94,8 +107,9 @@ class ProcessRunner:
         if not self.running:
             return
         self.cancelled = True
-        if os.name == "nt":
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.proc.pid)], capture_output=True)
+        command, options = kill_tree_options(self.proc.pid)
+        if command:
+            subprocess.run(command, **options)
         else:
             try:
                 os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)

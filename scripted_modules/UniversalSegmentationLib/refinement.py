@@ -39,6 +39,7 @@ class SegmentRefinement:
         self.ready = False
         self.status = "starting the refinement worker"
         self.pending: dict[int, str] = {}      # request id -> what it was
+        self.points_of: dict[int, tuple] = {}  # refine request id -> its (markups node, point index)
         self.clicks: list[tuple] = []          # (markups node, point index) per applied click, for undo
         self._waiting: list[tuple] = []        # clicks made before the worker was ready
         self.points = {True: self._point_list("positive", POSITIVE_COLOR),
@@ -88,6 +89,7 @@ class SegmentRefinement:
         rid = self.worker.send({"cmd": "refine", "task": self.task, "points": [
             {"position": [float(v) for v in ras], "label": "positive" if positive else "negative"}]})
         self.pending[rid] = "refine"
+        self.points_of[rid] = (node, index)
         self.clicks.append((node, index))
         self.status = "refining"
 
@@ -95,11 +97,17 @@ class SegmentRefinement:
         """Take back the last click; False when there is none."""
         if not self.clicks:
             return False
-        node, index = self.clicks.pop()
-        if node is not None and index is not None and index < node.GetNumberOfControlPoints():
-            node.RemoveNthControlPoint(index)
+        self._remove_point(*self.clicks.pop())
         self.pending[self.worker.send({"cmd": "undo", "task": self.task})] = "undo"
         return True
+
+    def _remove_point(self, node, index) -> None:
+        """Remove a click's point; the later points of its list move down one index."""
+        if node is not None and index is not None and index < node.GetNumberOfControlPoints():
+            node.RemoveNthControlPoint(index)
+            self.clicks = [(n, i - 1 if n is node and i is not None and i > index else i) for n, i in self.clicks]
+            self.points_of = {r: (n, i - 1 if n is node and i is not None and i > index else i)
+                              for r, (n, i) in self.points_of.items()}
 
     def place(self, positive: bool) -> None:
         """Slicer's place mode (persistent: one click per point until Escape) on the positive or
@@ -120,12 +128,13 @@ class SegmentRefinement:
             if kind is None or "ok" not in message:
                 continue
             del self.pending[message["id"]]
+            point = self.points_of.pop(message["id"], None)
             if not message["ok"]:
                 errors.append(message.get("error", "failed"))
-                if kind == "refine" and self.clicks:  # that click changed nothing: forget it
-                    node, index = self.clicks.pop()
-                    if node is not None and index is not None and index < node.GetNumberOfControlPoints():
-                        node.RemoveNthControlPoint(index)
+                self.status = f"last request refused: {errors[-1]}"  # stays until the next answer
+                if kind == "refine" and point in self.clicks:  # THAT click changed nothing: forget it
+                    self.clicks.remove(point)
+                    self._remove_point(*point)
                 continue
             if kind == "set_mask":
                 self.ready = True
