@@ -152,12 +152,11 @@ class SegmentRefinement:
         return errors
 
     def apply(self, reply: dict) -> None:
-        """Write a mask reply's box into the segment (only this segment, only that box)."""
+        """Write a mask reply's box into the segment: only this segment, only that box, straight
+        into the segmentation as Segment Editor's effects do (vtkSlicerSegmentationsModuleLogic::
+        SetBinaryLabelmapToSegment with an extent), never the whole volume through scene nodes."""
         box, values = decode_mask(reply)
-        (i0, i1), (j0, j1), (k0, k1) = box
-        full = slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentation, self.segment_id, self.volume)
-        full[k0:k1, j0:j1, i0:i1] = values
-        slicer.util.updateSegmentBinaryLabelmapFromArray(full, self.segmentation, self.segment_id, self.volume)
+        write_box(self.segmentation, self.segment_id, self.volume, box, values)
 
     # ------------------------------------------------------------------ end
     def accept(self) -> None:
@@ -188,3 +187,24 @@ class SegmentRefinement:
         if interaction is not None and selection is not None and selection.GetActivePlaceNodeID() in ours \
                 and interaction.GetCurrentInteractionMode() == interaction.Place:
             interaction.SwitchToViewTransformMode()
+
+
+def write_box(segmentation_node, segment_id: str, volume_node, box, values) -> None:
+    """Replace the voxels of ``box`` ((i0, i1), (j0, j1), (k0, k1), ends excluded) of a segment
+    with ``values`` (uint8, (k, j, i)) on the volume's voxel grid; the rest of the segment and
+    every other segment stay as they are."""
+    import vtk
+    from vtk.util import numpy_support
+    (i0, i1), (j0, j1), (k0, k1) = box
+    labelmap = slicer.vtkOrientedImageData()
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    labelmap.SetImageToWorldMatrix(ijk_to_ras)
+    extent = [i0, i1 - 1, j0, j1 - 1, k0, k1 - 1]
+    labelmap.SetExtent(extent)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
+    voxels[:] = (values > 0).astype("uint8").ravel()  # VTK's x-fastest order is (k, j, i) C order
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, logic.MODE_REPLACE, extent):
+        raise RuntimeError(f"could not write the refined box into segment {segment_id!r}")
