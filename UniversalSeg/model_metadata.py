@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.terminology import TaskInfo, check_task_names
+from .exclusive_groups import read_groups
 from .structured_file import parse_text
 
 # Bounds checked before anything is allocated from a package's numbers (a hostile model.json
@@ -39,6 +40,7 @@ class ModelSummary:
     spacing: tuple[float, float, float]
     patch_size: tuple[int, int, int]
     meta: dict
+    exclusive_groups: list[list[str]] = field(default_factory=list)  # tasks a voxel is at most one of
 
 
 def read_member(path: Path, name: str) -> bytes:
@@ -114,7 +116,8 @@ def summarize(meta: dict, path: Path) -> ModelSummary:
             check_task_names(t.name, t.display_name)
         except ValueError as exc:
             raise PackageError(f"{path}: {exc}") from None
-    return ModelSummary(tasks, list(network["modalities"]), spacing, patch, meta)
+    groups = read_groups(meta, [t.name for t in tasks], f"{path}: {META_FILE}", PackageError)
+    return ModelSummary(tasks, list(network["modalities"]), spacing, patch, meta, groups)
 
 
 def read_summary(path: str | Path) -> ModelSummary:

@@ -1,5 +1,6 @@
-"""Print what a model segments: tasks (with colors and codes), modalities, spacing, provenance,
-and the model card (what it was trained on, intended use, known limits, validation) when it has one.
+"""Print what a model segments: tasks (with colors and codes), the exclusive task groups (a voxel
+is at most one task of a group), modalities, spacing, provenance, and the model card (what it was
+trained on, intended use, known limits, validation) when it has one.
 
     universalseg info MODEL [--json]
 """
@@ -31,6 +32,7 @@ def run(args) -> int:
         print(json.dumps({"tasks": [t.to_dict() for t in package.tasks], "modalities": list(cfg.modalities),
                           "domains": list(cfg.domains), "spacing": list(package.spacing),
                           "patch_size": list(package.patch_size),
+                          "exclusive_groups": package.exclusive_groups,
                           "provenance": package.meta.get("provenance", {})}, indent=2))
         return 0
     print(f"model       {args.model}")
@@ -42,6 +44,10 @@ def run(args) -> int:
     for t in package.tasks:
         code = f"{t.type.scheme} {t.type.value} {t.type.meaning}" if t.type else "no standard code"
         print(f"  {t.name:20s} {t.display_name:20s} rgb{tuple(t.color)}  {code}")
+    if package.exclusive_groups:
+        print(f"exclusive groups ({len(package.exclusive_groups)}; a voxel is at most one task of a group):")
+        for group in package.exclusive_groups:
+            print(textwrap.fill(", ".join(group), 100, initial_indent="  ", subsequent_indent="    "))
     prov = package.meta.get("provenance", {})
     if prov:
         print(f"trained     {prov.get('created', '?')}, {prov.get('steps', '?')} steps on "

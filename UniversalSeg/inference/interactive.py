@@ -17,11 +17,18 @@ rule 31 of 56 case x task curves of Testing/Benchmarks/interactive.py ended belo
 clicks on thin boundary errors rewriting correct voxels around them; with it 10, by at most 0.07)
 and resamples only the matching box of the input grid. All clicks of a task so far
 steer every refinement, as in training (``training.click_simulation``).
+
+A task in one of the model's exclusive groups never overlaps its open group mates: the masks come
+from ``Predictor.to_input_masks`` (argmax within the group) on the automatic pass and in each
+changed box, from every member's current logits (the group mates of the open tasks are computed
+too). A click on such a task can therefore change a mate's mask in the box (a positive click takes
+voxels from it, a negative one can give voxels back): those changes come with the task's
+``MaskChange`` as ``also``. ``set_mask`` keeps the edited mask as given.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -44,6 +51,7 @@ class MaskChange:
     box: tuple
     mask: np.ndarray
     seconds: float = 0.0
+    also: list = field(default_factory=list)  # MaskChanges of exclusive group mates in the same box
 
 
 @dataclass
@@ -67,20 +75,20 @@ class InteractiveSession:
         self.options.validate()
         self.tasks = list(tasks) if tasks else list(p.package.config.tasks)
         task_ids = [p.vocab.task_id(t) for t in self.tasks]
+        computed = p.with_group_members(self.tasks)  # the open tasks' exclusive group mates too
+        task_ids += [p.vocab.task_id(t) for t in computed[len(self.tasks):]]
         modality_id, domain_id = p.vocab.modality_id(modality), p.vocab.domain_id(domain)
         c = p.net.config.channels[0]
-        self.grid: ModelGrid = p.prepare(image, modality, 2 * len(self.tasks) + c, self.options, report)
+        self.grid: ModelGrid = p.prepare(image, modality, 2 * len(computed) + c, self.options, report)
         out = p._infer(self.grid.volume, task_ids, modality_id, domain_id, self.options,
                        scaled(report, 0.15, 0.9, "infer"), with_features=True).float()
-        n = len(self.tasks)
+        n = len(computed)
         self.features = out[None, :c].contiguous()              # [1, C, X, Y, Z]
-        self.logits = {t: out[c + i].clone() for i, t in enumerate(self.tasks)}
-        self.masks: dict[str, np.ndarray] = {}
-        for i, task in enumerate(self.tasks):
-            report("resample", 0.9 + 0.1 * i / n, f"{task}: back to the input grid")
-            mask, _ = p.to_input_grid(out[c + n + i], task, self.grid, self.options)
-            self.masks[task] = sitk.GetArrayFromImage(mask)     # (k, j, i)
-        del out
+        self.logits = {t: out[c + i].clone() for i, t in enumerate(computed)}
+        masks, _ = p.to_input_masks(out[c + n:], computed, self.tasks, self.grid, self.options,
+                                    scaled(report, 0.9, 1.0, "resample"))
+        self.masks: dict[str, np.ndarray] = {t: sitk.GetArrayFromImage(m) for t, m in masks.items()}  # (k, j, i)
+        del out, masks
         self.clicks: dict[str, list] = {t: [] for t in self.tasks}
         self.history: dict[str, list[_Undo]] = {t: [] for t in self.tasks}
         self.ras_to_voxel = np.linalg.inv(self.grid.affine)
@@ -137,6 +145,9 @@ class InteractiveSession:
         undo = self.history[task].pop()
         self.logits[task][undo.region] = undo.logits
         del self.clicks[task][undo.clicks:]
+        if self._group(task) != [task]:  # the box again from the logits: the mates may have moved since
+            lo, hi = (np.array([s.start for s in undo.region]), np.array([s.stop for s in undo.region]))
+            return self._paste(task, lo, hi, _Undo(undo.region, undo.logits, (), np.empty(0), undo.clicks))
         (k0, k1), (j0, j1), (i0, i1) = undo.box[::-1]
         self.masks[task][k0:k1, j0:j1, i0:i1] = undo.mask
         return MaskChange(task, undo.box, undo.mask.copy())
@@ -160,7 +171,7 @@ class InteractiveSession:
 
     # ------------------------------------------------------------------ steps
     def _task(self, task: str) -> str:
-        if task not in self.logits:
+        if task not in self.tasks:
             raise InputError(f"the task {task!r} is not open in this session; open tasks: {self.tasks}")
         return task
 
@@ -191,15 +202,31 @@ class InteractiveSession:
         sub.SetSpacing(ref.GetSpacing())
         sub.SetDirection(ref.GetDirection())
         sub.SetOrigin(ref.TransformIndexToPhysicalPoint(tuple(int(a) for a, _ in box)))
-        prob = torch.sigmoid(self.logits[task])
-        mask, _ = self.predictor.to_input_grid(prob, task, self.grid, self.options, reference=sub, cleanup=False)
-        new = sitk.GetArrayFromImage(mask)
+        group = self._group(task)  # the task alone, or its exclusive group (resolved together)
+        open_members = [t for t in group if t in self.masks]
+        masks, _ = self.predictor.to_input_masks([torch.sigmoid(self.logits[t]) for t in group], group,
+                                                 open_members, self.grid, self.options, reference=sub,
+                                                 cleanup=False)
         (k0, k1), (j0, j1), (i0, i1) = box[::-1]
-        target = self.masks[task][k0:k1, j0:j1, i0:i1]
-        new = new[:target.shape[0], :target.shape[1], :target.shape[2]]
-        undo.box, undo.mask = box, target.copy()
-        self.masks[task][k0:k1, j0:j1, i0:i1] = new
-        return MaskChange(task, box, new.copy())
+        changes = {}
+        for member in open_members:
+            target = self.masks[member][k0:k1, j0:j1, i0:i1]
+            new = sitk.GetArrayFromImage(masks[member])[:target.shape[0], :target.shape[1], :target.shape[2]]
+            if member == task:
+                undo.box, undo.mask = box, target.copy()
+            elif np.array_equal(new, target):
+                continue
+            target[...] = new
+            changes[member] = MaskChange(member, box, new.copy())
+        change = changes.pop(task)
+        change.also = list(changes.values())
+        return change
+
+    def _group(self, task: str) -> list[str]:
+        for group in self.predictor.exclusive_groups:
+            if task in group:
+                return list(group)
+        return [task]
 
 
 def read_points(path, tasks: Sequence[str]) -> list[tuple[str, tuple[float, float, float], bool]]:

@@ -18,6 +18,10 @@ Steps (one direction only):
    spacing, direction, size copied from the input), threshold, optional clean-up keeping each
    task's largest connected components (as many as the structure has parts: both kidneys; lesions
    are never cleaned up this way). One task at a time, so memory holds a single float32 full-resolution array.
+   Tasks of a model's exclusive group (``exclusive_groups``) are resolved there, at the one place
+   where probabilities become masks (``to_input_masks``): a voxel goes to the group's member with
+   the highest probability that reaches its threshold, else to none; the requested tasks' group
+   mates are computed for that (not returned); probability maps stay raw.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from ..networks import SegContext, autocast, prepare_input, resolve_device, reso
 from .progress import Reporter, scaled, silent
 from ..cpu_threads import ThreadGovernor
 from ..errors import InputError
+from ..exclusive_groups import ExclusiveResolver, with_members
 
 log = logging.getLogger("UniversalSeg.predict")
 
@@ -137,6 +142,8 @@ class Predictor:
         self.vocab = self.net.vocab
         self.threads = ThreadGovernor(enabled=None if self.device.type == "cpu" else False)
         self.warnings: list[str] = []
+        # validated when the package was read (model_metadata.summarize)
+        self.exclusive_groups: list[list[str]] = package.meta.get("exclusive_groups") or []
 
     # ------------------------------------------------------------------ public
     def predict(self, image, modality: str, tasks: Optional[Sequence[str]] = None,
@@ -151,21 +158,17 @@ class Predictor:
         if len(set(tasks)) != len(tasks):
             raise InputError(f"a task is requested twice: {tasks}")
         self.warnings = []
+        computed = self.with_group_members(tasks)  # == tasks for a model without exclusive groups
+        task_ids += [self.vocab.task_id(t) for t in computed[len(tasks):]]
         timings, t0 = {}, time.perf_counter()
-        grid = self.prepare(image, modality, len(tasks), options, report, timings)
+        grid = self.prepare(image, modality, len(computed), options, report, timings)
         t = time.perf_counter()
         probs = self._infer(grid.volume, task_ids, modality_id, domain_id, options,
                             scaled(report, 0.15, 0.85, "infer"))
         timings["infer"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks, kept = {}, {}
-        step = scaled(report, 0.85, 1.0, "resample")
-        for i, task in enumerate(tasks):
-            step(i / len(tasks), f"{task}: back to the input grid")
-            masks[task], on_input = self.to_input_grid(probs[i], task, grid, options)
-            if options.keep_probabilities:
-                kept[task] = on_input
-            del on_input
+        masks, kept = self.to_input_masks(probs, computed, tasks, grid, options,
+                                          scaled(report, 0.85, 1.0, "resample"), options.keep_probabilities)
         del probs
         timings["resample"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
@@ -199,19 +202,61 @@ class Predictor:
         crop_affine[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
         return ModelGrid(reference, cropped, crop_affine)
 
-    def to_input_grid(self, prob: torch.Tensor, task: str, grid: "ModelGrid", options: PredictOptions,
-                      reference: Optional[sitk.Image] = None, cleanup: bool = True):
-        """Step 5 for one task: probabilities [X, Y, Z] on the model grid -> (uint8 mask, float32
-        probabilities) on ``reference`` (default: the whole input grid)."""
+    def with_group_members(self, tasks: Sequence[str]) -> list[str]:
+        """``tasks`` and, after them, the other members of their exclusive groups: what must be
+        computed for ``to_input_masks`` to resolve the groups."""
+        return with_members(tasks, self.exclusive_groups)
+
+    def to_input_masks(self, probs, tasks: Sequence[str], wanted: Sequence[str], grid: "ModelGrid",
+                       options: PredictOptions, step=None, keep: bool = False,
+                       reference: Optional[sitk.Image] = None, cleanup: bool = True):
+        """Step 5, THE place where probabilities become masks: ``probs[i]`` [X, Y, Z] of ``tasks[i]``
+        on the model grid -> ({task: uint8 mask}, {task: float32 probabilities, raw, if ``keep``})
+        of the ``wanted`` tasks on ``reference`` (default: the whole input grid). A task in no
+        exclusive group is thresholded alone; a grouped one goes through ``ExclusiveResolver``
+        (``tasks`` must then hold its whole group: ``with_group_members``)."""
+        resolver = ExclusiveResolver(self.exclusive_groups, wanted)
+        missing = [t for t in with_members(wanted, self.exclusive_groups) if t not in tasks]
+        if missing:
+            raise ValueError(f"exclusive groups need the probabilities of {missing} too")
+        masks, kept, target = {}, {}, reference or grid.reference
+        for i, task in enumerate(tasks):
+            if task not in wanted and task not in resolver:
+                continue
+            if step is not None:  # step(fraction, message): progress.scaled's
+                step(i / len(tasks), f"{task}: back to the input grid")
+            on_input = self.resample(probs[i], grid, target)
+            if task in resolver:
+                resolver.add(task, sitk.GetArrayViewFromImage(on_input), self.threshold(task, options))
+            elif task in wanted:
+                masks[task] = self.binarize(on_input, task, options, cleanup)
+            if keep and task in wanted:
+                kept[task] = on_input
+            del on_input
+        for task in wanted:
+            if task in resolver:
+                mask = sitk.GetImageFromArray(resolver.mask(task))
+                mask.CopyInformation(target)
+                masks[task] = self.binarize(mask, task, options, cleanup, threshold=False)
+        return {t: masks[t] for t in wanted}, kept
+
+    @staticmethod
+    def resample(prob: torch.Tensor, grid: "ModelGrid", reference: sitk.Image) -> sitk.Image:
+        """Probabilities [X, Y, Z] on the model grid -> float32 on ``reference`` (linear)."""
         # torch reorders to SimpleITK's (k, j, i) order in float32, one task at a time
         # (multi-threaded; SimpleITK would otherwise copy a strided array element by element)
-        on_input = sitk.Resample(grid.sitk_image(prob), reference or grid.reference, sitk.Transform(),
-                                 sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        mask = sitk.BinaryThreshold(on_input, self.threshold(task, options), 2.0, 1, 0)  # prob >= threshold
+        return sitk.Resample(grid.sitk_image(prob), reference, sitk.Transform(),
+                             sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+    def binarize(self, image: sitk.Image, task: str, options: PredictOptions, cleanup: bool = True,
+                 threshold: bool = True) -> sitk.Image:
+        """Probabilities -> uint8 mask (prob >= the task's threshold; ``threshold`` False: already
+        a mask), then the optional largest-component clean-up."""
+        mask = sitk.BinaryThreshold(image, self.threshold(task, options), 2.0, 1, 0) if threshold else image
         if cleanup and options.largest_component:
             parts = {t.name: t.parts for t in self.package.tasks}
             mask = largest_components(mask, parts.get(task, 1))
-        return mask, on_input
+        return mask
 
     def threshold(self, task: str, options: PredictOptions) -> float:
         return float(options.thresholds.get(task, self.package.meta["inference"].get("threshold", 0.5)))

@@ -16,8 +16,11 @@ line on stdout (progress lines carry "progress"; a reply carries "ok"). Requests
 
 A mask reply: {"ok": true, "task", "box": [[i0, i1], [j0, j1], [k0, k1]] (input-grid voxels,
 end exclusive), "shape": [nk, nj, ni], "mask": base64 of the zlib-compressed uint8 array in
-(k, j, i) order, "seconds"}. A bad request gets {"ok": false, "error": "one line"} and the worker
-goes on; a bug in the worker answers "internal error" with its traceback on stderr and goes on too.
+(k, j, i) order, "seconds"}; for a task in one of the model's exclusive groups, a refine or undo
+reply may add "also": [{"task", "box", "shape", "mask"}, ...], the group mates whose masks that
+change altered in the box (they never overlap the task). A bad request gets {"ok": false,
+"error": "one line"} and the worker goes on; a bug in the worker answers "internal error" with
+its traceback on stderr and goes on too.
 Why a line protocol over pipes, not a socket: nothing to configure or secure (no port is
 opened), and the worker dies with its pipes; ``UNIVERSALSEG_PARENT_PID`` ends it with Slicer.
 """
@@ -51,9 +54,13 @@ def encode_mask(array: np.ndarray) -> str:
 def mask_reply(change, seconds: Optional[float] = None) -> dict:
     if change is None:
         return {"ok": True, "box": None}
-    return {"ok": True, "task": change.task, "box": [list(b) for b in change.box],
-            "shape": list(change.mask.shape), "mask": encode_mask(change.mask),
-            "seconds": round(change.seconds if seconds is None else seconds, 4)}
+    reply = {"ok": True, "task": change.task, "box": [list(b) for b in change.box],
+             "shape": list(change.mask.shape), "mask": encode_mask(change.mask),
+             "seconds": round(change.seconds if seconds is None else seconds, 4)}
+    if getattr(change, "also", None):  # exclusive group mates changed in the box
+        reply["also"] = [{"task": c.task, "box": [list(b) for b in c.box], "shape": list(c.mask.shape),
+                          "mask": encode_mask(c.mask)} for c in change.also]
+    return reply
 
 
 class Worker:
