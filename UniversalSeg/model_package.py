@@ -30,8 +30,8 @@ from .data.modalities import IntensityPolicy
 from .file_modes import apply_umask
 from .data.terminology import TaskInfo
 from .networks import ModelConfig, UniversalSegNet
-from .model_metadata import (META_FILE, PACKAGE_FORMAT, PACKAGE_VERSION, WEIGHTS_FILE,  # noqa: F401
-                             PackageError, parse_meta, read_member, read_meta_bytes, summarize)
+from .model_metadata import (META_FILE, NETWORK_STRIDE, PACKAGE_FORMAT, PACKAGE_VERSION,  # noqa: F401
+                             WEIGHTS_FILE, PackageError, parse_meta, read_member, read_meta_bytes, summarize)
 from .networks.config import ConfigError
 
 
@@ -117,12 +117,40 @@ def load_package(path: str | Path) -> ModelPackage:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PackageError(f"{path}: {META_FILE} is incomplete or malformed ({exc!r})") from None
     summary = summarize(meta, path)
-    weight_bytes = read_member(path, WEIGHTS_FILE)
+    assert config.divisor == NETWORK_STRIDE, "model_metadata.NETWORK_STRIDE disagrees with the network"
+    expected = expected_state(config, path)
+    parameters = sum(t.numel() for t in expected.values())
+    # float32 at most (half storage is smaller), plus the safetensors header (names, shapes)
+    weight_bytes = read_member(path, WEIGHTS_FILE, limit=4 * parameters + 200 * len(expected) + (1 << 20))
     try:
         state = load_safetensors_bytes(weight_bytes)
     except Exception as exc:
         raise PackageError(f"{path}: {WEIGHTS_FILE} is not a safetensors file (refused without "
                            f"unpickling anything): {str(exc)[:160]}") from None
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and want.is_floating_point() != tensor.is_floating_point():
+            raise PackageError(f"{path}: {WEIGHTS_FILE}: {name} is stored as {tensor.dtype}, the network needs "
+                               f"{want.dtype}; the weights are damaged or not this network's")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise PackageError(f"{path}: {WEIGHTS_FILE}: {name} holds NaN or infinite values; the model is "
+                               "damaged (a diverged training?): download or export it again")
     state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}  # half storage
     return ModelPackage(config, summary.tasks, modalities, summary.spacing, summary.patch_size, meta, state)
+
+
+MAX_PARAMETERS = 400_000_000  # 1.6 GB in float32: 1.7x the "large" preset (239 M)
+
+
+def expected_state(config: ModelConfig, path: Path) -> dict:
+    """The network's tensors (names, shapes, dtypes) without allocating them (torch's meta device),
+    refused when the network is larger than any model we build: before a byte of weights is read."""
+    with torch.device("meta"):
+        state = UniversalSegNet(config).state_dict()
+    parameters = sum(t.numel() for t in state.values())
+    if parameters > MAX_PARAMETERS:
+        raise PackageError(f"{path}: the network described in {META_FILE} has {parameters / 1e6:.0f} M parameters, "
+                           f"more than any UniversalSeg model ({MAX_PARAMETERS / 1e6:.0f} M); the file is "
+                           "damaged or hostile")
+    return state
 

@@ -53,6 +53,31 @@ def _pickled_weights(model):
     torch.save({"x": Exploit()}, model / "model.safetensors")
 
 
+def _edit_weights(edit):
+    """Load the package's weights, change the first floating-point tensor, save them back."""
+    def prepare(model):
+        from safetensors.torch import load_file
+        state = load_file(str(model / "model.safetensors"))
+        name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+        state[name] = edit(state[name])
+        save_file(state, str(model / "model.safetensors"))
+    return prepare
+
+
+def _with_nan(tensor):
+    tensor = tensor.clone()
+    tensor.view(-1)[0] = float("nan")
+    return tensor
+
+
+def _sparse(name, size):
+    """A file that claims ``size`` bytes (sparse: no disk used, but reading it would take the memory)."""
+    def prepare(model):
+        with open(model / name, "wb") as f:
+            f.truncate(size)
+    return prepare
+
+
 def _zip_then(edit):
     """Zip the package, then damage the zip: the package given is the .zip."""
     def prepare(model):
@@ -105,6 +130,39 @@ CASES = {  # name: (prepare(model folder), message)
                         "no line breaks"),
     "other-weights": (_other_weights, "the weights do not fit the network"),
     "pickle-weights": (_pickled_weights, "is not a safetensors file (refused without unpickling"),
+    "version-true": (_meta(_set(["format_version"], True)), "format_version True is not a format number"),
+    "version-negative": (_meta(_set(["format_version"], -1)), "format_version -1 is not a format number"),
+    "version-string": (_meta(_set(["format_version"], "1")), "format_version '1' is not a format number"),
+    "patch-not-stride": (_meta(_set(["inference", "patch_size"], [33, 48, 48])),
+                         "multiples of the network's stride 16"),
+    "patch-float": (_meta(_set(["inference", "patch_size"], [48.0, 48, 48])),
+                    "patch size [48.0, 48, 48] must be three numbers between 16 and 512 voxels: whole numbers"),
+    "patch-1024": (_meta(_set(["inference", "patch_size"], [1024, 1024, 1024])), "patch size [1024, 1024, 1024]"),
+    "spacing-string": (_meta(_set(["preprocessing", "spacing"], ["2", 2, 2])),
+                       "spacing ['2', 2, 2] must be three numbers"),
+    "color-over-255": (_meta(lambda m: m["tasks"][0].update(color=[300, 0, 0])),
+                       "color must be three whole numbers 0-255 (red, green, blue), got [300, 0, 0]"),
+    "color-float": (_meta(lambda m: m["tasks"][0].update(color=[12.5, 0, 0])), "color must be three whole"),
+    "color-negative": (_meta(lambda m: m["tasks"][0].update(color=[-1, 0, 0])), "color must be three whole"),
+    "threshold-2": (_meta(_set(["inference", "threshold"], 2)), "inference.threshold 2 must be a probability"),
+    "threshold-null": (_meta(_set(["inference", "threshold"], None)), "inference.threshold None must be a"),
+    "threshold-abc": (_meta(_set(["inference", "threshold"], "abc")), "inference.threshold 'abc' must be a"),
+    "provenance-list": (_meta(_set(["provenance"], ["trained"])), "provenance must be a mapping, got list"),
+    "provenance-datasets": (_meta(_set(["provenance", "datasets"], [1, 2])),
+                            "provenance.datasets must be a list of names"),
+    "provenance-card": (_meta(_set(["provenance", "card"], "a card")), "provenance.card must be a mapping of texts"),
+    "network-huge": (_meta(lambda m: m["network"].update(base_width=512, width_multipliers=[1, 2, 4, 8, 8],
+                                                          fusion={"sites": {}}, head="static")),
+                     "M parameters, more than any UniversalSeg model"),
+    "polynomial-degree-huge": (_meta(_set(["network", "harmonization", "polynomial_degree"], 10 ** 6)),
+                               "harmonization.polynomial_degree: 1000000 is larger than any sensible network"),
+    "embedding-huge": (_meta(_set(["network", "harmonization", "class_aware_embedding"], 10 ** 6)),
+                       "harmonization.class_aware_embedding: 1000000 is larger"),
+    "domains-huge": (_meta(_set(["network", "domains"], [f"site{i}" for i in range(5000)])), "domains: 5000 names"),
+    "description-sparse": (_sparse("model.json", 40 << 20), "model.json holds 42 MB, more than this package can need"),
+    "weights-sparse": (_sparse("model.safetensors", 1 << 30), "refused without reading it"),
+    "weights-nan": (_edit_weights(_with_nan), "holds NaN or infinite values"),
+    "weights-int32": (_edit_weights(lambda t: t.to(torch.int32)), "is stored as torch.int32, the network needs"),
     "zip-truncated": (_zip_then(_truncate), "neither a model package folder nor a valid zip"),
     "zip-encrypted": (_zip_then(_encrypt), "model packages are not encrypted"),
     "zip-bomb": (_zip_then(_as_is), "refused without unpacking it"),
@@ -134,6 +192,8 @@ def test_a_bad_model_package_exits_3_and_writes_nothing(trained_run, image, tmp_
     code = main(["predict", "--model", str(given), "--input", str(image), "--modality", "CT",
                  "--output", str(tmp_path / "out.seg.nrrd"), "--progress", "none"])
     assert_refused(code, capsys.readouterr().err, 3, message, before, tree_state(tmp_path))
-    if case not in ("no-weights", "other-weights", "pickle-weights", "zip-bomb"):  # info reads model.json only
+    if case not in ("no-weights", "other-weights", "pickle-weights", "zip-bomb", "network-huge", "weights-sparse",
+                    "weights-nan", "weights-int32"):  # info reads model.json only
         code = main(["info", str(given)])
         assert_refused(code, capsys.readouterr().err, 3, message, before, tree_state(tmp_path))
+

@@ -34,6 +34,7 @@ HEAD_KINDS = ("dynamic", "static")
 # Named sizes of the residual U-Net: base width w, channels (w, 2w, 4w, 8w, 10w).
 PRESETS = {"small": 16, "base": 32, "large": 64}
 MAX_WIDTH, MAX_CHANNELS = 512, 4096  # far above "large" (64, 640 channels at the bottom)
+MAX_NAMES = 4096  # tasks of one model
 
 
 class ConfigError(InputError):
@@ -199,6 +200,9 @@ class ModelConfig:
         _names(self.tasks, "tasks", allow_empty=False)
         _names(self.modalities, "modalities", allow_empty=False)
         _names(self.domains, "domains", allow_empty=True)
+        for key, high in (("tasks", MAX_NAMES), ("modalities", 256), ("domains", 1024)):
+            if len(getattr(self, key)) > high:
+                raise ConfigError(f"{key}: {len(getattr(self, key))} names; at most {high}")
         _positive_int(self.base_width, "base_width", MAX_WIDTH)
         _positive_int(self.in_channels, "in_channels", 64)
         if len(self.width_multipliers) != 5:
@@ -239,8 +243,8 @@ class ModelConfig:
             raise ConfigError(f"harmonization.norm: {h.norm!r} is not one of {list(NORM_KINDS)}")
         if h.conv not in CONV_KINDS:
             raise ConfigError(f"harmonization.conv: {h.conv!r} is not one of {list(CONV_KINDS)}")
-        _positive_int(h.polynomial_degree, "harmonization.polynomial_degree")
-        _positive_int(h.class_aware_embedding, "harmonization.class_aware_embedding")
+        _positive_int(h.polynomial_degree, "harmonization.polynomial_degree", 16)
+        _positive_int(h.class_aware_embedding, "harmonization.class_aware_embedding", 1024)
         for key in ("class_aware_stages", "harmonized_stages"):
             for s in getattr(h, key):
                 if s not in STAGES:
