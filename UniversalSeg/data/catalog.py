@@ -26,6 +26,12 @@ label 2 lies inside the liver)::
         synthesize: {tissues: {0: air, 1: csf, 2: gray-matter, 3: white-matter}}
         cases: [{id: head1, label: heads/head1.nii.gz}]   # label maps only: images are drawn
         labels: {brain: [1, 2, 3], gray-matter: 2}       # from them at every step (training only)
+      - name: label-maps-t1         # SynthSeg-style generation (data.label_synthesis): real label
+        modality: MR-T1             # maps, one random Gaussian per label, deformation, flips
+        synthesize: {generator: label-maps, tissues: {0: background, 2: white-matter, 3: gray-matter},
+                     mirror: {2: 41, 3: 42}}   # left/right twins, swapped on a flip
+        cases: [{id: s01, label: maps/s01.nii.gz}]
+        labels: {white-matter-left: 2, white-matter-right: 41}
 
 Paths are relative to the catalog file. ``load_catalog`` validates the structure (errors name the
 key); ``check_files`` opens every file and refuses missing files, non-3D images, label grids that
@@ -71,6 +77,8 @@ class DatasetSpec:
     weight: float
     splits: dict[str, list[Case]]
     synthesize: Optional[dict[int, str]] = None  # label value -> tissue: images drawn from labels
+    # synthesize: {generator: label-maps, ...}: data.label_synthesis's settings (to_dict form)
+    generator: Optional[dict] = None
 
     @property
     def tasks(self) -> list[str]:
@@ -175,13 +183,19 @@ def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
         raise CatalogError(f"{where}: weight must be a positive number, got {weight!r}")
-    synthesize = _synthesis(raw["synthesize"], modality, where) if "synthesize" in raw else None
+    generator = None
+    if isinstance(raw.get("synthesize"), dict) and "generator" in raw["synthesize"]:
+        generator = _generator(raw["synthesize"], modality, where)
+        synthesize = None
+    else:
+        synthesize = _synthesis(raw["synthesize"], modality, where) if "synthesize" in raw else None
+    drawn = synthesize is not None or generator is not None
     msd = None
     if "root" in raw:
         root = (base / raw["root"]).resolve()
         cases, msd = _msd_cases(root, where)
     elif "cases" in raw:
-        cases = _listed_cases(raw["cases"], base, where, labels_only=synthesize is not None)
+        cases = _listed_cases(raw["cases"], base, where, labels_only=drawn)
     else:
         raise CatalogError(f"{where}: give 'root' (MSD / nnU-Net layout) or a 'cases' list")
     labels = raw.get("labels")
@@ -191,13 +205,32 @@ def _dataset(raw, i: int, base: Path, modalities) -> DatasetSpec:
         raise CatalogError(f"{where}: 'labels' must map label values to task names")
     label_map = _label_map(labels, where)
     split = raw.get("split", {})
-    if synthesize is not None:  # images drawn at random cannot be a fixed validation set
+    if drawn:  # images drawn at random cannot be a fixed validation set
         if not isinstance(split, dict) or any(split.get(k) for k in ("validation", "test")):
             raise CatalogError(f"{where}: a 'synthesize' dataset trains only; validate and test on a "
                                "dataset with images (leave out its 'split')")
         split = {"validation": 0.0}
     return DatasetSpec(name, modality, label_map, float(weight), _split(cases, split, name, where),
-                       synthesize)
+                       synthesize, generator)
+
+
+GENERATORS = ("label-maps",)
+
+
+def _generator(raw: dict, modality: str, where: str) -> dict:
+    """``synthesize: {generator: label-maps, tissues: ..., mirror: ..., ...}`` checked (one line
+    naming the key) and returned in ``GeneratorSettings.to_dict`` form."""
+    from .label_synthesis import PRIORS, GeneratorSettings
+    if raw.get("generator") not in GENERATORS:
+        raise CatalogError(f"{where}: synthesize.generator must be one of {list(GENERATORS)}, "
+                           f"got {raw.get('generator')!r}")
+    if modality not in PRIORS:
+        raise CatalogError(f"{where}: the label-maps generator has intensity priors for {sorted(PRIORS)}, "
+                           f"not {modality!r}")
+    try:
+        return GeneratorSettings.from_dict(raw, f"{where}: synthesize").to_dict()
+    except InputError as exc:
+        raise CatalogError(str(exc)) from None
 
 
 def _synthesis(raw, modality: str, where: str) -> dict[int, str]:

@@ -36,6 +36,7 @@ def case_records(catalog: Catalog, split: str, tasks: Sequence[str], modalities:
                 "modality_id": list(modalities).index(ds.modality),
                 "domain_id": list(domains).index(ds.name) if ds.name in domains else -1,
                 "synthesis": dict(ds.synthesize) if ds.synthesize else None,
+                "generator": ds.generator,  # label-maps generator (data.label_synthesis) or None
             })
     return records
 
@@ -55,8 +56,12 @@ class AugmentedPatches(Dataset):
         self.cases = cases
         max_value = max(max(v) for rec in cases.data for vals in [rec["task_values"]] for v in vals)
         synthesized = any(rec.get("synthesis") for rec in cases.data)
+        others = [rec for rec in cases.data if not rec.get("generator")]
         self.augment = augmentation(patch, aug, num_classes=max_value + 1,
-                                    synthesis=(policies, spacing) if synthesized else None)
+                                    synthesis=(policies, spacing) if synthesized else None) if others else None
+        if len(others) < len(cases.data):  # label-maps cases: crop, deformation, image in one transform
+            from .transforms import ByGenerator, GenerateFromLabelMapd
+            self.augment = ByGenerator(self.augment, GenerateFromLabelMapd(patch, policies, spacing))
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -59,10 +59,14 @@ class TaskInfo:
     # separate connected parts the structure has: 2 for a task covering both kidneys or lungs;
     # 0 for lesions (any number). Largest-component clean-up keeps this many (0: none removed).
     parts: int = 1
+    # the type's modifier in the same context: SCT 7771000 Left / 24028007 Right for a side's task
+    modifier: Optional[Code] = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["color"] = list(self.color)
+        if self.modifier is None:  # packages without sides stay as they were
+            del d["modifier"]
         return d
 
     @classmethod
@@ -75,19 +79,64 @@ class TaskInfo:
         if isinstance(parts, bool) or not isinstance(parts, int) or not 0 <= parts <= 1000:
             raise InputError(f"task {name!r}: parts must be a whole number 0-1000 (0: any number of "
                              f"parts, e.g. lesions), got {parts!r}")
-        color = data["color"]
-        if not (isinstance(color, list) and len(color) == 3
-                and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
-            raise InputError(f"task {name!r}: color must be three whole numbers 0-255 (red, green, blue), "
-                             f"got {color!r}")
         return cls(name, str(data.get("display_name", name)),
-                   tuple(color), code(data.get("category")),
-                   code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT), parts)
+                   tuple(int(c) for c in data["color"]), code(data.get("category")),
+                   code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT), parts,
+                   code(data.get("modifier")))
 
 
-def _known(name, display, color, category, scheme_value_meaning, parts=1, context=None):
+def _known(name, display, color, category, scheme_value_meaning, parts=1, context=None, modifier=None):
     context = context or (SLICER_ANATOMY_CONTEXT if category == ANATOMY else DICOM_MASTER_CONTEXT)
-    return TaskInfo(name, display, color, Code(*category), Code(*scheme_value_meaning), context, parts)
+    return TaskInfo(name, display, color, Code(*category), Code(*scheme_value_meaning), context, parts,
+                    Code(*modifier) if modifier else None)
+
+
+LEFT, RIGHT = ("SCT", "7771000", "Left"), ("SCT", "24028007", "Right")
+
+# Brain structures with a left and a right task (brain-synth 2.0). Codes, contexts and colors as
+# Slicer's terminology files have them (Slicer/Slicer 583e9b37, Modules/Loadable/Terminologies/
+# Resources/SegmentationCategoryTypeModifier-{SlicerGeneralAnatomy,DICOM-Master}.json): the
+# General Anatomy list where it has the type with Left/Right modifiers (its colors), else the
+# DICOM master list (cerebral cortex, cerebral white matter, hippocampus, accumbens: the only list
+# with their side modifiers). Colors where Slicer's lists give none (hippocampus, accumbens):
+# our choice. Cerebellar cortex and ventral DC have no code in either list: name and color only.
+_SIDED = (  # name, display, color, code, context
+    ("cerebral-cortex", "cerebral cortex", (128, 174, 128), ("SCT", "40146001", "Cerebral cortex"), DICOM_MASTER_CONTEXT),
+    ("cerebral-white-matter", "cerebral white matter", (250, 250, 225),
+     ("SCT", "68523003", "Cerebral White Matter"), DICOM_MASTER_CONTEXT),
+    ("lateral-ventricle", "lateral ventricle", (88, 106, 215), ("SCT", "66720007", "Lateral ventricle"),
+     SLICER_ANATOMY_CONTEXT),
+    ("thalamus", "thalamus", (122, 101, 38), ("SCT", "119406000", "Thalamus"), SLICER_ANATOMY_CONTEXT),
+    ("caudate", "caudate", (30, 111, 85), ("SCT", "11000004", "Caudate nucleus"), SLICER_ANATOMY_CONTEXT),
+    ("putamen", "putamen", (210, 157, 166), ("SCT", "89278009", "Putamen"), SLICER_ANATOMY_CONTEXT),
+    ("pallidum", "pallidum", (48, 129, 126), ("SCT", "14738005", "Globus pallidus"), SLICER_ANATOMY_CONTEXT),
+    ("hippocampus", "hippocampus", (220, 216, 20), ("SCT", "5366008", "Hippocampus"), DICOM_MASTER_CONTEXT),
+    ("amygdala", "amygdala", (98, 153, 112), ("SCT", "4958002", "Amygdala"), SLICER_ANATOMY_CONTEXT),
+    ("accumbens", "accumbens", (255, 165, 0), ("SCT", "427667007", "Nucleus accumbens"), DICOM_MASTER_CONTEXT),
+)
+_UNCODED_SIDED = (("cerebellum-cortex", "cerebellum cortex", (230, 148, 34)),
+                  ("ventral-dc", "ventral DC", (165, 42, 42)))
+
+
+def _brain_structures() -> list[TaskInfo]:
+    out = []
+    for name, display, color, code, context in _SIDED:
+        for side, modifier in (("left", LEFT), ("right", RIGHT)):
+            out.append(_known(f"{name}-{side}", f"{side.capitalize()} {display}", color, ANATOMY, code,
+                              context=context, modifier=modifier))
+    for name, display, color in _UNCODED_SIDED:
+        for side in ("left", "right"):
+            out.append(TaskInfo(f"{name}-{side}", f"{side.capitalize()} {display}", color))
+    for side in ("left", "right"):  # one code, no side modifier in Slicer's lists
+        out.append(_known(f"cerebellum-white-matter-{side}", f"{side.capitalize()} cerebellum white matter",
+                          (194, 195, 164), ANATOMY, ("SCT", "33060004", "Cerebellar white matter")))
+    out += [_known("brain-stem", "Brain stem", (119, 159, 176), ANATOMY, ("SCT", "119238007", "Brain stem"),
+                   context=DICOM_MASTER_CONTEXT),
+            _known("third-ventricle", "Third ventricle", (204, 182, 142), ANATOMY, ("SCT", "49841001", "Third ventricle"),
+                   context=DICOM_MASTER_CONTEXT),
+            _known("fourth-ventricle", "Fourth ventricle", (88, 106, 215), ANATOMY,
+                   ("SCT", "35918002", "Fourth ventricle"))]
+    return out
 
 
 KNOWN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
@@ -108,6 +157,7 @@ KNOWN_TASKS: dict[str, TaskInfo] = {t.name: t for t in [
     _known("head", "Head", (177, 122, 101), ANATOMY, ("SCT", "69536005", "Head")),
     _known("liver-tumor", "Liver tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm"), parts=0),
     _known("tumor", "Tumor", (255, 64, 64), ALTERED, ("SCT", "108369006", "Neoplasm"), parts=0),
+    *_brain_structures(),
 ]}
 
 # Colors for tasks without a known entry: distinct, readable on grey images.

@@ -89,8 +89,54 @@ class TaskTargetsd(mt.MapTransform):
         return d
 
 
+class LabelMapOnlyd(mt.Transform):
+    """Deterministic part for a case of a label-maps generator dataset (its record carries
+    "generator"): only the label map, read, RAS, at the model spacing (nearest), cropped to its
+    non-zero box plus ``margin`` voxels, stored as int16 - no image, no per-task targets (they
+    are made per patch), so 20 whole-head maps cache in about 0.5 GB."""
+
+    def __init__(self, spacing: Sequence[float], margin: int = 8):
+        self.margin = margin
+        self.steps = mt.Compose([
+            LoadCased(["label"]),
+            mt.Orientationd(["label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            mt.Spacingd(["label"], pixdim=tuple(spacing), mode="nearest"),
+        ])
+
+    def __call__(self, data):
+        d = self.steps({**data, "image": None})
+        label = torch.as_tensor(d["label"])[0]
+        inside = torch.nonzero(label)
+        if len(inside):
+            lo = (inside.amin(0) - self.margin).clamp_min(0)
+            hi = torch.minimum(inside.amax(0) + self.margin + 1, torch.tensor(label.shape))
+            label = label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        d["label"] = label.round().to(torch.int16).contiguous()
+        d["image"] = None
+        return d
+
+
+class _ByRecord(mt.Transform):
+    """Preprocessing that sends label-maps generator cases to ``LabelMapOnlyd``, others to the
+    image pipeline (one ``Compose`` for ``CacheDataset``, which caches the whole of it)."""
+
+    def __init__(self, images: mt.Compose, label_maps: LabelMapOnlyd):
+        self.images, self.label_maps = images, label_maps
+
+    def __call__(self, data):
+        return self.label_maps(data) if data.get("generator") else self.images(data)
+
+
 def preprocessing(spacing: Sequence[float], policies: dict[str, IntensityPolicy],
                   with_label: bool = True) -> mt.Compose:
+    images = _image_preprocessing(spacing, policies, with_label)
+    if not with_label:
+        return images
+    return mt.Compose([_ByRecord(images, LabelMapOnlyd(spacing))])
+
+
+def _image_preprocessing(spacing: Sequence[float], policies: dict[str, IntensityPolicy],
+                         with_label: bool = True) -> mt.Compose:
     keys = ["image", "label"] if with_label else ["image"]
     steps = [
         LoadCased(keys),
@@ -184,6 +230,56 @@ class SynthesizeImaged(mt.Randomizable, mt.MapTransform):
         d["target"] = torch.stack([torch.isin(label, v) for v in values]).to(torch.uint8)
         d["label"] = label[None]
         return d
+
+
+class GenerateFromLabelMapd(mt.Randomizable, mt.Transform):
+    """A cached label-maps case (``LabelMapOnlyd``) -> a training patch: ``label_synthesis.generate``
+    (crop + affine + elastic, left/right flip with label swap, a SynthSeg-style image), the image
+    normalized with the modality's intensity policy like any image, the task targets from the
+    patch's labels (a look-up table)."""
+
+    def __init__(self, patch: Sequence[int], policies: dict[str, IntensityPolicy], spacing: Sequence[float]):
+        self.patch, self.policies = tuple(int(p) for p in patch), policies
+        self.spacing = tuple(float(s) for s in spacing)
+        self._settings: dict = {}
+
+    def settings(self, raw: dict):
+        from .label_synthesis import GeneratorSettings
+        key = id(raw)
+        if key not in self._settings:
+            self._settings[key] = GeneratorSettings.from_dict(raw)
+        return self._settings[key]
+
+    def __call__(self, data):
+        from .label_synthesis import generate, targets
+        rng = np.random.default_rng(int(self.R.randint(2 ** 31)))
+        d = dict(data)
+        labels, image = generate(torch.as_tensor(d["label"]), self.settings(d["generator"]), d["modality"],
+                                 self.patch, self.spacing, rng)
+        d["image"] = MetaTensor(normalize_intensity(image[None], self.policies[d["modality"]]))
+        d["target"] = MetaTensor(targets(labels, d["task_values"]))
+        d.pop("label", None)
+        return d
+
+
+class ByGenerator(mt.Randomizable):
+    """Random part: label-maps generator cases through ``GenerateFromLabelMapd``, others through
+    the usual augmentation (``None`` when there are none); one seed sets both."""
+
+    def __init__(self, others, generated: GenerateFromLabelMapd):
+        self.others, self.generated = others, generated
+
+    def set_random_state(self, seed=None, state=None):
+        for t in (self.others, self.generated):
+            if t is not None:
+                t.set_random_state(seed=seed, state=state)
+        return self
+
+    def randomize(self, data=None):
+        pass
+
+    def __call__(self, data):
+        return self.generated(data) if data.get("generator") else self.others(data)
 
 
 class RandIntensityRemapd(mt.RandomizableTransform, mt.MapTransform):

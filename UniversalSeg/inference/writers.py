@@ -106,6 +106,8 @@ def segment_fields(info: TaskInfo) -> dict:
             "contextName": info.context,
             "category": [info.category.scheme, info.category.value, info.category.meaning],
             "type": [info.type.scheme, info.type.value, info.type.meaning]}
+        if getattr(info, "modifier", None) is not None:  # a side: Left / Right
+            seg["terminology"]["typeModifier"] = [info.modifier.scheme, info.modifier.value, info.modifier.meaning]
     return seg
 
 
