@@ -259,14 +259,23 @@ def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optio
 
 
 def resolve_model_path(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> Path:
-    """A package folder, a .zip, a cached name, or a catalog id (downloaded once) -> its path."""
+    """A package folder, a .zip, a cached name, or a catalog id (downloaded once) -> its path.
+    A bare name (no folder separator) that is a catalog id or a cached name AND a file or folder in
+    the working folder is refused: the shipped, checksum-verified model must not be swapped for
+    whatever lies there under its name (``./NAME`` means the local one)."""
     path = Path(spec)
-    if path.exists():
-        return path
+    bare = SAFE_NAME.fullmatch(spec) is not None  # no folder separator
     cached = cache_dir() / "models" / spec
-    if SAFE_NAME.fullmatch(spec) and cached.exists():
+    entries = {e.id: e for e in load_model_catalog(catalog)} if bare or not path.exists() else {}
+    if path.exists():
+        if bare and (spec in entries or cached.exists()):
+            kind = "a catalog model id" if spec in entries else "a model in the cache"
+            raise InputError(f"model {spec!r} is both {kind} and a {'folder' if path.is_dir() else 'file'} "
+                             f"in the working folder; write ./{spec} for the local one, or run from another "
+                             "folder for the catalog's")
+        return path
+    if bare and cached.exists():
         return cached
-    entries = {e.id: e for e in load_model_catalog(catalog)}
     if spec in entries and entries[spec].shipped:
         return shipped_model_path(entries[spec], catalog)
     if spec in entries:

@@ -156,6 +156,12 @@ def summarize(meta: dict, path: Path) -> ModelSummary:
     return ModelSummary(tasks, list(network["modalities"]), spacing, patch, meta, groups)
 
 
+def printable(text) -> str:
+    """Package and catalog text for a terminal: control and format characters (ESC sequences that
+    set the title or clear the screen, bidi overrides) shown escaped, never sent raw."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def _number(value) -> bool:
     """A JSON number (not true/false, not a string that looks like one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -2,6 +2,7 @@
 that names the problem, no traceback, nothing written, nothing executed."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,22 @@ def test_a_bad_model_package_exits_3_and_writes_nothing(trained_run, image, tmp_
         code = main(["info", str(given)])
         assert_refused(code, capsys.readouterr().err, 3, message, before, tree_state(tmp_path))
 
+
+def test_package_and_catalog_text_reaches_the_terminal_escaped(trained_run, tmp_path, capsys, monkeypatch):
+    """A model card or catalog entry with terminal escape sequences (set the title, clear the screen)
+    or a bidi override is printed escaped by ``info`` and ``models list``, never raw."""
+    hostile = "\x1b]0;pwned\x07\x1b[2J\u202eevil"
+    model = tmp_path / "model"
+    shutil.copytree(trained_run["package"], model)
+    _meta(lambda m: (m["provenance"].update(card={"summary": hostile}, created=hostile),
+                     m["tasks"][0]["type"].update(meaning=hostile)))(model)
+    catalog = json.loads((Path(__file__).parents[2] / "Resources" / "Models.json").read_text())
+    catalog["models"][0]["license"] = hostile
+    (tmp_path / "Models.json").write_text(json.dumps(catalog))
+    monkeypatch.setenv("UNIVERSALSEG_MODEL_CATALOG", str(tmp_path / "Models.json"))
+    monkeypatch.setenv("UNIVERSALSEG_CACHE", str(tmp_path / "cache"))
+    for args in (["info", str(model)], ["models", "list"]):
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil" in out, out

@@ -23,39 +23,39 @@ def image(path, spacing=(2.0, 2.0, 2.0)):
 
 
 def _probabilities_over_input(tasks):
-    def prepare(work):
+    def prepare(work, package):
         scan = image(work / "scans" / "liver.nii.gz")
         return ["--input", str(scan), "--output", str(work / "out.seg.nrrd"),
                 "--probabilities", str(work / "scans"), *tasks]
     return prepare
 
 
-def _probabilities_over_output(work):
+def _probabilities_over_output(work, package):
     return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "p" / "liver.nii.gz"),
             "--probabilities", str(work / "p")]
 
 
 def _output_is_a_link_to_the_input(link):
-    def prepare(work):
+    def prepare(work, package):
         scan = image(work / "ct.nrrd")
         link(scan, work / "linked.nrrd")
         return ["--input", str(scan), "--output", str(work / "linked.nrrd")]
     return prepare
 
 
-def _probability_map_is_a_folder(work):
+def _probability_map_is_a_folder(work, package):
     (work / "p" / "spleen.nii.gz").mkdir(parents=True)
     return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "o.seg.nrrd"),
             "--probabilities", str(work / "p")]
 
 
-def _probabilities_in_a_file(work):
+def _probabilities_in_a_file(work, package):
     (work / "notes.txt").write_text("not a folder")
     return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "o.seg.nrrd"),
             "--probabilities", str(work / "notes.txt" / "p")]
 
 
-def _batch_onto_one_output(work):
+def _batch_onto_one_output(work, package):
     image(work / "batch" / "a.nrrd")
     image(work / "batch" / "a.nii.gz")
     return ["--input", str(work / "batch"), "--output", str(work / "out")]
@@ -64,7 +64,7 @@ def _batch_onto_one_output(work):
 def _nifti_spacing(axis, value):
     """A NIfTI whose stored pixdim[axis] is ``value`` (written byte-wise: nibabel and ITK both
     replace a 0 with 1 when they write or read)."""
-    def prepare(work):
+    def prepare(work, package):
         import gzip
         import struct
         path = image(work / "ct.nii.gz")
@@ -75,11 +75,16 @@ def _nifti_spacing(axis, value):
     return prepare
 
 
+def _model_id_and_local_folder(work, package):
+    shutil.copytree(package, work / "brain-synth")  # a folder named like the shipped model's id
+    return ["--model", "brain-synth", "--input", str(image(work / "ct.nrrd")), "--output", str(work / "o.seg.nrrd")]
+
+
 def _output(name):
-    return lambda work: ["--input", str(image(work / "ct.nrrd")), "--output", str(work / name)]
+    return lambda work, package: ["--input", str(image(work / "ct.nrrd")), "--output", str(work / name)]
 
 
-CASES = {  # name: (prepare(work) -> arguments, exit code, message)
+CASES = {  # name: (prepare(work, model package) -> arguments, exit code, message)
     "probabilities-over-input": (_probabilities_over_input([]),
                                  2, "liver.nii.gz is the input image, which would be overwritten"),
     "probabilities-over-input-tasks": (_probabilities_over_input(["--tasks", "liver"]),
@@ -96,6 +101,8 @@ CASES = {  # name: (prepare(work) -> arguments, exit code, message)
     "pixdim-zero": (_nifti_spacing(2, 0.0), 2, "voxel spacing 0.0 along axis j (pixdim[2]), which ITK "
                     "would read as 1 mm; set the real spacing"),
     "pixdim-nan": (_nifti_spacing(3, float("nan")), 2, "voxel spacing nan along axis k (pixdim[3])"),
+    "model-id-and-local-folder": (_model_id_and_local_folder, 2, "model 'brain-synth' is both a catalog model id "
+                                  "and a folder in the working folder; write ./brain-synth for the local one"),
     "output-nhdr": (_output("x.nhdr"), 2, "x.nhdr: a detached header (.nhdr, .mhd) is written as two files"),
     "output-mhd": (_output("x.MHD"), 2, "x.MHD: a detached header (.nhdr, .mhd) is written as two files"),
 }
@@ -107,7 +114,7 @@ def test_bad_predict_input_is_refused_before_the_model_loads(trained_run, tmp_pa
     work.mkdir()
     monkeypatch.chdir(work)
     prepare, expected_code, message = CASES[case]
-    args = prepare(work)
+    args = prepare(work, trained_run["package"])
     before = tree_state(work)
 
     def no_loading(path):

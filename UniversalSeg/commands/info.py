@@ -19,7 +19,7 @@ def run(args) -> int:
     import json
 
     from ..model_download import resolve_model_path
-    from ..model_metadata import read_summary
+    from ..model_metadata import printable, read_summary
     from ..model_package import PackageError
     from ..networks import ConfigError, ModelConfig
     path = resolve_model_path(args.model, progress=False)
@@ -35,27 +35,28 @@ def run(args) -> int:
                           "exclusive_groups": package.exclusive_groups,
                           "provenance": package.meta.get("provenance", {})}, indent=2))
         return 0
-    print(f"model       {args.model}")
+    say = lambda text: print(printable(text))  # noqa: E731 - package text never drives the terminal
+    say(f"model       {args.model}")
     print(f"network     base width {cfg.base_width}, fusion sites {list(cfg.fusion.sites)}, "
           f"norm {cfg.harmonization.norm}, conv {cfg.harmonization.conv}")
     print(f"spacing     {package.spacing} mm, patch {package.patch_size}")
-    print(f"modalities  {', '.join(cfg.modalities)}")
+    say(f"modalities  {', '.join(cfg.modalities)}")
     print(f"tasks ({len(package.tasks)}):")
     for t in package.tasks:
         code = f"{t.type.scheme} {t.type.value} {t.type.meaning}" if t.type else "no standard code"
-        print(f"  {t.name:20s} {t.display_name:20s} rgb{tuple(t.color)}  {code}")
+        say(f"  {t.name:20s} {t.display_name:20s} rgb{tuple(t.color)}  {code}")
     if package.exclusive_groups:
         print(f"exclusive groups ({len(package.exclusive_groups)}; a voxel is at most one task of a group):")
         for group in package.exclusive_groups:
             print(textwrap.fill(", ".join(group), 100, initial_indent="  ", subsequent_indent="    "))
     prov = package.meta.get("provenance", {})
     if prov:
-        print(f"trained     {prov.get('created', '?')}, {prov.get('steps', '?')} steps on "
+        say(f"trained     {prov.get('created', '?')}, {prov.get('steps', '?')} steps on "
               f"{', '.join(prov.get('datasets', [])) or '?'}")
     card = prov.get("card") if isinstance(prov.get("card"), dict) else {}
     for key, title in CARD_FIELDS:
         if isinstance(card.get(key), str):
-            print(textwrap.fill(card[key], 100, initial_indent=f"{title:13s}", subsequent_indent=" " * 13))
+            print(textwrap.fill(printable(card[key]), 100, initial_indent=f"{title:13s}", subsequent_indent=" " * 13))
     return 0
 
 

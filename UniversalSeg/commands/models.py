@@ -26,16 +26,18 @@ def register(parser):
 def run(args) -> int:
     from ..model_download import (cache_dir, cached_packages, fetch_model, import_model, load_model_catalog,
                                   shipped_model_path)
+    from ..model_metadata import printable
     if args.action == "list":
         entries = load_model_catalog()
         print(f"catalog ({len(entries)}):")
         for e in entries:
             where = "  shipped" if e.shipped else ""
-            print(f"  {e.id} {e.version}  {', '.join(e.modalities)}  {len(e.tasks)} tasks  {e.license}{where}")
+            print(printable(f"  {e.id} {e.version}  {', '.join(map(str, e.modalities))}  {len(e.tasks)} tasks  "
+                            f"{e.license}{where}"))  # catalog text never drives the terminal
         cached = cached_packages()
         print(f"cached in {cache_dir() / 'models'} ({len(cached)}):")
         for p in cached:
-            print(f"  {p.name}")
+            print(printable(f"  {p.name}"))
     elif args.action == "download":
         entries = {e.id: e for e in load_model_catalog()}
         if args.id not in entries:
