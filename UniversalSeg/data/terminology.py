@@ -79,8 +79,13 @@ class TaskInfo:
         if isinstance(parts, bool) or not isinstance(parts, int) or not 0 <= parts <= 1000:
             raise InputError(f"task {name!r}: parts must be a whole number 0-1000 (0: any number of "
                              f"parts, e.g. lesions), got {parts!r}")
+        color = data["color"]
+        if not (isinstance(color, list) and len(color) == 3
+                and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
+            raise InputError(f"task {name!r}: color must be three whole numbers 0-255 (red, green, blue), "
+                             f"got {color!r}")
         return cls(name, str(data.get("display_name", name)),
-                   tuple(int(c) for c in data["color"]), code(data.get("category")),
+                   tuple(color), code(data.get("category")),
                    code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT), parts,
                    code(data.get("modifier")))
 
