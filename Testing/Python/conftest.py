@@ -71,19 +71,10 @@ def trained_run(synth_collection, tmp_path_factory):
 
 @pytest.fixture
 def app_scene():
-    """A real MRML scene (slicer-core) as the Slicer application has it: scene undo OFF (the
-    application's default), the Data, Segmentations and Volumes module logics attached."""
-    slicer = pytest.importorskip("slicer")
-    from types import SimpleNamespace
-    scene = slicer.vtkMRMLScene()
-    logics = {}
-    for name, cls in (("data", slicer.vtkSlicerDataModuleLogic),
-                      ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                      ("volumes", slicer.vtkSlicerVolumesLogic)):
-        logics[name] = cls()
-        logics[name].SetMRMLScene(scene)
-    slicer.mrmlScene = scene
-    slicer.modules = SimpleNamespace(**{k: SimpleNamespace(logic=lambda v=v: v) for k, v in logics.items()})
+    """A real MRML scene (slicer-core) as the Slicer application has it (``mrml_app_scene``)."""
+    pytest.importorskip("slicer")
+    from mrml_app_scene import app_scene as make
+    scene = make()
     yield scene
     scene.Clear(True)
 

@@ -121,3 +121,28 @@ def _ijk_to_ras(volume):
     m = vtk.vtkMatrix4x4()
     volume.GetIJKToRASMatrix(m)
     return m
+
+
+def test_a_click_box_keeps_the_segment_outside_it_and_every_other_segment(app_scene):
+    """Segments sharing one layer (as results are imported): writing a box must not clear the
+    rest of the segment (MODE_REPLACE would: vtkSegmentationModifier clears a shared segment)."""
+    from UniversalSegmentationLib.refinement import write_box
+    volume = slicer.util.addVolumeFromArray(np.zeros((20, 22, 24), np.int16), name="v")
+    seg = app_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    for sid, box in (("a", np.s_[2:10, 2:10, 2:10]), ("b", np.s_[12:18, 12:18, 12:18])):
+        mask = np.zeros((20, 22, 24), np.uint8)
+        mask[box] = 1
+        seg.GetSegmentation().AddEmptySegment(sid, sid)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, seg, sid, volume)
+    seg.GetSegmentation().CollapseBinaryLabelmaps(False)
+    assert seg.GetSegmentation().GetNumberOfLayers() == 1
+    before_a = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "a", volume).copy()
+    before_b = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "b", volume).copy()
+    values = np.zeros((4, 4, 4), np.uint8)
+    values[:, :, 2:] = 1  # (k, j, i): half of the box on, half off
+    write_box(seg, "a", volume, ((6, 10), (6, 10), (6, 10)), values)
+    expected = before_a.copy()
+    expected[6:10, 6:10, 6:10] = values
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "a", volume), expected)
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "b", volume), before_b)

@@ -205,6 +205,10 @@ def write_box(segmentation_node, segment_id: str, volume_node, box, values) -> N
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
     voxels[:] = (values > 0).astype("uint8").ravel()  # VTK's x-fastest order is (k, j, i) C order
+    # MODE_REPLACE would clear the whole segment first when it shares its layer with others
+    # (vtkSegmentationModifier::AppendLabelmapToSegment): add the box's voxels (maximum), then take
+    # away what the box no longer has (minimum), both limited to the box's extent.
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, logic.MODE_REPLACE, extent):
-        raise RuntimeError(f"could not write the refined box into segment {segment_id!r}")
+    for mode in (logic.MODE_MERGE_MAX, logic.MODE_MERGE_MIN):
+        if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, mode, extent):
+            raise RuntimeError(f"could not write the refined box into segment {segment_id!r}")

@@ -64,35 +64,91 @@ def segment_tag(segment, key: str) -> str:
 def fingerprint(segmentation, segment_id: str) -> str:
     """Hash of a segment's voxels (absolute IJK indices on its grid), name and color. The same
     whichever layer holds the segment and whatever that layer's extent."""
-    segment = segmentation.GetSegment(segment_id)
-    h = hashlib.sha1(f"{segment.GetName()}|{np.round(segment.GetColor(), 4).tolist()}".encode())
-    image = segment.GetRepresentation(LABELMAP)
-    if image is None or image.GetPointData().GetScalars() is None:
-        return h.hexdigest()
-    extent = image.GetExtent()
-    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
-    if min(dims) <= 0:
-        return h.hexdigest()
-    mask = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1]) == segment.GetLabelValue()
-    nonzero = np.argwhere(mask)
-    if len(nonzero):
-        lo, hi = nonzero.min(0), nonzero.max(0) + 1
-        cropped = np.ascontiguousarray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-        start = lo + np.array(extent[4::-2])  # (k, j, i) start in absolute indices
+    return fingerprints(segmentation, [segment_id])[segment_id]
+
+
+def fingerprints(segmentation, segment_ids) -> dict:
+    """``fingerprint`` of many segments, reading each shared layer once (one bounding-box pass per
+    layer, then each segment hashed on its own box): 100 structures are not 100 full-volume scans."""
+    result, layers = {}, {}
+    for segment_id in segment_ids:
+        segment = segmentation.GetSegment(segment_id)
+        h = hashlib.sha1(f"{segment.GetName()}|{np.round(segment.GetColor(), 4).tolist()}".encode())
+        result[segment_id] = h
+        image = segment.GetRepresentation(LABELMAP)
+        if image is not None and image.GetPointData().GetScalars() is not None:
+            layers.setdefault(image.__this__, (image, []))[1].append((segment_id, segment.GetLabelValue()))
+    for image, members in layers.values():
+        extent = image.GetExtent()
+        dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+        if min(dims) <= 0:
+            continue
+        layer = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+        boxes = label_boxes(layer)
         matrix = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(matrix)
         geometry = np.round(slicer.util.arrayFromVTKMatrix(matrix), 4)
-        h.update(cropped.tobytes() + str((cropped.shape, start.tolist(), geometry.tolist())).encode())
-    return h.hexdigest()
+        for segment_id, label in members:
+            if label in boxes:
+                box = boxes[label]
+                cropped = np.ascontiguousarray(layer[box] == label)
+                start = np.array([b.start for b in box]) + np.array(extent[4::-2])  # (k, j, i) absolute
+                result[segment_id].update(
+                    cropped.tobytes() + str((cropped.shape, start.tolist(), geometry.tolist())).encode())
+    return {segment_id: h.hexdigest() for segment_id, h in result.items()}
 
 
-def user_edited(segmentation, segment_id: str) -> bool:
-    """True when the segment was not written by UniversalSeg, or was changed since."""
+def label_boxes(layer_kji: np.ndarray) -> dict:
+    """label value -> (k, j, i) slices of its bounding box, for every non-zero value of a layer, in
+    one pass (SimpleITK's LabelStatisticsImageFilter; Slicer ships SimpleITK)."""
+    import SimpleITK as sitk
+    image = sitk.GetImageFromArray(layer_kji)
+    stats = sitk.LabelStatisticsImageFilter()
+    stats.Execute(image, image)
+    boxes = {}
+    for label in stats.GetLabels():
+        if label:
+            x0, x1, y0, y1, z0, z1 = stats.GetBoundingBox(label)
+            boxes[label] = (slice(z0, z1 + 1), slice(y0, y1 + 1), slice(x0, x1 + 1))
+    return boxes
+
+
+def copy_segments(src, dst, segment_ids) -> None:
+    """Copy segments into ``dst`` with ONE deep copy per shared layer; vtkSegmentation::
+    CopySegmentFromSegmentation deep-copies the whole layer once per segment."""
+    copies = {}
+    for segment_id in segment_ids:
+        segment = src.GetSegment(segment_id)
+        copy = slicer.vtkSegment()
+        copy.DeepCopyMetadata(segment)  # name, colour, label value, tags (vtkSegment.cxx)
+        image = segment.GetRepresentation(LABELMAP)
+        if image is not None:
+            if image.__this__ not in copies:
+                copies[image.__this__] = slicer.vtkOrientedImageData()
+                copies[image.__this__].DeepCopy(image)
+            copy.AddRepresentation(LABELMAP, copies[image.__this__])
+        dst.AddSegment(copy, segment_id)
+
+
+def remove_segments(segmentation, segment_ids) -> None:
+    """Remove segments without vtkSegmentation::RemoveSegment first separating each one out of its
+    shared layer (a threshold of the whole layer per segment): its labelmap is dropped first."""
+    for segment_id in segment_ids:
+        segment = segmentation.GetSegment(segment_id)
+        if segment is not None:
+            segment.RemoveRepresentation(LABELMAP)
+            segmentation.RemoveSegment(segment_id)
+
+
+def user_edited(segmentation, segment_id: str, printed: dict | None = None) -> bool:
+    """True when the segment was not written by UniversalSeg, or was changed since (``printed``:
+    fingerprints already computed)."""
     segment = segmentation.GetSegment(segment_id)
     if segment is None:
         return False
     stored = segment_tag(segment, FINGERPRINT_TAG)
-    return not stored or stored != fingerprint(segmentation, segment_id)
+    now = printed[segment_id] if printed is not None else fingerprint(segmentation, segment_id)
+    return not stored or stored != now
 
 
 @dataclass
@@ -119,17 +175,18 @@ class UndoRecord:
             return True
         was_modified = node.StartModify()
         try:
-            for segment_id in self.added + self.replaced:
-                if dst.GetSegment(segment_id) is not None:
-                    dst.RemoveSegment(segment_id)
-            for segment_id in self.replaced:
-                dst.CopySegmentFromSegmentation(self.previous, segment_id, False)
+            remove_segments(dst, self.added + self.replaced)
+            copy_segments(self.previous, dst, self.replaced)
             for index, segment_id in enumerate(i for i in self.previous_order if dst.GetSegment(i)):
                 dst.SetSegmentIndex(segment_id, index)
             dst.CollapseBinaryLabelmaps(False)
         finally:
             node.EndModify(was_modified)
         return False
+
+    def __del__(self):  # a vtkSegmentation's destructor separates each segment out of its layer
+        if self.previous is not None:
+            remove_segments(self.previous, list(self.previous.GetSegmentIDs()))
 
 
 def import_result(path: str | Path, segmentation_node, volume_node, keep_edited: bool = True,
@@ -144,33 +201,33 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
     src = result.GetSegmentation()
     record = UndoRecord(segmentation_node, previous=slicer.vtkSegmentation(),
                         previous_order=list(dst.GetSegmentIDs()), created_node=created_node)
-    prints = {}
-    for segment_id in list(src.GetSegmentIDs()):
+    incoming = list(src.GetSegmentIDs())
+    present = [s for s in incoming if dst.GetSegment(s) is not None]
+    printed = fingerprints(dst, present) if keep_edited else {}
+    for segment_id in incoming:
         if dst.GetSegment(segment_id) is None:
             record.added.append(segment_id)
-        elif keep_edited and user_edited(dst, segment_id):
+        elif keep_edited and user_edited(dst, segment_id, printed):
             record.kept.append(segment_id)
-            continue
         else:
             record.replaced.append(segment_id)
-            record.previous.CopySegmentFromSegmentation(dst, segment_id, False)
-        prints[segment_id] = fingerprint(src, segment_id)
+    copy_segments(dst, record.previous, record.replaced)
+    prints = fingerprints(src, record.added + record.replaced)
 
     was_modified = segmentation_node.StartModify()
     try:
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-        for segment_id in record.replaced:
-            index = dst.GetSegmentIndex(segment_id)
-            dst.RemoveSegment(segment_id)
-            dst.CopySegmentFromSegmentation(src, segment_id, False)
-            dst.SetSegmentIndex(segment_id, index)
-        for segment_id in record.added:
-            dst.CopySegmentFromSegmentation(src, segment_id, False)
+        places = {segment_id: dst.GetSegmentIndex(segment_id) for segment_id in record.replaced}
+        remove_segments(dst, record.replaced)
+        copy_segments(src, dst, record.replaced + record.added)
+        for segment_id, index in sorted(places.items(), key=lambda item: item[1]):
+            dst.SetSegmentIndex(segment_id, index)  # each in its place in the list
         for segment_id, value in prints.items():
             dst.GetSegment(segment_id).SetTag(FINGERPRINT_TAG, value)
         dst.CollapseBinaryLabelmaps(False)  # shared layers wherever segments do not overlap
     finally:
         segmentation_node.EndModify(was_modified)
+        remove_segments(src, list(src.GetSegmentIDs()))  # else its destructor separates each one
         scratch.Clear(True)
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
