@@ -146,3 +146,34 @@ def test_a_click_box_keeps_the_segment_outside_it_and_every_other_segment(app_sc
     expected[6:10, 6:10, 6:10] = values
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "a", volume), expected)
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, "b", volume), before_b)
+
+
+def test_a_click_that_changes_exclusive_mates_updates_their_segments_and_discard_restores_them(app_scene):
+    """A model with mutually exclusive structures answers a click with the mates whose voxels it
+    took ("also"); the panel writes those boxes too, and Discard puts them back."""
+    from types import SimpleNamespace
+    from UniversalSeg.inference.worker import encode_mask
+    from UniversalSegmentationLib.refinement import SegmentRefinement
+    add_place_singletons(app_scene)
+    volume = slicer.util.addVolumeFromArray(np.zeros((12, 12, 12), np.int16), name="v")
+    seg = app_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    for sid, box in (("cortex", np.s_[0:6]), ("white-matter", np.s_[6:12])):
+        mask = np.zeros((12, 12, 12), np.uint8)
+        mask[box] = 1
+        seg.GetSegmentation().AddEmptySegment(sid, sid)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, seg, sid, volume)
+    start = {s: slicer.util.arrayFromSegmentBinaryLabelmap(seg, s, volume).copy() for s in ("cortex", "white-matter")}
+    worker = SimpleNamespace(send=lambda message: 0)
+    refinement = SegmentRefinement(worker, volume, seg, "cortex", "cortex", "MR-T1", "model", "/tmp/unused")
+    box = [[0, 12], [0, 12], [6, 8]]  # (i, j, k): slices 6-7 go from white matter to cortex
+    on, off = np.ones((2, 12, 12), np.uint8), np.zeros((2, 12, 12), np.uint8)
+    refinement.apply({"box": box, "shape": [2, 12, 12], "mask": encode_mask(on),
+                      "also": [{"task": "white-matter", "box": box, "shape": [2, 12, 12], "mask": encode_mask(off)}]})
+    cortex = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "cortex", volume)
+    white = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "white-matter", volume)
+    assert cortex[:8].all() and not cortex[8:].any() and not white[:8].any() and white[8:].all()
+    assert not (cortex & white).any()
+    refinement.discard()
+    for sid, array in start.items():
+        assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, volume), array)

@@ -40,6 +40,7 @@ class SegmentRefinement:
         self.status = "starting the refinement worker"
         self.pending: dict[int, str] = {}      # request id -> what it was
         self.points_of: dict[int, tuple] = {}  # refine request id -> its (markups node, point index)
+        self.mates_before: dict[str, object] = {}  # exclusive mates' segments as they were, once changed
         self.clicks: list[tuple] = []          # (markups node, point index) per applied click, for undo
         self._waiting: list[tuple] = []        # clicks made before the worker was ready
         self.points = {True: self._point_list("positive", POSITIVE_COLOR),
@@ -157,14 +158,25 @@ class SegmentRefinement:
         SetBinaryLabelmapToSegment with an extent), never the whole volume through scene nodes."""
         box, values = decode_mask(reply)
         write_box(self.segmentation, self.segment_id, self.volume, box, values)
+        for mate in reply.get("also", []):  # mutually exclusive structures that gave or took voxels
+            segment_id = mate["task"]        # imported results: segment ID = task name
+            if self.segmentation.GetSegmentation().GetSegment(segment_id) is None:
+                continue
+            if segment_id not in self.mates_before:  # for Discard
+                self.mates_before[segment_id] = slicer.util.arrayFromSegmentBinaryLabelmap(
+                    self.segmentation, segment_id, self.volume).copy()
+            write_box(self.segmentation, segment_id, self.volume, *decode_mask(mate))
 
     # ------------------------------------------------------------------ end
     def accept(self) -> None:
         self._remove_points()
 
     def discard(self) -> None:
-        """Put the segment back as it was when Refine started."""
+        """Put the segment (and any exclusive mate a click changed) back as it was when Refine started."""
         slicer.util.updateSegmentBinaryLabelmapFromArray(self.before, self.segmentation, self.segment_id, self.volume)
+        for segment_id, before in self.mates_before.items():
+            if self.segmentation.GetSegmentation().GetSegment(segment_id) is not None:
+                slicer.util.updateSegmentBinaryLabelmapFromArray(before, self.segmentation, segment_id, self.volume)
         self._remove_points()
 
     def _remove_points(self) -> None:
