@@ -97,6 +97,7 @@ class LabelMapOnlyd(mt.Transform):
 
     def __init__(self, spacing: Sequence[float], margin: int = 8):
         self.margin = margin
+        self._read: dict[str, torch.Tensor] = {}
         self.steps = mt.Compose([
             LoadCased(["label"]),
             mt.Orientationd(["label"], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
@@ -104,6 +105,9 @@ class LabelMapOnlyd(mt.Transform):
         ])
 
     def __call__(self, data):
+        key = data.get("label")
+        if isinstance(key, str) and key in self._read:  # one map in several datasets (one per modality): read once
+            return {**data, "label": self._read[key], "image": None}
         d = self.steps({**data, "image": None})
         label = torch.as_tensor(d["label"])[0]
         inside = torch.nonzero(label)
@@ -113,6 +117,8 @@ class LabelMapOnlyd(mt.Transform):
             label = label[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         d["label"] = label.round().to(torch.int16).contiguous()
         d["image"] = None
+        if isinstance(key, str):
+            self._read[key] = d["label"]  # shared, never written to (generation reads copies of boxes)
         return d
 
 
