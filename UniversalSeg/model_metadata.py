@@ -125,11 +125,8 @@ def summarize(meta: dict, path: Path) -> ModelSummary:
                                     for v in spacing):
         raise PackageError(f"{path}: spacing {list(spacing)} must be three numbers between "
                            f"{SPACING_MM[0]} and {SPACING_MM[1]} mm")
-    if len(patch) != 3 or not all(_number(v) and isinstance(v, int) and PATCH_EDGE[0] <= v <= PATCH_EDGE[1]
-                                  and v % NETWORK_STRIDE == 0 for v in patch) or math.prod(patch) > MAX_PATCH_VOXELS:
-        raise PackageError(f"{path}: patch size {list(patch)} must be three numbers between "
-                           f"{PATCH_EDGE[0]} and {PATCH_EDGE[1]} voxels: whole numbers, multiples of the "
-                           f"network's stride {NETWORK_STRIDE}, at most {MAX_PATCH_VOXELS} voxels in all")
+    if not patch_size_ok(patch):
+        raise PackageError(f"{path}: patch size {list(patch)} must be {PATCH_RULE}")
     if not (_number(threshold) and 0 < threshold < 1):  # NaN too
         raise PackageError(f"{path}: {META_FILE} inference.threshold {threshold!r} must be a probability "
                            "between 0 and 1 (exclusive)")
@@ -160,6 +157,22 @@ def printable(text) -> str:
     """Package and catalog text for a terminal: control and format characters (ESC sequences that
     set the title or clear the screen, bidi overrides) shown escaped, never sent raw."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+PATCH_RULE = (f"three numbers between {PATCH_EDGE[0]} and {PATCH_EDGE[1]} voxels: whole numbers, multiples of "
+              f"the network's stride {NETWORK_STRIDE}, at most {MAX_PATCH_VOXELS} voxels in all")
+
+
+def patch_size_ok(patch) -> bool:
+    """The one patch-size rule, for packages and training alike (``PATCH_RULE`` says it in words):
+    a float or a 1600-voxel edge is refused before anything is allocated for it."""
+    try:
+        patch = list(patch)
+    except TypeError:
+        return False
+    return (len(patch) == 3 and all(_number(v) and isinstance(v, int) and PATCH_EDGE[0] <= v <= PATCH_EDGE[1]
+                                    and v % NETWORK_STRIDE == 0 for v in patch)
+            and math.prod(patch) <= MAX_PATCH_VOXELS)
 
 
 def _number(value) -> bool:

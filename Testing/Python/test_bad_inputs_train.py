@@ -53,6 +53,12 @@ def _catalog(text):
     return lambda work: (work / "catalog.yaml").write_text(text)
 
 
+def _run_folder(work):
+    """A run that exists (a checkpoint is all ``--resume`` looks for before it reads anything)."""
+    (work / "run" / "checkpoints").mkdir(parents=True)
+    (work / "run" / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+
+
 LABEL = "ct-hospital-a/labelsTr/ct-hospital-a_001.nii.gz"
 CASES = {  # name: (prepare(work) or None, extra arguments, message)
     "yaml-syntax": (_catalog("datasets: [a, b\n"), [], "is not valid YAML: line 2, column 1"),
@@ -75,7 +81,7 @@ CASES = {  # name: (prepare(work) or None, extra arguments, message)
     "remap-2": (None, ["--intensity-remap", "2"], "augmentation.remap_prob: a probability in [0, 1], got 2.0"),
     "remap-modality": (None, ["--intensity-remap", "0.3", "--remap-modalities", "MR-T1,XRAY"],
                        "augmentation.remap_modalities: unknown modality 'XRAY'; known: "),
-    "patch-20": (None, ["--patch", "20"], "patch_size: three positive multiples of 16"),
+    "patch-20": (None, ["--patch", "20"], "multiples of the network's stride 16"),
     "workers-negative": (None, ["--workers", "-1"], "num_workers: a whole number >= 0, got -1"),
     "max-steps-0": (None, ["--max-steps", "0"], "--max-steps 0: must be at least 1"),
     "batch-0": (None, ["--batch-size", "0"], "batch_size: a positive integer, got 0"),
@@ -87,6 +93,18 @@ CASES = {  # name: (prepare(work) or None, extra arguments, message)
     "train-config-loss": (lambda w: (w / "t.yaml").write_text("loss: focal\n"),
                           ["--train-config", "{work}/t.yaml"], "loss: one of adaptive-tversky, dice, got 'focal'"),
     "device": (None, ["--device", "gpu0"], "device 'gpu0' is not a device"),
+    "config-without-tasks": (lambda w: (w / "net.json").write_text(json.dumps(
+        {k: v for k, v in TINY_TRAIN_NET.items() if k != "tasks"})), [], "net.json: tasks: missing"),
+    "patch-1600": (None, ["--patch", "1600"], "at most 16777216 voxels in all, got [1600, 1600, 1600]"),
+    "patch-float": (lambda w: (w / "t.yaml").write_text("patch_size: 32.5\n"), ["--train-config", "{work}/t.yaml"],
+                    "patch_size: three numbers between 16 and 512 voxels: whole numbers"),
+    "patch-float-list": (lambda w: (w / "t.yaml").write_text("patch_size: [32, 32.0, 32]\n"),
+                         ["--train-config", "{work}/t.yaml"], "got [32, 32.0, 32]"),
+    "resume-mistyped": (_run_folder, ["--resume", "--out", "{work}/rnu"],
+                        "--resume: {work}/rnu does not exist (did you mean {work}/run?); run folders there: "
+                        "{work}/run; leave out --resume"),
+    "resume-parent-folder": (_run_folder, ["--resume", "--out", "{work}"],
+                             "--resume: {work} holds no run (no train.log, no checkpoints)"),
 }
 
 
@@ -104,7 +122,8 @@ def test_bad_training_input_exits_2_and_creates_nothing(work, capsys, case):
         prepare(work)
     before = tree_state(work)
     code = _train(work, extra)
-    assert_refused(code, capsys.readouterr().err, 2, message, before, tree_state(work))
+    assert_refused(code, capsys.readouterr().err, 2, message.replace("{work}", str(work)), before,
+                   tree_state(work))
 
 
 def test_an_empty_or_foreign_checkpoint_is_refused_and_kept(work, capsys):

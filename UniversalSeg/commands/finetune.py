@@ -61,8 +61,8 @@ def run(args) -> int:
 
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: must be at least 1")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out} is a file: give a folder for the run")
+    from ..training.checkpoint import check_run_folder
+    check_run_folder(args.out, args.resume)
     if args.mode in ("add-tasks", "clicks") and args.replay:
         raise InputError(f"--replay guards adapt against forgetting; {args.mode} freezes every old weight "
                          "and needs none")

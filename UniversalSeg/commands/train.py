@@ -86,9 +86,8 @@ def run(args) -> int:
         if args.remap_modalities is not None:
             aug["remap_modalities"] = [m.strip() for m in args.remap_modalities.split(",") if m.strip()]
         cfg = cfg.replace(augmentation=aug)
-    from pathlib import Path
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out} is a file: give a folder for the run")
+    from ..training.checkpoint import check_run_folder
+    check_run_folder(args.out, args.resume)
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps {args.max_steps}: must be at least 1")
     result = run_training(args.catalog, load_model_config(args.config), cfg, args.out,

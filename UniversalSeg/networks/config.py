@@ -271,6 +271,11 @@ def _check_keys(data: dict, cls, prefix: str) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {sorted(known)}"
             raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if missing:  # e.g. no tasks: a model config names its tasks and modalities (training replaces them)
+        raise ConfigError(f"{prefix}{missing[0]}: missing; a model config lists its "
+                          f"{' and '.join(missing)} (train replaces them with the catalog's)")
 
 
 def _nested(data, cls, name):

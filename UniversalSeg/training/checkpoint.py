@@ -46,6 +46,34 @@ def save_atomic(obj, path: str | Path) -> None:
         raise
 
 
+def check_run_folder(out: str | Path, resume: bool) -> None:
+    """``--out`` of ``train`` and ``finetune``, before anything is read: a file is refused, and so is
+    ``--resume`` where no run was ever started (a mistyped name would silently start a new run);
+    the message names the run folders that do exist beside it (and in it). A started run without a
+    checkpoint yet (a requeued job stopped early: a ``train.log`` or ``checkpoints/``, or an empty
+    folder) starts anew, with a warning, as before."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: give a folder for the run")
+    if not resume or (out / "checkpoints" / "last.pt").exists():
+        return
+    if out.is_dir() and ((out / "train.log").exists() or (out / "checkpoints").is_dir() or not any(out.iterdir())):
+        return
+    from ..model_metadata import printable
+    runs = []
+    for folder in (out.parent, out):
+        if folder.is_dir():
+            runs += sorted(str(p) for p in folder.iterdir()
+                           if p != out and (p / "checkpoints" / "last.pt").is_file())
+    import difflib
+    close = difflib.get_close_matches(str(out), runs, n=1, cutoff=0.6)
+    where = (f" (did you mean {printable(close[0])}?)" if close else "") + (
+        f"; run folders there: {', '.join(printable(r) for r in runs[:10])}{' ...' if len(runs) > 10 else ''}"
+        if runs else f"; {printable(out.parent)} holds no run folders (with checkpoints/last.pt)")
+    state = "does not exist" if not out.exists() else "holds no run (no train.log, no checkpoints)"
+    raise InputError(f"--resume: {printable(out)} {state}{where}; leave out --resume to start a new run")
+
+
 def load_checkpoint(path: str | Path, kind: str = "UniversalSeg training checkpoint") -> dict:
     path = Path(path)
     try:

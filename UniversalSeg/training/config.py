@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +89,8 @@ class TrainConfig:
                 v = data[key]
                 try:
                     v = [v] * 3 if isinstance(v, (int, float)) else list(v)
-                    data[key] = tuple(float(x) for x in v) if key == "spacing" else tuple(int(x) for x in v)
+                    data[key] = tuple(float(x) for x in v) if key == "spacing" else tuple(
+                        int(x) if isinstance(x, numbers.Integral) and not isinstance(x, bool) else x for x in v)
                 except (TypeError, ValueError):
                     raise TrainConfigError(f"{key}: one or three numbers, got {v!r}") from None
         cfg = cls(augmentation=aug, **data)
@@ -108,14 +110,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every setting in its range; NaN and infinity fail every check (``math.isfinite`` first)."""
-        from ..model_metadata import SPACING_MM
+        from ..model_metadata import PATCH_RULE, SPACING_MM, patch_size_ok
 
         if len(self.spacing) != 3 or not all(_finite(s) and SPACING_MM[0] <= s <= SPACING_MM[1]
                                              for s in self.spacing):
             raise TrainConfigError(f"spacing: three numbers between {SPACING_MM[0]} and {SPACING_MM[1]} mm, "
                                    f"got {list(self.spacing)}")
-        if len(self.patch_size) != 3 or any(p <= 0 or p % 16 for p in self.patch_size):
-            raise TrainConfigError(f"patch_size: three positive multiples of 16, got {self.patch_size}")
+        if not patch_size_ok(self.patch_size):  # the rule a package's patch size follows
+            raise TrainConfigError(f"patch_size: {PATCH_RULE}, got {list(self.patch_size)}")
         for key in ("batch_size", "epochs", "iterations_per_epoch", "validate_every", "checkpoint_every",
                     "click_every"):
             v = getattr(self, key)
