@@ -113,9 +113,10 @@ def label_boxes(layer_kji: np.ndarray) -> dict:
     return boxes
 
 
-def copy_segments(src, dst, segment_ids) -> None:
+def copy_segments(src, dst, segment_ids, move: bool = False) -> None:
     """Copy segments into ``dst`` with ONE deep copy per shared layer; vtkSegmentation::
-    CopySegmentFromSegmentation deep-copies the whole layer once per segment."""
+    CopySegmentFromSegmentation deep-copies the whole layer once per segment. ``move``: no copy,
+    ``dst`` takes src's layers (src must be dropped with ``remove_segments`` and not used again)."""
     copies = {}
     for segment_id in segment_ids:
         segment = src.GetSegment(segment_id)
@@ -124,8 +125,9 @@ def copy_segments(src, dst, segment_ids) -> None:
         image = segment.GetRepresentation(LABELMAP)
         if image is not None:
             if image.__this__ not in copies:
-                copies[image.__this__] = slicer.vtkOrientedImageData()
-                copies[image.__this__].DeepCopy(image)
+                copies[image.__this__] = image if move else slicer.vtkOrientedImageData()
+                if not move:
+                    copies[image.__this__].DeepCopy(image)
             copy.AddRepresentation(LABELMAP, copies[image.__this__])
         dst.AddSegment(copy, segment_id)
 
@@ -176,7 +178,8 @@ class UndoRecord:
         was_modified = node.StartModify()
         try:
             remove_segments(dst, self.added + self.replaced)
-            copy_segments(self.previous, dst, self.replaced)
+            copy_segments(self.previous, dst, self.replaced, move=True)
+            remove_segments(self.previous, self.replaced)  # the layers are dst's now
             for index, segment_id in enumerate(i for i in self.previous_order if dst.GetSegment(i)):
                 dst.SetSegmentIndex(segment_id, index)
             dst.CollapseBinaryLabelmaps(False)
@@ -219,7 +222,7 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
         places = {segment_id: dst.GetSegmentIndex(segment_id) for segment_id in record.replaced}
         remove_segments(dst, record.replaced)
-        copy_segments(src, dst, record.replaced + record.added)
+        copy_segments(src, dst, record.replaced + record.added, move=True)  # src is dropped below
         for segment_id, index in sorted(places.items(), key=lambda item: item[1]):
             dst.SetSegmentIndex(segment_id, index)  # each in its place in the list
         for segment_id, value in prints.items():
