@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(400, 512, 512), metavar=("K", "J", "I"),
                         help="volume size in (slices, rows, columns)")
     parser.add_argument("--structures", type=int, default=100)
+    parser.add_argument("--out", help="also write the rows and the machine to this JSON file")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -144,9 +145,15 @@ def main() -> None:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     times = {r["what"]: r["seconds"] for r in rows}
-    print(json.dumps({"shape": args.shape, "structures": args.structures, "version": __version__,
-                      "cpu": cpu_model(), "threads": os.cpu_count(),
-                      "click_full_over_box": round(times["click-full"] / max(times["click-box"], 1e-6), 1)}))
+    summary = {"shape": args.shape, "structures": args.structures, "version": __version__,
+               "cpu": cpu_model(), "threads": os.cpu_count(),
+               "click_full_over_box": round(times["click-full"] / max(times["click-box"], 1e-6), 1)}
+    print(json.dumps(summary))
+    if args.out:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        Path(args.out).write_text(json.dumps({"command": " ".join(sys.argv), "commit": commit, **summary,
+                                              "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
