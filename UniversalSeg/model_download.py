@@ -13,6 +13,7 @@ a loaded, validated ``ModelPackage``.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -105,6 +106,9 @@ def load_model_catalog(path: Optional[Path] = None) -> list[CatalogEntry]:
                                f"bytes (1 to {MAX_DOWNLOAD_BYTES})")
         if not entry.url and not entry.file:
             raise PackageError(f"{path}: models[{i}] ({entry.id}) needs a 'url' or a shipped 'file'")
+        if entry.url and not entry.file and entry.size is None:  # the bound a download is held to
+            raise PackageError(f"{path}: models[{i}] ({entry.id}) needs 'size', the zip's size in bytes: a "
+                               "download is stopped when the server sends more")
         if entry.file and (not isinstance(entry.file, str) or Path(entry.file).is_absolute()
                            or ".." in Path(entry.file).parts or not entry.file.endswith(".zip")):
             raise PackageError(f"{path}: models[{i}] ({entry.id}) file {entry.file!r} must be a .zip path "
@@ -174,8 +178,8 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
             have = 0
             request.remove_header("Range")
             response = urllib.request.urlopen(request, timeout=timeout)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DownloadError(f"cannot download {entry.id} from {entry.url}: {exc}; check the network "
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        raise DownloadError(f"cannot download {entry.id} from {entry.url}: {_reason(exc)}; check the network "
                             "or proxy (https_proxy), or import a local copy with "
                             "`universalseg models import FILE.zip`") from None
     with response:
@@ -189,20 +193,30 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
         else:
             have = 0
         length = response.headers.get("Content-Length")
-        total = (int(length) + have) if length else entry.size
+        if length is not None and not re.fullmatch(r"[0-9]{1,20}", length.strip()):
+            raise DownloadError(f"{entry.url} sent a malformed Content-Length {length[:40]!r} (a broken server or "
+                                f"proxy); nothing was downloaded; try again later, or import a local copy with "
+                                "`universalseg models import FILE.zip`")
+        total = (int(length) + have) if length is not None else entry.size
+        limit = entry.size or MAX_DOWNLOAD_BYTES
+        if total is not None and total > limit:  # announced: refused before a byte is written
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"{entry.url} sends more than the {limit} bytes the catalog allows for "
+                                f"{entry.id} (it announces {total}); nothing was kept")
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=f"downloading {entry.id}")
         try:
             with open(part, "ab" if resumed else "wb") as f:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
+                # as it runs, whatever the server announced (or did not): never a byte past the
+                # catalog's size on disk (one more is read to tell "more" from "exactly")
+                for chunk in iter(lambda: response.read(min(CHUNK, limit - f.tell() + 1)), b""):
+                    if f.tell() + len(chunk) > limit:
+                        raise DownloadError(f"{entry.url} sends more than the {limit} bytes the catalog "
+                                            f"allows for {entry.id}; the download was stopped and deleted")
                     f.write(chunk)
                     h.update(chunk)
-                    if f.tell() > (entry.size or MAX_DOWNLOAD_BYTES):
-                        raise DownloadError(f"{entry.url} sends more than the {entry.size or MAX_DOWNLOAD_BYTES} "
-                                            f"bytes the catalog allows for {entry.id}; the download was stopped "
-                                            "and deleted")
                     if bar is not None:
                         bar.update(len(chunk))
                     if on_bytes is not None:
@@ -210,8 +224,9 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
         except DownloadError:
             part.unlink(missing_ok=True)
             raise
-        except (urllib.error.URLError, OSError) as exc:
-            raise DownloadError(f"the download of {entry.id} broke off ({exc}); run the same "
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            # a truncated chunked response (IncompleteRead) too: what arrived is kept to continue from
+            raise DownloadError(f"the download of {entry.id} broke off ({_reason(exc)}); run the same "
                                 "command again to continue where it stopped") from None
         finally:
             if bar is not None:
@@ -228,6 +243,17 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
                             "tampered download); try again or ask the model's publisher")
     os.replace(part, dest)
     return dest
+
+
+def _reason(exc: BaseException) -> str:
+    """One short, printable line for a network error; the server's words are escaped (its status
+    line can hold anything)."""
+    from .model_metadata import printable
+    if isinstance(exc, http.client.IncompleteRead):
+        return "the server closed the connection in the middle of a chunk"
+    if isinstance(exc, http.client.HTTPException):
+        return f"the server's answer is not valid HTTP ({type(exc).__name__}: {printable(str(exc)[:120])})"
+    return printable(str(exc)[:200]) or type(exc).__name__
 
 
 def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optional[str] = None,

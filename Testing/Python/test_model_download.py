@@ -25,9 +25,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             pass
 
     def do_GET(self):
-        # /cut/FILE: announces the whole file, sends half, closes cleanly; /norange/FILE: 416 on Range
+        # /cut/FILE: announces the whole file, sends half, closes cleanly; /norange/FILE: 416 on Range;
+        # BROKEN modes below: a broken server's answers (chunked and cut, no size and too long, ...)
         mode, _, rest = self.path.lstrip("/").partition("/")
-        mode = mode if mode in ("cut", "norange") else ""
+        mode = mode if mode in ("cut", "norange", *BROKEN) else ""
         path = self.translate_path("/" + rest if mode else self.path)
         try:
             data = open(path, "rb").read()
@@ -38,6 +39,10 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         header = self.headers.get("Range")
         if header and mode == "norange":
             self.send_error(416)
+            return
+        if mode in BROKEN:
+            BROKEN[mode](self, data)
+            self.close_connection = True
             return
         if mode == "cut":
             self.send_response(200)
@@ -56,6 +61,47 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         self.wfile.write(data[start:])
+
+
+def _chunked_cut(handler, data):
+    """Chunked transfer, half the file in one chunk, then the connection closes without the last
+    (empty) chunk: http.client raises IncompleteRead."""
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    half = data[: len(data) // 2]
+    handler.wfile.write(b"%x\r\n" % len(data) + half)
+
+
+def _text_length(handler, data):
+    handler.send_response(200)
+    handler.send_header("Content-Length", "12ab")
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _no_length_too_long(handler, data):
+    """No size announced, the file and then 8 MiB more (bounded: the test never waits long)."""
+    handler.send_response(200)
+    handler.end_headers()
+    handler.wfile.write(data)
+    for _ in range(128):
+        handler.wfile.write(bytes(1 << 16))
+
+
+def _huge_length(handler, data):
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(1 << 40))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def _garbage_status(handler, data):
+    handler.wfile.write(b"HELLO THERE\r\n\r\n")
+
+
+BROKEN = {"chunkcut": _chunked_cut, "textlength": _text_length, "nolength": _no_length_too_long,
+          "hugelength": _huge_length, "garbage": _garbage_status}
 
 
 @pytest.fixture
