@@ -106,11 +106,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if not self.devicesKnown and self.jobs["probe"] is None:  # torch is asked in a child process
             self.startJob("probe", self.logic.core.start_device_probe())
 
-    def exit(self):  # as Slicer's template: the GUI lets go, the parameter node stays (a run may end meanwhile)
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+    def exit(self):  # the GUI stays bound: a run may end meanwhile, and Slicer 5.10's disconnectGui leaves
+        pass         # connectGui's observer on the node (one more per enter: parameterNodeWrapper/wrapper.py)
 
     def onSceneStartClose(self, caller, event):
         if isinstance(self.jobs["run"], PredictionJob):  # a download or import goes on
@@ -129,6 +126,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
             self._parameterNode.inputVolume = first_input_volume(slicer.mrmlScene)  # no labelmap
 
     def setParameterNode(self, parameterNode):
+        if parameterNode and self._parameterNode and parameterNode.parameterNode is self._parameterNode.parameterNode:
+            return self.updateButtons()  # the same node (re-entering): already bound
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons):

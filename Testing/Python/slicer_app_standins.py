@@ -489,6 +489,12 @@ class _Connector:
         getattr(unwrap(self.widget), self.signal).disconnect(self.changed)
 
 
+# Slicer 5.10's _disconnectGui (wrapper.py:256-260 at v5.10.0) does not remove the ModifiedEvent
+# observer that _connectParametersToGui adds (:212): every connectGui call leaks one there. Calls are
+# counted so that a test can hold the module to one call per parameter node.
+CONNECT_GUI_CALLS: list = []
+
+
 def parameterNodeWrapper(cls):
     """wrapper.py:305-361: a typed view of a vtkMRMLScriptedModuleNode. Node fields are node
     references, the others parameters as text (serializers.py:236-412); defaults written on
@@ -540,6 +546,7 @@ def parameterNodeWrapper(cls):
             self._updating = False
 
     def connectGui(self, gui):
+        CONNECT_GUI_CALLS.append(self.parameterNode)  # Slicer 5.10 leaks an observer per call (see below)
         mapping = {}
         for widget in gui.__dict__.values():
             name = widget.property("SlicerParameterName")

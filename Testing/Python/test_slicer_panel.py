@@ -376,11 +376,12 @@ def test_options_follow_each_other_and_the_parameter_node(panel):
     assert panel.widget._parameterNode.fast and not panel.ui.overlapSpinBox.enabled
     panel.ui.overlapSpinBox.value = 0.7
     assert panel.widget._parameterNode.overlap == pytest.approx(0.7)
-    observed = len(panel.widget.Observations)
-    for _ in range(5):  # leaving and entering never piles up observers
+    observed, connects = len(panel.widget.Observations), len(standins.CONNECT_GUI_CALLS)
+    for _ in range(5):  # leaving and entering never piles up observers (nor 5.10's connectGui leak)
         panel.exit()
         panel.enter()
     assert len(panel.widget.Observations) == observed
+    assert len(standins.CONNECT_GUI_CALLS) == connects, "connectGui again on every enter (5.10 leaks one each)"
     assert panel.ui.fastCheckBox.checked and panel.ui.overlapSpinBox.value == pytest.approx(0.7)
 
 
