@@ -205,6 +205,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         for button in (self.ui.positiveClickButton, self.ui.negativeClickButton, self.ui.undoClickButton,
                        self.ui.discardRefineButton):
             button.enabled = refining
+        for button, positive in ((self.ui.positiveClickButton, True), (self.ui.negativeClickButton, False)):
+            button.checked = refining and self.logic.core.refinement.placing(positive)  # place mode shown
 
     def fillRefineSegments(self):  # the user's choice stays chosen (by segment ID) when the list is refilled
         chosen = self.ui.refineSegmentSelector.currentData

@@ -189,6 +189,15 @@ def test_refine_the_chosen_segment_with_clicks_then_accept_or_discard(panel, pai
 
     panel.ui.positiveClickButton.click()  # Slicer's place mode on the positive list
     assert interaction.GetCurrentInteractionMode() == slicer.vtkMRMLInteractionNode.Place
+    panel.events(0.5)  # the panel's timer shows which list is being placed
+    assert panel.ui.positiveClickButton.checked and not panel.ui.negativeClickButton.checked
+    panel.ui.negativeClickButton.click()
+    panel.events(0.5)
+    assert panel.ui.negativeClickButton.checked and not panel.ui.positiveClickButton.checked
+    panel.ui.negativeClickButton.click()  # pressed again: back to view-transform mode
+    panel.events(0.5)
+    assert interaction.GetCurrentInteractionMode() == VIEW_TRANSFORM and not panel.ui.negativeClickButton.checked
+    panel.ui.positiveClickButton.click()
     ras = [0.0, 0.0, 0.0]
     volume.GetOrigin()  # a point inside the volume: its centre
     bounds = [0.0] * 6

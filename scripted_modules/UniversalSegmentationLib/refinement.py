@@ -26,6 +26,7 @@ import slicer
 from .refine_worker import decode_mask
 from .segmentation_import import write_volume
 
+LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 POSITIVE_COLOR, NEGATIVE_COLOR = (0.2, 0.9, 0.2), (0.95, 0.2, 0.2)
 
 
@@ -112,7 +113,11 @@ class SegmentRefinement:
 
     def place(self, positive: bool) -> None:
         """Slicer's place mode (persistent: one click per point until Escape) on the positive or
-        negative list (vtkSlicerMarkupsLogic::SetActiveList / StartPlaceMode)."""
+        negative list (vtkSlicerMarkupsLogic::SetActiveList / StartPlaceMode); if it is on for
+        that list already, back to view-transform mode (the button is pressed again)."""
+        if self.placing(positive):
+            self._stop_place_mode()
+            return
         markups = slicer.modules.markups.logic()
         markups.SetActiveList(self.points[positive])
         markups.StartPlaceMode(True)
@@ -188,6 +193,15 @@ class SegmentRefinement:
             if node.GetScene() is not None:
                 slicer.mrmlScene.RemoveNode(node)
 
+    def placing(self, positive: bool) -> bool:
+        """Place mode is on for the positive (or negative) list: its button shows pressed."""
+        scene = slicer.mrmlScene
+        selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        return (interaction is not None and selection is not None
+                and interaction.GetCurrentInteractionMode() == interaction.Place
+                and selection.GetActivePlaceNodeID() == self.points[positive].GetID())
+
     def _stop_place_mode(self) -> None:
         """Back to view-transform mode if the user is placing points into one of our lists
         (vtkMRMLSelectionNode::GetActivePlaceNodeID, vtkMRMLInteractionNode::SwitchToViewTransformMode;
@@ -204,23 +218,55 @@ class SegmentRefinement:
 def write_box(segmentation_node, segment_id: str, volume_node, box, values) -> None:
     """Replace the voxels of ``box`` ((i0, i1), (j0, j1), (k0, k1), ends excluded) of a segment
     with ``values`` (uint8, (k, j, i)) on the volume's voxel grid; the rest of the segment and
-    every other segment stay as they are."""
+    every other segment stay as they are.
+
+    The cost follows the segment's own extent, not the volume: Slicer's setter
+    (vtkSlicerSegmentationsModuleLogic::SetBinaryLabelmapToSegment) replaces a segment by its
+    input, so the input is the segment's current labelmap (its effective extent grown to the box)
+    with the box written in. A segment on another grid than the volume takes the whole-volume path.
+    """
     import vtk
     from vtk.util import numpy_support
     (i0, i1), (j0, j1), (k0, k1) = box
-    labelmap = slicer.vtkOrientedImageData()
+    segmentation = segmentation_node.GetSegmentation()
+    segmentation.SeparateSegmentLabelmap(segment_id)  # its own layer: other segments never change
+    segment = segmentation.GetSegment(segment_id)
+    current = segment.GetRepresentation(LABELMAP)
     ijk_to_ras = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    if current is not None and not _same_grid(current, ijk_to_ras):
+        full = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
+        full[k0:k1, j0:j1, i0:i1] = values
+        slicer.util.updateSegmentBinaryLabelmapFromArray(full, segmentation_node, segment_id, volume_node)
+        return
+    old = list(current.GetExtent()) if current is not None and current.GetPointData().GetScalars() is not None \
+        else [0, -1, 0, -1, 0, -1]
+    has_old = old[0] <= old[1] and old[2] <= old[3] and old[4] <= old[5]
+    new = [i0, i1 - 1, j0, j1 - 1, k0, k1 - 1]
+    extent = [min(o, n) if has_old else n for o, n in zip(old[0::2], new[0::2])]
+    extent = [v for pair in zip(extent, [max(o, n) if has_old else n for o, n in zip(old[1::2], new[1::2])])
+              for v in pair]
+    labelmap = slicer.vtkOrientedImageData()
     labelmap.SetImageToWorldMatrix(ijk_to_ras)
-    extent = [i0, i1 - 1, j0, j1 - 1, k0, k1 - 1]
     labelmap.SetExtent(extent)
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    voxels = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())
-    voxels[:] = (values > 0).astype("uint8").ravel()  # VTK's x-fastest order is (k, j, i) C order
-    # MODE_REPLACE would clear the whole segment first when it shares its layer with others
-    # (vtkSegmentationModifier::AppendLabelmapToSegment): add the box's voxels (maximum), then take
-    # away what the box no longer has (minimum), both limited to the box's extent.
+    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    out = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(dims[::-1])
+    out[:] = 0
+    if has_old:
+        odims = [old[1] - old[0] + 1, old[3] - old[2] + 1, old[5] - old[4] + 1]
+        before = numpy_support.vtk_to_numpy(current.GetPointData().GetScalars()).reshape(odims[::-1])
+        k, j, i = old[4] - extent[4], old[2] - extent[2], old[0] - extent[0]
+        out[k:k + odims[2], j:j + odims[1], i:i + odims[0]] = before == segment.GetLabelValue()
+    out[k0 - extent[4]:k1 - extent[4], j0 - extent[2]:j1 - extent[2], i0 - extent[0]:i1 - extent[0]] = values > 0
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    for mode in (logic.MODE_MERGE_MAX, logic.MODE_MERGE_MIN):
-        if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, mode, extent):
-            raise RuntimeError(f"could not write the refined box into segment {segment_id!r}")
+    if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, logic.MODE_REPLACE):
+        raise RuntimeError(f"could not write the refined box into segment {segment_id!r}")
+
+
+def _same_grid(image, ijk_to_ras) -> bool:
+    import numpy as np
+    import vtk
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return np.allclose(slicer.util.arrayFromVTKMatrix(matrix), slicer.util.arrayFromVTKMatrix(ijk_to_ras), atol=1e-6)
