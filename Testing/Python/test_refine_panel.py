@@ -177,3 +177,44 @@ def test_a_click_that_changes_exclusive_mates_updates_their_segments_and_discard
     refinement.discard()
     for sid, array in start.items():
         assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, volume), array)
+
+
+def test_click_boxes_written_anywhere_keep_the_rest_exact_on_an_oblique_grid(app_scene):
+    """Random boxes (inside, across and outside the segment's extent), an emptied segment
+    filled again, segments sharing a layer, an oblique volume: each write changes exactly its box
+    of exactly its segment."""
+    import vtk
+    from UniversalSegmentationLib.refinement import write_box
+    shape = (20, 22, 24)
+    volume = slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), name="oblique")
+    m = vtk.vtkMatrix4x4()
+    for r, c, v in ((0, 0, -1.5), (1, 1, 0.0), (1, 2, 2.0), (2, 2, 0.0), (2, 1, 1.2), (0, 3, 10.0)):
+        m.SetElement(r, c, v)
+    volume.SetIJKToRASMatrix(m)
+    seg = app_scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    for sid, box in (("a", np.s_[1:4, 1:4, 1:4]), ("b", np.s_[12:18, 12:18, 12:18]), ("c", np.s_[0:0])):
+        mask = np.zeros(shape, np.uint8)
+        mask[box] = 1
+        seg.GetSegmentation().AddEmptySegment(sid, sid)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, seg, sid, volume)
+    seg.GetSegmentation().CollapseBinaryLabelmaps(False)
+
+    def array(sid):
+        return slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, volume).copy()
+
+    b = array("b")
+    rng = np.random.default_rng(0)
+    for sid in ("a", "c"):
+        for _ in range(5):
+            lo = rng.integers(0, shape)
+            hi = np.minimum(lo + rng.integers(1, 12, 3), shape)
+            values = (rng.random(hi - lo) > 0.5).astype(np.uint8)
+            expected = array(sid)
+            expected[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = values
+            write_box(seg, sid, volume, ((lo[2], hi[2]), (lo[1], hi[1]), (lo[0], hi[0])), values)
+            assert np.array_equal(array(sid), expected) and np.array_equal(array("b"), b)
+        write_box(seg, sid, volume, ((0, 24), (0, 22), (0, 20)), np.zeros(shape, np.uint8))
+        assert not array(sid).any()
+        write_box(seg, sid, volume, ((2, 5), (2, 5), (2, 5)), np.ones((3, 3, 3), np.uint8))
+        assert array(sid).sum() == 27 and np.array_equal(array("b"), b)
