@@ -7,6 +7,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -25,12 +26,11 @@ FOLDERS_KEY = "UniversalSeg/ModelFolders"
 class UniversalSegmentation(ScriptedLoadableModule):
     def __init__(self, parent):
         super().__init__(parent)
-        parent.title = "UniversalSeg"
-        parent.categories = ["Segmentation"]
-        parent.contributors = ["UniversalSeg developers"]
-        parent.helpText = ("One universal model segments many structures of CT, MR and PET in one pass. <a href="
-                           "'https://github.com/UniversalSeg/UniversalSeg/blob/main/Resources/Docs/slicer.md'>Guide</a>")
-        parent.acknowledgementText = "Methods: Hermes, U-Harmony, 3D U2-Net, CateNorm, MS-Net (see README)."
+        parent.title = _("UniversalSeg")
+        parent.categories, parent.contributors = [_("Segmentation")], ["UniversalSeg developers"]
+        parent.helpText = _("One universal model segments many structures of CT, MR and PET in one pass. <a href="
+                            "'https://github.com/UniversalSeg/UniversalSeg/blob/main/Resources/Docs/slicer.md'>Guide</a>")
+        parent.acknowledgementText = _("Methods: Hermes, U-Harmony, 3D U2-Net, CateNorm, MS-Net (see README).")
 
 
 @parameterNodeWrapper
@@ -74,7 +74,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 (self.ui.modalitySelector, "currentIndexChanged(int)", lambda i: self.updateButtons()),
                 (self.ui.importModelButton, "clicked()", self.onImportModel),
                 (self.ui.modelFolderButton, "clicked()", lambda: self.addModelFolder(
-                    qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model package folder"))),
+                    qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Model package folder")))),
                 (self.ui.taskFilterLineEdit, "textChanged(QString)", lambda t: self.showTasks()),
                 (self.ui.taskListWidget, "itemChanged(QListWidgetItem*)", self.onTaskToggled),
                 (self.ui.selectAllTasksButton, "clicked()", lambda: self.checkVisible(True)),
@@ -181,7 +181,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.showTasks()
 
     def onImportModel(self):
-        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Import model", "", "Model package (*.zip)")
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import model"), "", _("Model package (*.zip)"))
         if path and dependencies.ensure_in_slicer():
             self.startJob("run", self.logic.core.start_import(path))
 
@@ -193,15 +193,15 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
     def updateButtons(self, caller=None, event=None):
         p, running = self._parameterNode, self.jobs["run"] is not None
         self.ui.overlapSpinBox.enabled = not (p and p.fast)  # Fast mode sets the overlap (0.25)
-        action = ("Cancel", True) if running else self.state.action(p and p.inputVolume, self.ui.modalitySelector.currentText)
+        action = (_("Cancel"), True) if running else self.state.action(p and p.inputVolume, self.ui.modalitySelector.currentText)
         self.ui.applyButton.text, self.ui.applyButton.enabled = action
         self.ui.undoButton.enabled = not running and self.logic.core.last_run is not None
-        self.ui.trainButton.text = "Stop training" if self.jobs["train"] else "Start training in the background"
-        self.ui.finetuneButton.text = "Stop fine-tuning" if self.jobs["finetune"] else \
-            "Fine-tune the selected model in the background"
+        self.ui.trainButton.text = _("Stop training") if self.jobs["train"] else _("Start training in the background")
+        self.ui.finetuneButton.text = _("Stop fine-tuning") if self.jobs["finetune"] else \
+            _("Fine-tune the selected model in the background")
         self.ui.addCaseButton.enabled = bool(p and p.inputVolume and p.outputSegmentation and not running)
         refining = self.logic.core.refinement is not None
-        self.ui.refineButton.text = "Accept (keep the refined segment)" if refining else "Start refining"
+        self.ui.refineButton.text = _("Accept (keep the refined segment)") if refining else _("Start refining")
         for button in (self.ui.positiveClickButton, self.ui.negativeClickButton, self.ui.undoClickButton,
                        self.ui.discardRefineButton):
             button.enabled = refining
@@ -219,12 +219,12 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         core, p, modality = self.logic.core, self._parameterNode, self.ui.modalitySelector.currentText
         if core.refinement is not None:
             core.end_refinement(accept)
-            self.ui.refineStatusLabel.text = "Kept the refined segment." if accept else "Put the segment back."
+            self.ui.refineStatusLabel.text = _("Kept the refined segment.") if accept else _("Put the segment back.")
         elif dependencies.ensure_in_slicer():
             self.fillRefineSegments()
             problem = self.state.refine_problem(p.outputSegmentation, modality)
             self.ui.refineStatusLabel.text = problem
-            with slicer.util.tryWithErrorDisplay("Could not start refining.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("Could not start refining."), waitCursor=True):
                 if not problem:
                     sid = self.ui.refineSegmentSelector.currentData
                     task = dict((s, t) for s, t, _ in self.state.refinable_segments(p.outputSegmentation))[sid]
@@ -240,7 +240,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if not dependencies.ensure_in_slicer():
             return
         p, choice = self._parameterNode, self.state.choice
-        with slicer.util.tryWithErrorDisplay("Could not start.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not start."), waitCursor=True):
             self.startJob("run", self.logic.core.start_download(choice.spec) if choice.needs_download else
                           self.logic.core.start(
                               p.inputVolume, choice.spec, self.ui.modalitySelector.currentText,
@@ -253,14 +253,14 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self.jobs["train"] is not None:
             self.stopJob("train", "training stopped; continue it with 'Resume'", self.ui.trainStatusLabel)
         elif dependencies.ensure_in_slicer():
-            with slicer.util.tryWithErrorDisplay("Could not start training.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
                 self.startJob("train", self.logic.core.start_training(
                     self.ui.catalogPathLineEdit.currentPath, self.ui.trainConfigSelector.currentText,
                     self.ui.trainOutputPathLineEdit.currentPath, resume=self.ui.trainResumeCheckBox.checked))
 
     def onAddCase(self):  # the volume + its corrected segments -> the user's training set
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not add the case.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not add the case."), waitCursor=True):
             self.ui.finetuneStatusLabel.text = self.state.add_case(
                 p.inputVolume, p.outputSegmentation, self.ui.trainingSetPathLineEdit.currentPath,
                 self.ui.modalitySelector.currentText, self.ui.newStructuresCheckBox.checked,
@@ -270,13 +270,13 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if self.jobs["finetune"] is not None:
             self.stopJob("finetune", "fine-tuning stopped; the model is unchanged", self.ui.finetuneStatusLabel)
         elif dependencies.ensure_in_slicer():
-            with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("Could not start fine-tuning."), waitCursor=True):
                 self.startJob("finetune", self.logic.core.start_finetune(
                     self.state.finetune_spec(), self.ui.trainingSetPathLineEdit.currentPath,
                     self.ui.finetuneModeSelector.currentText))
 
     def onUndo(self):
-        with slicer.util.tryWithErrorDisplay("Could not undo the last run.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not undo the last run."), waitCursor=True):
             self.ui.statusLabel.text = self.logic.core.undo_last_run()
             self.updateButtons()
 
@@ -308,7 +308,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         except Exception as exc:
             logging.exception("UniversalSeg: %s failed", what)
             stop()
-            slicer.util.errorDisplay(f"UniversalSeg stopped {what}: {exc}")
+            slicer.util.errorDisplay(_("UniversalSeg stopped {what}: {error}").format(what=what, error=exc))
 
     def showJob(self, slot, job, finished):
         label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "finetune": self.ui.finetuneStatusLabel,
@@ -347,4 +347,4 @@ class UniversalSegmentationTest(ScriptedLoadableModuleTest):  # also run on slic
         from UniversalSegmentationLib.self_test import run_self_test
         slicer.mrmlScene.Clear()
         if run_self_test(slicer.mrmlScene, self.delayDisplay):
-            self.delayDisplay("Test passed")
+            self.delayDisplay(_("Test passed"))

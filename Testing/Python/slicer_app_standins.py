@@ -337,6 +337,9 @@ class Application:
             env.insert(key, value)
         return env
 
+    def translate(self, context, text):  # QCoreApplication::translate: no translation loaded
+        return text
+
     def layoutManager(self):  # no views
         return None
 
@@ -576,6 +579,14 @@ def parameterNodeWrapper(cls):
     return cls
 
 
+def make_i18n_module() -> types.ModuleType:
+    """Base/Python/slicer/i18n.py (:9 translate, :52 tr): through slicer.app.translate."""
+    m = types.ModuleType("slicer.i18n")
+    m.translate = lambda context, text: slicer.app.translate(context, text)
+    m.tr = lambda text: slicer.app.translate("UniversalSegmentation", text)
+    return m
+
+
 def make_parameter_node_wrapper_module() -> types.ModuleType:
     m = types.ModuleType("slicer.parameterNodeWrapper")
     m.parameterNodeWrapper, m.Choice, m.WithinRange = parameterNodeWrapper, Choice, WithinRange
@@ -595,6 +606,7 @@ def install(settings_path: str, monkeypatch) -> types.SimpleNamespace:
     monkeypatch.setitem(sys.modules, "ctk", ctk)
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", make_scripted_loadable_module())
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", make_parameter_node_wrapper_module())
+    monkeypatch.setitem(sys.modules, "slicer.i18n", make_i18n_module())
     application = Application()
     monkeypatch.setattr(slicer, "app", application, raising=False)
     monkeypatch.setattr(slicer, "qMRMLWidget", qMRMLWidget, raising=False)
