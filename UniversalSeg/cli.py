@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import sys
 
 from . import __version__
 from .commands import COMMANDS
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL, EXIT_MEMORY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
@@ -26,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        module.register(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        # "-1e-05" is a number, not an option (argparse's own pattern knows -1 and -.5 only, so
+        # `--roi -1e-05 ...` was refused as "expected 6 arguments"); no option of ours starts -<digit>
+        command._negative_number_matcher = NEGATIVE_NUMBER
+        module.register(command)
     return parser
 
 
@@ -46,6 +52,7 @@ def main(argv=None) -> int:
         print(f"universalseg {args.command}: error: {exc}", file=sys.stderr)
         return code
 
+    stop_watch = _end_soon_after_ctrl_c(args.command)
     try:
         return int(args.run(args) or 0)
     except (PackageError, DownloadError) as exc:
@@ -63,3 +70,64 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"universalseg {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        stop_watch()
+
+
+CTRL_C_GRACE_S = 3.0
+
+
+def _end_soon_after_ctrl_c(command: str):
+    """Ctrl-C raises KeyboardInterrupt in the main thread, but only between two Python steps: a
+    long call into C (a resampling, a convolution, a gzip of a large volume) delays it for as long
+    as it runs. A watcher thread, woken by the signal itself (``signal.set_wakeup_fd``), gives the
+    main thread ``CTRL_C_GRACE_S`` seconds to end; then it removes the temporaries being written
+    (``file_modes.PENDING``: nothing half-written stays) and ends the process with exit 130.
+    Returns the function that takes the watcher down again."""
+    import os
+    import signal
+    import socket
+    import threading
+
+    from .file_modes import PENDING
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    receive, send = socket.socketpair()
+    send.setblocking(False)
+    try:
+        previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    except ValueError:
+        receive.close(), send.close()
+        return lambda: None
+
+    ended = threading.Event()
+
+    def watch():
+        try:
+            while True:
+                signals = receive.recv(64)
+                if not signals:  # closed: the command ended
+                    return
+                if signal.SIGINT in signals:
+                    break
+        except OSError:
+            return
+        if ended.wait(CTRL_C_GRACE_S):  # the main thread ended in time (KeyboardInterrupt)
+            return
+        for tmp in list(PENDING):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        os.write(2, f"universalseg {command}: interrupted\n".encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="ctrl-c", daemon=True).start()
+
+    def stop():
+        ended.set()
+        signal.set_wakeup_fd(previous)
+        send.close()
+        receive.shutdown(socket.SHUT_RDWR)
+        receive.close()
+    return stop

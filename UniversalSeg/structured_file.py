@@ -32,7 +32,10 @@ def read_structured(path: str | Path, what: str, error: type[Exception]):
     """Parse a .yaml/.yml (YAML) or any other (JSON) file; ``what`` names it in messages."""
     path = Path(path)
     if not path.is_file():
-        raise error(f"{what} {path} does not exist")
+        from .file_modes import special_kind
+        kind = special_kind(path) or ("a folder" if path.is_dir() else None)
+        raise error(f"{what} {path} is {kind}, not a file: give the file itself" if kind
+                    else f"{what} {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

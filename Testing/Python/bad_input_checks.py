@@ -7,14 +7,19 @@ from pathlib import Path
 
 
 def tree_state(*roots) -> dict:
-    """Every file and folder under ``roots``: folders as None, files as (size, sha1)."""
+    """Every file and folder under ``roots``: folders as None, files as (size, sha1), a FIFO or
+    other special file by its mode (reading a FIFO would wait for a writer)."""
     state = {}
     for root in map(Path, roots):
         if not root.exists():
             continue
         for path in [root, *root.rglob("*")]:
-            state[str(path)] = None if path.is_dir() else (path.stat().st_size,
-                                                            hashlib.sha1(path.read_bytes()).hexdigest())
+            if path.is_dir():
+                state[str(path)] = None
+            elif not path.is_file():
+                state[str(path)] = ("special", path.stat().st_mode)
+            else:
+                state[str(path)] = (path.stat().st_size, hashlib.sha1(path.read_bytes()).hexdigest())
     return state
 
 

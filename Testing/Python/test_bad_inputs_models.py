@@ -167,6 +167,16 @@ CASES = {  # name: (prepare(model folder), message)
     "zip-truncated": (_zip_then(_truncate), "neither a model package folder nor a valid zip"),
     "zip-encrypted": (_zip_then(_encrypt), "model packages are not encrypted"),
     "zip-bomb": (_zip_then(_as_is), "refused without unpacking it"),
+    "display-lone-surrogate": (_meta(lambda m: m["tasks"][0].update(display_name="R\ud800ckenmark")),
+                               "of task 'liver' is not allowed: 1-128 printable characters, no line breaks"),
+    "code-meaning-newline": (_meta(lambda m: m["tasks"][0]["type"].update(meaning="Liver\nSegment9_Name:=x")),
+                             "type must be a code {scheme, value, meaning} of texts"),
+    "code-meaning-not-text": (_meta(lambda m: m["tasks"][0]["type"].update(meaning=7)),
+                              "type must be a code {scheme, value, meaning} of texts"),
+    "code-extra-key": (_meta(lambda m: m["tasks"][0]["type"].update(extra="x")),
+                       "type must be a code {scheme, value, meaning} of texts"),
+    "context-newline": (_meta(lambda m: m["tasks"][0].update(context="list\nSegment9_Name:=x")),
+                        "context must be a terminology context's name"),
 }
 
 
@@ -217,3 +227,22 @@ def test_package_and_catalog_text_reaches_the_terminal_escaped(trained_run, tmp_
         out = capsys.readouterr().out
         assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
         assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil" in out, out
+
+
+def test_international_display_names_are_written_as_slicer_writes_them(trained_run, image, tmp_path):
+    """"Rückenmark" and "脊髓" (and a code meaning in Greek) end up in the .seg.nrrd header as UTF-8,
+    as Slicer writes and reads segment names there; pynrrd alone raised UnicodeEncodeError after
+    the whole inference."""
+    import slicerio
+    model = tmp_path / "model"
+    shutil.copytree(trained_run["package"], model)
+    _meta(lambda m: (m["tasks"][0].update(display_name="Rückenmark"), m["tasks"][1].update(display_name="脊髓"),
+                     m["tasks"][0]["type"].update(meaning="Νωτιαίος μυελός")))(model)
+    out = tmp_path / "out.seg.nrrd"
+    assert main(["predict", "--model", str(model), "--input", str(image), "--modality", "CT",
+                 "--output", str(out), "--progress", "none"]) == 0
+    header = out.read_bytes().split(b"\n\n", 1)[0].decode("utf-8")
+    assert "Segment0_Name:=Rückenmark\n" in header and "Segment1_Name:=脊髓\n" in header, header
+    assert "^Νωτιαίος μυελός~" in header and "UniversalSegText" not in header
+    segmentation = slicerio.read_segmentation(str(out))  # the voxels are intact
+    assert len(segmentation["segments"]) == 4 and segmentation["voxels"].size

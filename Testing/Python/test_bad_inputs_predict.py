@@ -84,6 +84,30 @@ def _output(name):
     return lambda work, package: ["--input", str(image(work / "ct.nrrd")), "--output", str(work / name)]
 
 
+def _fifo_input(work, package):
+    os.mkfifo(work / "ct.nrrd")  # reading it would wait for a writer that never comes
+    return ["--input", str(work / "ct.nrrd"), "--output", str(work / "o.seg.nrrd")]
+
+
+def _fifo_in_a_batch(work, package):
+    image(work / "batch" / "a.nrrd")
+    os.mkfifo(work / "batch" / "b.nrrd")
+    return ["--input", str(work / "batch"), "--output", str(work / "out")]
+
+
+def _fifo_points(work, package):
+    os.mkfifo(work / "points.json")
+    return ["--input", str(image(work / "ct.nrrd")), "--output", str(work / "o.seg.nrrd"),
+            "--points", str(work / "points.json")]
+
+
+def _small_negative_roi(work, package):
+    """``--roi`` with numbers in exponent notation (-1e-05) is parsed as numbers, not as options:
+    the run goes on to the output check, which this row makes fail."""
+    return ["--input", str(image(work / "ct.nrrd")), "--roi", "-1e-05", "20", "-2.5E+1", "20", "-.5", "20",
+            "--output", str(work / "x.nhdr")]
+
+
 CASES = {  # name: (prepare(work, model package) -> arguments, exit code, message)
     "probabilities-over-input": (_probabilities_over_input([]),
                                  2, "liver.nii.gz is the input image, which would be overwritten"),
@@ -105,6 +129,10 @@ CASES = {  # name: (prepare(work, model package) -> arguments, exit code, messag
                                   "and a folder in the working folder; write ./brain-synth for the local one"),
     "output-nhdr": (_output("x.nhdr"), 2, "x.nhdr: a detached header (.nhdr, .mhd) is written as two files"),
     "output-mhd": (_output("x.MHD"), 2, "x.MHD: a detached header (.nhdr, .mhd) is written as two files"),
+    "input-fifo": (_fifo_input, 2, "ct.nrrd is a FIFO (named pipe), not an image file"),
+    "input-fifo-in-a-batch": (_fifo_in_a_batch, 2, "b.nrrd is a FIFO (named pipe), not an image file"),
+    "points-fifo": (_fifo_points, 2, "points.json is a FIFO (named pipe), not a file"),
+    "roi-exponent-negative": (_small_negative_roi, 2, "x.nhdr: a detached header"),
 }
 
 
@@ -123,3 +151,89 @@ def test_bad_predict_input_is_refused_before_the_model_loads(trained_run, tmp_pa
     code = main(["predict", "--model", str(trained_run["package"]), "--modality", "CT", "--progress", "none",
                  *args])
     assert_refused(code, capsys.readouterr().err, expected_code, message, before, tree_state(work))
+
+
+def _interrupt(proc, started):
+    """Wait until ``started()`` returns, send SIGINT, and return (stderr, seconds until the end)."""
+    import signal
+    import time
+    try:
+        started()
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=30)
+        return err, time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_ctrl_c_stops_a_running_predict_within_seconds_and_leaves_nothing(trained_run, tmp_path):
+    """SIGINT (Ctrl-C) in the middle of the sliding window: exit 130 within a few seconds, no
+    output and no temporary file left; a long inference (256^3 at the model's spacing) is started
+    and interrupted once its progress says the windows run."""
+    import subprocess
+    import sys
+    import time
+    work = tmp_path / "work"
+    work.mkdir()
+    img = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 50, (256, 256, 256)).astype(np.float32))
+    img.SetSpacing([5.625] * 3)
+    sitk.WriteImage(img, str(work / "ct.nrrd"))
+    del img
+    before = tree_state(work)
+    proc = subprocess.Popen([sys.executable, "-m", "UniversalSeg", "predict", "--model", str(trained_run["package"]),
+                             "--input", str(work / "ct.nrrd"), "--modality", "CT", "--no-crop",
+                             "--output", str(work / "out.seg.nrrd"), "--probabilities", str(work / "p"),
+                             "--progress", "json", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    def started():
+        deadline = time.time() + 240
+        for line in proc.stdout:  # json progress lines
+            if '"infer"' in line or time.time() > deadline:
+                break
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+    err, took = _interrupt(proc, started)
+    assert proc.returncode == 130 and took < 5, (proc.returncode, took, err[-2000:])
+    assert "Traceback" not in err and "interrupted" in err, err[-2000:]
+    assert tree_state(work) == before
+
+
+STUCK_IN_C = """
+import signal, sys, time
+from pathlib import Path
+from UniversalSeg import cli
+from UniversalSeg.commands import info
+from UniversalSeg.inference.writers import atomic_write
+
+def stuck(args):  # a long call into C while the output's temporary file is open
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # this thread never sees it
+        print("writing", flush=True)
+        time.sleep(120)
+    atomic_write(Path(sys.argv[1]) / "out.seg.nrrd", write)
+
+info.run = stuck
+sys.exit(cli.main(["info", "x"]))
+"""
+
+
+def test_ctrl_c_ends_the_process_while_the_main_thread_is_inside_a_long_c_call(tmp_path):
+    """KeyboardInterrupt waits for the main thread's next Python step; when that is minutes away
+    (emulated: SIGINT blocked in the main thread), the process still ends within a few seconds
+    with exit 130, and the temporary file it was writing is gone."""
+    import subprocess
+    import sys
+    before = tree_state(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_IN_C, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    def started():
+        assert proc.stdout.readline().strip() == "writing"
+        assert len(tree_state(tmp_path)) == len(before) + 1  # the temporary file
+    err, took = _interrupt(proc, started)
+    assert proc.returncode == 130 and took < 6, (proc.returncode, took, err[-2000:])
+    assert err.strip().splitlines()[-1] == "universalseg info: interrupted" and "Traceback" not in err, err
+    assert tree_state(tmp_path) == before

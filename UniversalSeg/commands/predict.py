@@ -253,12 +253,12 @@ def run(args) -> int:
     thresholds = parse_thresholds(args.threshold, tasks)
     check_outputs(planned_outputs(jobs, args.probabilities, tasks),  # now with the model's task names
                   input_files(jobs, read + [(model_path, "a file of the model package")]))
-    package = load_package(model_path)
-    predictor = Predictor(package, device=args.device, precision=args.precision)
     points = None
-    if args.points:
+    if args.points:  # a bad --points file is refused before the weights are read
         from ..inference.interactive import read_points
         points = read_points(args.points, tasks)
+    package = load_package(model_path)
+    predictor = Predictor(package, device=args.device, precision=args.precision)
     overlap = args.overlap if args.overlap is not None else (0.25 if args.fast else 0.5)
     options = PredictOptions(overlap=overlap, sw_batch_size=args.sw_batch,
                              thresholds=thresholds,

@@ -100,6 +100,10 @@ def check_header(path: str | Path) -> None:
     if not path.is_file():
         if not path.exists():
             raise ImageError(f"{path}: no such file or folder")
+        from ..file_modes import special_kind
+        kind = special_kind(path)
+        if kind:  # reading it would wait for a writer, or never end
+            raise ImageError(f"{path} is {kind}, not an image file: give an image file or a DICOM series folder")
         return  # a DICOM series folder is checked when it is read
     check_nifti_spacing(path)  # before ITK reads it as 1 mm
     reader = sitk.ImageFileReader()

@@ -25,9 +25,31 @@ def check_task_names(name: str, display_name: str) -> None:
         raise InputError(f"task name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '+' "
                          "or '-', starting with a letter or digit")
     if (not isinstance(display_name, str) or not display_name.strip() or len(display_name) > MAX_DISPLAY_NAME
-            or any(ord(c) < 32 or ord(c) == 127 for c in display_name)):
+            or any(ord(c) < 32 or ord(c) == 127 for c in display_name) or not _utf8(display_name)):
         raise InputError(f"display name {display_name!r} of task {name!r} is not allowed: 1-{MAX_DISPLAY_NAME} "
                          "printable characters, no line breaks")
+
+
+def _utf8(text: str) -> bool:
+    """Text that UTF-8 can carry (.seg.nrrd headers, DICOM): JSON's lone surrogates cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_code(task: str, field: str, value) -> "Code":
+    """A coded concept from a package or catalog: three texts (scheme, value, meaning), each a
+    header value in a .seg.nrrd file: no line break (it would start a header line of its own),
+    UTF-8, bounded (other control characters reach a terminal escaped: ``printable``)."""
+    keys = ("scheme", "value", "meaning")
+    if not isinstance(value, dict) or set(value) != set(keys) or not all(
+            isinstance(value[k], str) and 0 < len(value[k]) <= 256 and _utf8(value[k])
+            and not any(c in value[k] for c in "\n\r\0") for k in keys):
+        raise InputError(f"task {task!r}: {field} must be a code {{scheme, value, meaning}} of texts (1-256 "
+                         f"characters, no line breaks), got {str(value)[:80]!r}")
+    return Code(value["scheme"], value["value"], value["meaning"])
 
 ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
@@ -71,9 +93,11 @@ class TaskInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TaskInfo":
-        def code(v):
-            return None if v is None else Code(**v)
         name = str(data["name"])
+
+        def code(field):
+            v = data.get(field)
+            return None if v is None else check_code(name, field, v)
         known = KNOWN_TASKS.get(name)  # packages written before "parts" existed: the known count
         parts = data.get("parts", known.parts if known else 1)
         if isinstance(parts, bool) or not isinstance(parts, int) or not 0 <= parts <= 1000:
@@ -84,10 +108,15 @@ class TaskInfo:
                 and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)):
             raise InputError(f"task {name!r}: color must be three whole numbers 0-255 (red, green, blue), "
                              f"got {color!r}")
+        context = data.get("context") or DICOM_MASTER_CONTEXT
+        if not (isinstance(context, str) and len(context) <= 256 and _utf8(context)
+                and not any(c in context for c in "\n\r\0")):
+            raise InputError(f"task {name!r}: context must be a terminology context's name (1-256 characters, "
+                             f"no line breaks), got {str(context)[:80]!r}")
         return cls(name, str(data.get("display_name", name)),
-                   tuple(color), code(data.get("category")),
-                   code(data.get("type")), str(data.get("context") or DICOM_MASTER_CONTEXT), parts,
-                   code(data.get("modifier")))
+                   tuple(color), code("category"),
+                   code("type"), context, parts,
+                   code("modifier"))
 
 
 def _known(name, display, color, category, scheme_value_meaning, parts=1, context=None, modifier=None):

@@ -23,7 +23,7 @@ import SimpleITK as sitk, slicerio  # noqa: E401
 
 from ..data.image_io import ImageError, check_complete
 from ..data.terminology import TaskInfo
-from ..file_modes import apply_umask
+from ..file_modes import PENDING, apply_umask
 from ..errors import InputError
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -73,6 +73,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             old.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
+    PENDING.add(tmp)
     try:
         try:
             write(Path(tmp))
@@ -89,6 +90,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        PENDING.discard(tmp)
     return path
 
 
@@ -154,10 +157,42 @@ def write_seg_nrrd(path, reference: sitk.Image, masks: dict[str, sitk.Image],
         seg = segment_fields(infos[task])
         seg.update({"labelValue": label, "layer": layer, "extent": _extent(mask)})
         segments.append(seg)
+    segments, texts = _ascii_stand_ins(segments)
     segmentation = {"voxels": voxels if len(layers) > 1 else voxels[0], "ijkToLPS": ijk_to_lps(reference),
                     "segments": segments}
-    return atomic_write(path, lambda tmp: slicerio.write_segmentation(
-        str(tmp), segmentation, compression_level=compression_level))
+
+    def write(tmp):
+        slicerio.write_segmentation(str(tmp), segmentation, compression_level=compression_level)
+        if texts:
+            _put_utf8_into_header(tmp, texts)
+    return atomic_write(path, write)
+
+
+def _ascii_stand_ins(value, texts=None):
+    """``value`` with every non-ASCII text replaced by an ASCII stand-in, and {stand-in: text}.
+    pynrrd (under slicerio) writes its header as ASCII; Slicer writes and reads UTF-8 there (its
+    strings are UTF-8 since 4.11; ITK's NRRD reader keeps the bytes), so "Rückenmark" or "脊髓" go
+    in as UTF-8 once the file is written (``_put_utf8_into_header``)."""
+    texts = {} if texts is None else texts
+    if isinstance(value, str):
+        if value.isascii():
+            return value, texts
+        token = f"UniversalSegText{len(texts)}x{os.getpid()}"
+        texts[token] = value
+        return token, texts
+    if isinstance(value, dict):
+        return {k: _ascii_stand_ins(v, texts)[0] for k, v in value.items()}, texts
+    if isinstance(value, list):
+        return [_ascii_stand_ins(v, texts)[0] for v in value], texts
+    return value, texts
+
+
+def _put_utf8_into_header(path: Path, texts: dict) -> None:
+    data = Path(path).read_bytes()
+    header, blank, body = data.partition(b"\n\n")  # the NRRD header ends at the first empty line
+    for token, text in sorted(texts.items(), key=lambda kv: -len(kv[0])):  # Text10 before Text1
+        header = header.replace(token.encode("ascii"), text.encode("utf-8"))
+    Path(path).write_bytes(header + blank + body)
 
 
 def labelmap(masks: dict[str, sitk.Image], policy: str = "order",

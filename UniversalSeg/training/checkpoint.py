@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..file_modes import apply_umask
+from ..file_modes import PENDING, apply_umask
 from ..errors import InputError
 
 
@@ -25,6 +25,7 @@ def save_atomic(obj, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    PENDING.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             try:
@@ -44,6 +45,8 @@ def save_atomic(obj, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        PENDING.discard(tmp)
 
 
 def check_run_folder(out: str | Path, resume: bool) -> None:
