@@ -58,8 +58,10 @@ class ModelPackage:
 
 def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
                  modalities: dict[str, IntensityPolicy], spacing, patch_size,
-                 provenance: Optional[dict] = None, half: bool = False) -> Path:
-    """``half``: store floating-point weights as float16 (half the size; loaded back as float32)."""
+                 provenance: Optional[dict] = None, half: bool = False,
+                 exclusive_groups: Optional[list] = None) -> Path:
+    """``half``: store floating-point weights as float16 (half the size; loaded back as float32).
+    ``exclusive_groups``: model.json's groups of mutually exclusive tasks (checked as when read)."""
     out = Path(out)
     cfg = model.config
     if [t.name for t in tasks] != list(cfg.tasks):
@@ -77,6 +79,10 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
         "provenance": {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                        "universalseg_version": __version__, **(provenance or {})},
     }
+    if exclusive_groups:
+        from .exclusive_groups import read_groups
+        meta["exclusive_groups"] = read_groups({"exclusive_groups": [list(g) for g in exclusive_groups]},
+                                               list(cfg.tasks), "save_package", PackageError)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if half:
         big = [k for k, v in state.items() if v.is_floating_point() and v.numel() and v.abs().max() > 60000]

@@ -141,8 +141,9 @@ def test_tiny_build_writes_a_loadable_package(tmp_path):
     assert package.meta["provenance"]["version"] == "2.0.0"
     assert package.meta["provenance"]["held_out"] == ["training_seg_03"]
     assert package.meta["provenance"]["exclusive_groups"] == brain_v2.EXCLUSIVE_GROUPS
-    if "exclusive_groups" in package.meta:  # once model.json carries the field
-        assert package.meta["exclusive_groups"] == brain_v2.EXCLUSIVE_GROUPS
+    assert package.meta["exclusive_groups"] == brain_v2.EXCLUSIVE_GROUPS  # model.json's field, read by prediction
+    from UniversalSeg.inference import Predictor
+    assert Predictor(package, device="cpu").exclusive_groups == brain_v2.EXCLUSIVE_GROUPS
     assert package.config.prompt.enabled  # the click stage was trained
     card = package.meta["provenance"]["card"]
     assert "SynthSeg" in card["trained_on"] and "Apache-2.0" in card["licence"] and "training_seg_03" in card["held_out"]
