@@ -80,6 +80,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 (self.ui.selectAllTasksButton, "clicked()", lambda: self.checkVisible(True)),
                 (self.ui.selectNoTasksButton, "clicked()", lambda: self.checkVisible(False)),
                 (self.ui.inputVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", lambda n: self.preselectModality()),
+                (self.ui.outputSegmentationSelector, "currentNodeChanged(vtkMRMLNode*)", self.ui.show3DButton.setSegmentationNode),
                 (self.ui.applyButton, "clicked()", self.onApply),
                 (self.ui.undoButton, "clicked()", self.onUndo),
                 (self.ui.trainButton, "clicked()", self.onTrain),

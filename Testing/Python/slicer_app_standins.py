@@ -253,7 +253,50 @@ class ctkPathLineEdit(QtWidgets.QWidget):
         self._set_path(path)
 
 
-CUSTOM_WIDGETS = (qMRMLWidget, qMRMLNodeComboBox, ctkCollapsibleButton, ctkPathLineEdit)
+class qMRMLSegmentationShow3DButton(QtWidgets.QToolButton):
+    """Modules/Loadable/Segmentations/Widgets/qMRMLSegmentationShow3DButton.cxx (v5.10.0):
+    setSegmentationNode (:210) observes the node; updateWidgetFromMRML (:231-247) enables the
+    button when the node has segments and checks it when a closed surface exists; onToggled
+    (:309-350) creates the closed surface (3D) or removes it."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setText("Show 3D")
+        self.setCheckable(True)
+        self._node, self._tag = None, None
+        self.toggled.connect(self.onToggled)
+        self.updateWidgetFromMRML()
+
+    def setSegmentationNode(self, node):
+        if node is self._node:
+            return
+        if self._node is not None:
+            self._node.RemoveObserver(self._tag)
+        self._node = node
+        self._tag = node.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda *_: self.updateWidgetFromMRML()) \
+            if node is not None else None
+        self.updateWidgetFromMRML()
+
+    def updateWidgetFromMRML(self):
+        segmentation = self._node.GetSegmentation() if self._node is not None else None
+        self.setEnabled(bool(segmentation and segmentation.GetNumberOfSegments()))
+        blocked = self.blockSignals(True)
+        self.setChecked(bool(segmentation and segmentation.ContainsRepresentation(CLOSED_SURFACE)))
+        self.blockSignals(blocked)
+
+    def onToggled(self, on):
+        if self._node is None:
+            return
+        segmentation = self._node.GetSegmentation()
+        if on:
+            if segmentation.CreateRepresentation(CLOSED_SURFACE) and self._node.GetDisplayNode() is not None:
+                self._node.GetDisplayNode().SetPreferredDisplayRepresentationName3D(CLOSED_SURFACE)
+        elif segmentation.GetSourceRepresentationName() != CLOSED_SURFACE:
+            segmentation.RemoveRepresentation(CLOSED_SURFACE)
+
+
+CLOSED_SURFACE = "Closed surface"  # vtkSegmentationConverter::GetSegmentationClosedSurfaceRepresentationName()
+CUSTOM_WIDGETS = (qMRMLWidget, qMRMLNodeComboBox, ctkCollapsibleButton, ctkPathLineEdit, qMRMLSegmentationShow3DButton)
 
 
 class PythonQtUiLoader:

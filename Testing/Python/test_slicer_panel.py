@@ -139,6 +139,11 @@ def test_apply_segments_the_volume_with_named_coloured_segments(panel, painting_
         colour = item.icon().pixmap(12, 12).toImage().pixelColor(6, 6)
         assert np.allclose(segment.GetColor(), (colour.redF(), colour.greenF(), colour.blueF()), atol=1 / 255)
     assert panel.layer.layers[-1]["background"] is volume
+    assert panel.ui.show3DButton.enabled and not panel.ui.show3DButton.checked
+    panel.ui.show3DButton.click()  # Show 3D: the surfaces, as Segment Editor's button makes them
+    assert node.GetSegmentation().ContainsRepresentation("Closed surface")
+    panel.ui.show3DButton.click()
+    assert not node.GetSegmentation().ContainsRepresentation("Closed surface")
 
 
 def start_model(panel, model, synth_collection):

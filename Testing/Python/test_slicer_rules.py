@@ -204,8 +204,8 @@ def test_module_file_follows_the_template_and_stays_thin():
     assert not imported & {"torch", "monai", "UniversalSeg"}
     # the template lifecycle, jobs (each isolated: an error in one never stops another), training,
     # the correction loop's binding (add a case, fine-tune) and Refine mode's (segment list, start /
-    # accept / discard, place points, undo) take 350; everything else lives in the library
-    assert len(source.splitlines()) <= 350
+    # accept / discard, place points, undo) take 355; everything else lives in the library
+    assert len(source.splitlines()) <= 355
 
 
 def test_no_module_file_shadows_the_core_package():

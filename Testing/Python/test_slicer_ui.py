@@ -48,6 +48,10 @@ class ctkPathLineEdit(QtWidgets.QLineEdit):
     pass
 
 
+class qMRMLSegmentationShow3DButton(QtWidgets.QToolButton):
+    pass
+
+
 @pytest.fixture(scope="module")
 def app():
     return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -55,7 +59,7 @@ def app():
 
 def load(app):
     loader = QUiLoader()
-    for cls in (ctkCollapsibleButton, qMRMLNodeComboBox, ctkPathLineEdit):
+    for cls in (ctkCollapsibleButton, qMRMLNodeComboBox, ctkPathLineEdit, qMRMLSegmentationShow3DButton):
         loader.registerCustomWidget(cls)
     f = QFile(str(UI))
     f.open(QFile.ReadOnly)
