@@ -49,7 +49,9 @@ class ctkPathLineEdit(QtWidgets.QLineEdit):
 
 
 class qMRMLSegmentationShow3DButton(QtWidgets.QToolButton):
-    pass
+    def __init__(self, parent=None):  # its constructor's text (qMRMLSegmentationShow3DButton.cxx)
+        super().__init__(parent)
+        self.setText("Show 3D")
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +101,13 @@ def test_panel_screenshot(app, tmp_path):
         widget.findChild(QtWidgets.QComboBox, name).addItems(items)
     tasks = widget.findChild(QtWidgets.QListWidget, "taskListWidget")
     from PySide6.QtCore import Qt
-    from PySide6.QtGui import QBrush, QColor
+    from PySide6.QtGui import QColor, QIcon, QPixmap
     for name, color in (("Liver", (221, 130, 101)), ("Spleen", (157, 108, 162)), ("Kidney", (185, 102, 83)),
                         ("Liver tumor", (255, 64, 64))):
         item = QtWidgets.QListWidgetItem(name)
-        item.setForeground(QBrush(QColor(*color)))
+        swatch = QPixmap(12, 12)  # as the panel shows each structure's colour
+        swatch.fill(QColor(*color))
+        item.setIcon(QIcon(swatch))
         item.setCheckState(Qt.Checked)
         tasks.addItem(item)
     widget.findChild(qMRMLNodeComboBox, "outputSegmentationSelector").addItem("Create new segmentation")
