@@ -108,6 +108,53 @@ def _small_negative_roi(work, package):
             "--output", str(work / "x.nhdr")]
 
 
+def _series(edit=None, second=False):
+    """A small CT series (Testing/Python/dicom_series.py), its headers changed by ``edit(dataset, k)``,
+    with a second series in the same folder if asked; a DICOM SEG output."""
+    def prepare(work, package):
+        import pydicom
+        from dicom_series import write_ct_series
+        hu = np.random.default_rng(0).normal(0, 100, (6, 24, 24))
+        series = write_ct_series(work / "dicom", hu)
+        if second:
+            other = write_ct_series(work / "other", hu[:3])
+            for f in other["files"]:
+                ds = pydicom.dcmread(f)
+                ds.SeriesDescription = "localizer"
+                ds.save_as(work / "dicom" / ("b" + f.name))
+            shutil.rmtree(work / "other")
+        for k, f in enumerate(series["files"] if edit else ()):
+            ds = pydicom.dcmread(f)
+            edit(ds, k, work / "dicom")
+            ds.save_as(f)
+        return ["--input", str(work / "dicom"), "--output", str(work / "seg.dcm")]
+    return prepare
+
+
+def _drop(key):
+    return lambda ds, k, folder: delattr(ds, key) if key in ds else None
+
+
+def _duplicate_slice(ds, k, folder):
+    """Slice 2 once more under another instance UID (a file copied twice into the export)."""
+    if k == 2:
+        import pydicom
+        copy = ds.copy()
+        copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        copy.InstanceNumber = 99
+        copy.save_as(folder / "again.dcm")
+
+
+def _long_code_meaning(work, package):
+    import json
+    model = work / "model"
+    shutil.copytree(package, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["tasks"][0]["type"]["meaning"] = "Liver " * 14
+    (model / "model.json").write_text(json.dumps(meta))
+    return ["--model", str(model), *_series()(work, package)]
+
+
 CASES = {  # name: (prepare(work, model package) -> arguments, exit code, message)
     "probabilities-over-input": (_probabilities_over_input([]),
                                  2, "liver.nii.gz is the input image, which would be overwritten"),
@@ -133,6 +180,15 @@ CASES = {  # name: (prepare(work, model package) -> arguments, exit code, messag
     "input-fifo-in-a-batch": (_fifo_in_a_batch, 2, "b.nrrd is a FIFO (named pipe), not an image file"),
     "points-fifo": (_fifo_points, 2, "points.json is a FIFO (named pipe), not a file"),
     "roi-exponent-negative": (_small_negative_roi, 2, "x.nhdr: a detached header"),
+    "dicom-two-series": (_series(second=True), 2, "folder holds 2 DICOM series: "),
+    "dicom-two-series-labelmap": (lambda w, p: _series(second=True)(w, p)[:-1] + [str(w / "o.nii.gz")], 2,
+                                  "(3 slices); move the files of the one to segment into a folder of their own"),
+    "dicom-seg-no-frame-of-reference": (_series(_drop("FrameOfReferenceUID")), 2,
+                                        "have no FrameOfReferenceUID, which a DICOM SEG must copy from its source"),
+    "dicom-seg-no-position": (_series(_drop("ImagePositionPatient")), 2, "have no ImagePositionPatient"),
+    "dicom-seg-duplicate-position": (_series(_duplicate_slice), 2, "lie at the same position"),
+    "dicom-seg-long-code-meaning": (_long_code_meaning, 2, "has a meaning of 84 characters or a scheme of 3; "
+                                    "DICOM allows 64 and 16"),
 }
 
 

@@ -74,7 +74,7 @@ def test_dicom_seg_references_the_series_and_matches_the_seg_nrrd(trained_run, s
 @pytest.mark.parametrize("make_input, message", [
     (lambda tmp, folder: folder.parent.parent.parent / "synth" / "x", "no such file"),
     (lambda tmp, folder: sorted(folder.iterdir())[0].parent.parent / "nii.nii.gz", "is not a DICOM series folder"),
-    (lambda tmp, folder: tmp, "holds 0"),
+    (lambda tmp, folder: tmp, "folder holds no DICOM series"),
 ])
 def test_dicom_seg_needs_a_dicom_series_input(trained_run, series, tmp_path, capsys, make_input, message):
     folder, _ = series
@@ -88,3 +88,20 @@ def test_dicom_seg_needs_a_dicom_series_input(trained_run, series, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "out.dcm").exists()
+
+
+def test_a_series_without_patient_id_or_study_date_gets_them_empty(trained_run, tmp_path):
+    """PatientID, PatientName, StudyDate and StudyTime are type 2 (present, may be empty): a series
+    without them still gets its SEG, with them empty (highdicom needed them and raised after the
+    whole inference)."""
+    hu = np.random.default_rng(0).normal(0, 100, (6, 24, 24))
+    info = write_ct_series(tmp_path / "series", hu)
+    for f in info["files"]:
+        ds = pydicom.dcmread(f)
+        for key in ("PatientID", "PatientName", "StudyDate", "StudyTime"):
+            delattr(ds, key)
+        ds.save_as(f)
+    assert main(["predict", "--model", str(trained_run["package"]), "--input", str(tmp_path / "series"),
+                 "--modality", "CT", "--output", str(tmp_path / "seg.dcm"), "--progress", "none"]) == 0
+    seg = pydicom.dcmread(tmp_path / "seg.dcm", stop_before_pixels=True)
+    assert seg.PatientID == "" and seg.StudyDate == "" and seg.FrameOfReferenceUID == info["frame"]

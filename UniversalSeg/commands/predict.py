@@ -229,7 +229,7 @@ def run(args) -> int:
     from ..networks.context import Vocabulary
 
     from ..data.image_io import check_header
-    from ..inference.dicom_seg import check_dicom_output, wants_dicom_seg, write_dicom_seg
+    from ..inference.dicom_seg import check_dicom_codes, check_dicom_output, wants_dicom_seg, write_dicom_seg
 
     check_options(args)
     jobs = _inputs(Path(args.input), Path(args.output), args.format)
@@ -251,6 +251,8 @@ def run(args) -> int:
         vocab.task_id(t)
     vocab.modality_id(args.modality)
     thresholds = parse_thresholds(args.threshold, tasks)
+    for _, dst in jobs:
+        check_dicom_codes(dst, [t for t in summary.tasks if t.name in tasks])
     check_outputs(planned_outputs(jobs, args.probabilities, tasks),  # now with the model's task names
                   input_files(jobs, read + [(model_path, "a file of the model package")]))
     points = None

@@ -104,7 +104,8 @@ def check_header(path: str | Path) -> None:
         kind = special_kind(path)
         if kind:  # reading it would wait for a writer, or never end
             raise ImageError(f"{path} is {kind}, not an image file: give an image file or a DICOM series folder")
-        return  # a DICOM series folder is checked when it is read
+        one_series_files(path)  # one series (its voxels are checked when it is read)
+        return
     check_nifti_spacing(path)  # before ITK reads it as 1 mm
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -131,6 +132,35 @@ def check_header(path: str | Path) -> None:
             check_complete(path)
 
 
+def one_series_files(folder: str | Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order. Several series are refused
+    with a list of them (UID, description, slices) and how to pick one: which of them was meant
+    cannot be guessed (a localizer beside the CT, two reconstructions)."""
+    folder = Path(folder)
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ImageError(f"{folder}: folder holds no DICOM series")
+    files = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
+    if len(series) > 1:
+        from ..model_metadata import printable
+        listed = "; ".join(f"{uid} {printable(_series_description(files[uid][0]))!r} ({len(files[uid])} "
+                           f"slice{'s' if len(files[uid]) != 1 else ''})" for uid in series[:10])
+        raise ImageError(f"{folder}: folder holds {len(series)} DICOM series: {listed}"
+                         f"{' ...' if len(series) > 10 else ''}; move the files of the one to segment into a "
+                         "folder of their own (SeriesInstanceUID above) and give that folder")
+    return list(files[series[0]])
+
+
+def _series_description(file: str) -> str:
+    import pydicom
+    try:
+        ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesDescription", "Modality"])
+    except Exception:  # noqa: BLE001 - a description is a courtesy; the listing goes on without it
+        return "?"
+    return " ".join(str(v) for v in (getattr(ds, "Modality", ""), getattr(ds, "SeriesDescription", "")) if v)[:64]
+
+
 def read_sitk(path: str | Path) -> sitk.Image:
     path = Path(path)
     if not path.exists():
@@ -141,13 +171,7 @@ def read_sitk(path: str | Path) -> sitk.Image:
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise ImageError(f"{path}: folder holds no DICOM series")
-            if len(series) > 1:
-                raise ImageError(f"{path}: folder holds {len(series)} DICOM series; point to a "
-                                 f"folder with one series")
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(one_series_files(path))
             return reader.Execute()
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

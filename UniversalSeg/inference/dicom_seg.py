@@ -32,14 +32,62 @@ def wants_dicom_seg(output: Path) -> bool:
     return output.name.lower().endswith(DICOM_SEG_SUFFIXES)
 
 
+# Patient and study attributes of type 2 (present, but allowed empty): a series without them still
+# gets a SEG, with them empty. Type 1 attributes a SEG copies cannot be made up: refused.
+TYPE_2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+          "AccessionNumber", "ReferringPhysicianName")
+TYPE_1 = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+          "ImagePositionPatient", "ImageOrientationPatient")
+
+
 def series_files(folder: Path) -> list[str]:
     """The files of the one DICOM series in ``folder``, in the slice order of the read volume."""
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder)) if folder.is_dir() else ()
-    if len(series) != 1:
-        raise ImageError(f"{folder}: a DICOM SEG output references one DICOM series, and this folder holds "
-                         f"{len(series)}")
-    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    from ..data.image_io import one_series_files
+    return one_series_files(folder)
+
+
+def series_headers(folder: Path) -> list:
+    """The series' headers, checked for what a SEG must copy (before any model is loaded): type 1
+    attributes present, one frame of reference, no two slices at one position; type 2 attributes
+    that are missing are added empty."""
+    import pydicom
+    files = series_files(folder)
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    for key in TYPE_1:
+        lacking = [Path(f).name for f, ds in zip(files, sources) if not getattr(ds, key, None)]
+        if lacking:
+            raise ImageError(f"{folder}: {len(lacking)} file(s) of the series ({lacking[0]}, ...) have no {key}, "
+                             "which a DICOM SEG must copy from its source; write .seg.nrrd or .nii.gz instead")
+    if len({ds.FrameOfReferenceUID for ds in sources}) > 1:
+        raise ImageError(f"{folder}: the series' files name more than one FrameOfReferenceUID; a DICOM SEG "
+                         "references one; write .seg.nrrd or .nii.gz instead")
+    seen = {}
+    for f, ds in zip(files, sources):
+        position = tuple(round(float(v), 3) for v in ds.ImagePositionPatient)
+        if position in seen:
+            raise ImageError(f"{folder}: {Path(seen[position]).name} and {Path(f).name} lie at the same position "
+                             f"{list(position)} (a duplicate or a second acquisition); remove one, or write "
+                             ".seg.nrrd or .nii.gz instead")
+        seen[position] = f
+    for ds in sources:
+        for key in TYPE_2:
+            if key not in ds:
+                setattr(ds, key, "")
+    return sources
+
+
+def check_dicom_codes(output: Path, infos) -> None:
+    """What DICOM cannot hold in a code (before the weights are read): a meaning of at most 64
+    characters (LO), a scheme of at most 16 (SH)."""
+    if not wants_dicom_seg(output):
+        return
+    for info in infos:
+        for field in ("category", "type"):
+            code = getattr(info, field)
+            if code is not None and (len(code.meaning) > 64 or len(code.scheme) > 16):
+                raise ImageError(f"--output {output.name}: task {info.name!r}'s {field} code "
+                                 f"({code.scheme} {code.value}) has a meaning of {len(code.meaning)} characters "
+                                 f"or a scheme of {len(code.scheme)}; DICOM allows 64 and 16; write .seg.nrrd instead")
 
 
 def check_dicom_output(source: Path, output: Path) -> None:
@@ -55,7 +103,7 @@ def check_dicom_output(source: Path, output: Path) -> None:
         raise ImageError(f"--output {output.name} writes a DICOM SEG, which must reference the DICOM series it "
                          f"segments, but --input {source.name} is not a DICOM series folder; write .seg.nrrd "
                          "or .nii.gz instead")
-    series_files(source)
+    series_headers(source)
 
 
 def _code(code, fallback):
@@ -86,10 +134,8 @@ def segment_descriptions(tasks: list[str], infos: dict[str, TaskInfo]) -> list:
 def write_dicom_seg(path, source_folder, masks: dict[str, sitk.Image], infos: dict[str, TaskInfo]) -> Path:
     """One DICOM SEG instance for ``masks`` (on the grid of the series in ``source_folder``)."""
     import highdicom as hd
-    import pydicom
 
-    files = series_files(Path(source_folder))
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # headers: the voxels are read already
+    sources = series_headers(Path(source_folder))  # headers only: the voxels are read already
     tasks = list(masks)
     pixels = np.stack([sitk.GetArrayViewFromImage(masks[t]) > 0 for t in tasks], axis=-1)  # (k, j, i, segment)
     if pixels.shape[0] != len(sources):
