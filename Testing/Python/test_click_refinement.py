@@ -486,7 +486,8 @@ def test_the_worker_survives_bad_requests(painting_click_model, synth_collection
     worker = RefineWorker()
     worker.start([sys.executable, "-m", "UniversalSeg", "worker"], env=_worker_env())
     try:
-        for request, message in (({"cmd": "refine", "task": "liver", "points": []}, "no image is open"),
+        for request, message in (({"cmd": "refine", "task": "liver", "points": [
+                                       {"position": [0, 0, 0], "label": "positive"}]}, "no image is open"),
                                  ({"cmd": "fly"}, "unknown command"),
                                  ({"cmd": "open", "model": "/no/such/model.zip", "image": str(image),
                                    "modality": "CT"}, "model"),

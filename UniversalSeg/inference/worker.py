@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import queue
 import sys
 import threading
@@ -135,18 +136,21 @@ class Worker:
         return mask_reply(MaskChange(task, box, mask, 0.0))
 
     def cmd_refine(self, r):
-        session = self._open_session()
-        points = r.get("points")
-        if not isinstance(points, list) or not points:
-            raise InputError('refine: "points" must be a list of {"position": [x, y, z], "label": '
-                             '"positive"|"negative"}')
+        points = r.get("points")  # the request's form first, then the state it needs
+        if not isinstance(points, list) or not 0 < len(points) <= MAX_POINTS:
+            raise InputError(f'refine: "points" must be a list of 1-{MAX_POINTS} {{"position": [x, y, z], '
+                             '"label": "positive"|"negative"}')
         clicks = []
         for p in points:
+            position = p.get("position") if isinstance(p, dict) else None
             if not isinstance(p, dict) or p.get("label") not in ("positive", "negative") \
-                    or not isinstance(p.get("position"), list):
-                raise InputError(f'refine: a point needs "position" [x, y, z] (RAS mm) and "label" '
-                                 f'"positive" or "negative", got {p!r}')
-            clicks.append((p["position"], p["label"] == "positive"))
+                    or not isinstance(position, list) or len(position) != 3 \
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in position):
+                raise InputError(f'refine: a point needs "position" [x, y, z] (three finite numbers, RAS mm) and '
+                                 f'"label" "positive" or "negative", got {json.dumps(p)[:120]}')
+            clicks.append((position, p["label"] == "positive"))
+        session = self._open_session()
         t0 = time.perf_counter()
         change = session.refine(r.get("task"), clicks)
         return mask_reply(change, time.perf_counter() - t0)
@@ -170,36 +174,71 @@ class Worker:
         return {"ok": True, "closing": True}
 
 
+MAX_REQUEST_CHARS = 1 << 20  # one request line: a click, a file name; never the image itself
+MAX_POINTS = 1000
+_END = object()
+
+
+class _Unreadable(str):
+    """A line that is not a request: the reply's error (a str subclass, never a request)."""
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def parse_request(line: str):
+    """One line -> the decoded request, or ``_Unreadable`` saying why it is none (NaN and
+    Infinity are not JSON; nesting too deep for the parser is refused, not a crash)."""
+    try:
+        return json.loads(line, parse_constant=_not_json)
+    except RecursionError:
+        return _Unreadable("not JSON the worker reads: nested too deeply")
+    except ValueError as exc:  # JSONDecodeError too
+        return _Unreadable(f"not JSON ({getattr(exc, 'msg', exc)}): {line[:80]}")
+
+
 def serve(stdin=None) -> int:
     """Read requests until "close" or the end of input. A reader thread takes the lines so that
-    a "cancel" reaches a running "open" at once."""
+    a "cancel" reaches a running "open" at once. A line longer than ``MAX_REQUEST_CHARS`` is
+    skipped unread (never held in memory) and answered with an error; so is anything that is not
+    a JSON request, and a last line cut off by the end of input."""
     stdin = stdin or sys.stdin
     worker = Worker()
     requests: "queue.Queue" = queue.Queue()
 
     def read():
-        for line in stdin:
+        while True:
+            line = stdin.readline(MAX_REQUEST_CHARS + 1)
+            if not line:
+                break
+            if len(line) > MAX_REQUEST_CHARS and not line.endswith("\n"):
+                while (rest := stdin.readline(MAX_REQUEST_CHARS)) and not rest.endswith("\n"):
+                    pass
+                requests.put(_Unreadable(f"a request line of more than {MAX_REQUEST_CHARS} characters was "
+                                         "refused unread; send masks as files (set_mask)"))
+                continue
+            ended = not line.endswith("\n")
             line = line.strip()
             if not line:
                 continue
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError as exc:
-                request = {"cmd": "__bad_json__", "error": f"not JSON ({exc.msg}): {line[:80]}"}
+            request = parse_request(line)
+            if ended and isinstance(request, _Unreadable):
+                request = _Unreadable(f"the input ended in the middle of a request: {line[:80]}")
             if isinstance(request, dict) and request.get("cmd") == "cancel":
                 worker.cancel.set()
                 continue
             requests.put(request)
-        requests.put(None)
+        requests.put(_END)
 
     threading.Thread(target=read, name="requests", daemon=True).start()
     worker.write({"ready": True})
     while True:
         request = requests.get()
-        if request is None:
+        if request is _END:
             return 0
-        if isinstance(request, dict) and request.get("cmd") == "__bad_json__":
-            worker.write({"id": None, "ok": False, "error": request["error"]})
+        if isinstance(request, _Unreadable):
+            worker.write({"id": None, "ok": False, "error": str(request)})
             continue
         reply = worker.handle(request)
         if reply is not None:
