@@ -150,6 +150,9 @@ def test_tiny_build_writes_a_loadable_package(tmp_path):
     history = [json.loads(line) for line in (out / "run" / "validation-history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2, 4]
     assert any(k.startswith("heldout-t1-1mm/hippocampus-left") for k in history[0]["dice"])
+    prov = package.meta["provenance"]  # the card quotes the kept checkpoint's held-out validation
+    assert prov["best_step"] in (2, 4) and prov["validation"]["step"] == prov["best_step"]
+    assert f"at step {prov['best_step']}" in card["validation"]
     assert (out / "run" / "checkpoints" / "best.pt").is_file() and (out / "learning-curve.png").stat().st_size > 1000
     # the held-out subject never trains
     catalog = (out / "data" / "catalog.yaml").read_text()

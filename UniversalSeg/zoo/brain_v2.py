@@ -328,13 +328,16 @@ def build_brain_v2(out: str | Path, steps: int = 60000, seed: int = 0, preset: s
     if not result["package"]:
         raise RuntimeError("training stopped before its last step; run again with --resume")
     trained = best_package(out / "run")
+    from ..model_package import load_package
+    best = load_package(trained).meta["provenance"]  # the kept checkpoint's validation, for the card
+    best = {"validation": best.get("validation"), "best_step": best.get("best_step")}
     if click_steps:
         trained = Path(add_click_stage(trained, catalog, out / "clicks", click_steps, seed, device, progress, resume))
     curve = learning_curve(out / "run", out / "learning-curve.png")
     seconds = round(time.time() - t0)
     command = (f"universalseg zoo build brain --out {out} --steps {steps} --click-steps {click_steps} "
                f"--seed {seed} --patch {patch} --width {width} --batch {batch} --validations {validations}")
-    zip_path = write_package(trained, out, command, seconds, [h for h in held_out])
+    zip_path = write_package(trained, out, command, seconds, [h for h in held_out], best)
     (out / "build.json").write_text(json.dumps(
         {"recipe": VERSION, "seconds": seconds, "steps": result["steps"], "seed": seed, "command": command,
          "package": str(zip_path), "trained": str(trained), "learning_curve": str(curve) if curve else None,
@@ -354,7 +357,8 @@ def validation_text(meta_validation: Optional[dict], subjects: int = len(HELD_OU
             f"{meta_validation.get('step')}: {parts}.")
 
 
-def write_package(trained: str | Path, out: Path, command: str, seconds: int, held_out: list[str]) -> Path:
+def write_package(trained: str | Path, out: Path, command: str, seconds: int, held_out: list[str],
+                  best: Optional[dict] = None) -> Path:
     """The trained package as the shipped file: half-precision weights, terminology for every
     task, the card, and the exclusive groups (``model.json``'s ``exclusive_groups`` where this
     UniversalSeg's ``save_package`` writes it; always in the provenance, so nothing is lost)."""
@@ -365,6 +369,10 @@ def write_package(trained: str | Path, out: Path, command: str, seconds: int, he
     provenance = {k: v for k, v in package.meta["provenance"].items() if k != "finetune"}
     if package.config.prompt.enabled:
         provenance["click_stage"] = "trained after the network, every other weight frozen (finetune --mode clicks)"
+        # the click stage's own run validated the frozen network again: keep the build's numbers
+        provenance["click_stage_validation"] = provenance.pop("validation", None)
+    if best and best.get("validation"):  # the held-out numbers of the checkpoint that was kept
+        provenance.update({k: v for k, v in best.items() if v is not None})
     validation = validation_text(provenance.get("validation"), len(held_out))
     card = {**CARD, "build": f"{command} ({seconds} s)", "held_out": CARD["held_out"]
             if list(held_out) == list(HELD_OUT) else f"{', '.join(held_out)}: never trained on."}
