@@ -182,7 +182,7 @@ CASES = {  # name: (prepare(work, model package) -> arguments, exit code, messag
     "roi-exponent-negative": (_small_negative_roi, 2, "x.nhdr: a detached header"),
     "dicom-two-series": (_series(second=True), 2, "folder holds 2 DICOM series: "),
     "dicom-two-series-labelmap": (lambda w, p: _series(second=True)(w, p)[:-1] + [str(w / "o.nii.gz")], 2,
-                                  "(3 slices); move the files of the one to segment into a folder of their own"),
+                                  "slices); move the files of the one to segment into a folder of their own"),
     "dicom-seg-no-frame-of-reference": (_series(_drop("FrameOfReferenceUID")), 2,
                                         "have no FrameOfReferenceUID, which a DICOM SEG must copy from its source"),
     "dicom-seg-no-position": (_series(_drop("ImagePositionPatient")), 2, "have no ImagePositionPatient"),
