@@ -18,12 +18,15 @@ validation cases of the seen institutions AND on an institution left out of trai
       site), for as many patches in all as the other arms.
 Reports Dice per task (mean and spread over seeds), parameter counts, JSON and a PNG bar chart;
 and, on TEST cases never used in training (synthetic: ``--test-cases`` per institution from
-another data seed; real data: ``--test-catalog``), paired bootstrap 95 % intervals of the Dice
-difference per task with a non-inferiority verdict (margin -0.02), and normalized surface Dice
+another data seed; real data: ``--test-catalog``), hierarchical bootstrap 95 % intervals of the
+Dice difference per task (the training seeds, then the test cases: every seed's model scored the
+same cases, so the design is crossed; ``training.statistics``) with a non-inferiority verdict
+(margin -0.02) and the number of seeds in which the arm is ahead, and normalized surface Dice
 (``--nsd-tolerance``, default one model voxel) for every case in accuracy.json, with its own
 paired table. ``--vary-data-seed``: seed S trains on the collection of data seed S; learning curves
 (``--curve-points`` validations per run) in accuracy-curves.png; every model gets the demo's recipe
-(``--loss``, ``--remap``); ``--device cuda`` trains and scores on a GPU.
+(``--loss``, ``--remap``); ``--device cuda`` trains and scores on a GPU. ± in the tables is the
+sample SD over seeds; accuracy.json records its provenance (command, commit, version, CPU, threads).
 
     python Testing/Benchmarks/accuracy.py --out Testing/Benchmarks/results/accuracy \
            [--steps 300] [--seeds 0 1 2] [--cases 8] [--shape 40] [--base-width 16] [--jobs 2]
@@ -44,7 +47,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import sys
 from pathlib import Path
 
 import yaml
@@ -56,9 +61,12 @@ from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig
 from UniversalSeg.training.config import AugmentationConfig, TrainConfig
 from UniversalSeg.training.evaluation import evaluate_cases
-from UniversalSeg.training.statistics import paired_bootstrap
+from UniversalSeg.training.statistics import paired_bootstrap, paired_hierarchical_bootstrap
 from UniversalSeg.training.trainer import run_training
 from UniversalSeg.visualization import bar_chart
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import provenance  # noqa: E402
 
 PLUGINS = {"domain_batch": {"norm": "domain_batch"}, "polynomial": {"norm": "polynomial"},
            "class_aware": {"norm": "class_aware"}, "domain_separable": {"conv": "domain_separable"}}
@@ -174,7 +182,6 @@ def plan(method, seed, args, seen, catalog_path, spacing, out):
 def run_all(jobs, workers: int, threads: int = 0, device: str = "cpu"):
     """Train every run, ``workers`` at a time, the CPU threads shared between them (on a GPU the
     runs share it too: these networks are far too small to fill one)."""
-    import os
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     if workers <= 1:
         for job in jobs:
@@ -234,15 +241,45 @@ def per_case(runs: dict, method: str, seeds, metric: str = "dice") -> dict:
     return {k: statistics.fmean(v) for k, v in scores.items()}
 
 
+def per_seed_case(runs: dict, method: str, seeds, metric: str = "dice") -> dict:
+    """{seed: {(dataset, task, case): test score}} of ``method``."""
+    return {s: {(c["dataset"], c["task"], c["case"]): c[metric]
+                for c in runs[f"{method}/seed{s}"].get("test_cases", []) if metric in c} for s in seeds}
+
+
+def compare(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str = "dice",
+            keep=lambda key: True) -> dict | None:
+    """mean(mine - base) over the seen test (dataset, task, case) keys that ``keep`` accepts.
+    Seed s of one arm pairs with seed s of the other (with --vary-data-seed: the same training
+    collection); with >= 2 such seeds, the hierarchical bootstrap (seeds, then cases; crossed:
+    every seed scored the same test cases) gives the interval, and ``seeds_b_ahead`` the seeds in
+    which ``mine`` is ahead. With fewer, each arm's cases are averaged over its own seeds and only
+    the cases are resampled (``"interval": "cases only"``: seed variance not included)."""
+    shared = [s for s in seeds_mine if s in seeds_base]
+    if len(shared) >= 2:
+        a, b = per_seed_case(runs, base, shared, metric), per_seed_case(runs, mine, shared, metric)
+        keys = sorted(k for k in set.intersection(*(set(a[s]) & set(b[s]) for s in shared)) if keep(k))
+        if not keys:
+            return None
+        cmp = paired_hierarchical_bootstrap([[a[s][k] for k in keys] for s in shared],
+                                            [[b[s][k] for k in keys] for s in shared], design="crossed")
+        return {**cmp.to_dict(), "interval": "hierarchical", "seeds_used": shared}
+    a, b = per_case(runs, base, seeds_base, metric), per_case(runs, mine, seeds_mine, metric)
+    keys = sorted(k for k in set(a) & set(b) if keep(k))
+    if not keys:
+        return None
+    return {**paired_bootstrap([a[k] for k in keys], [b[k] for k in keys]).to_dict(), "interval": "cases only"}
+
+
 def paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str = "dice") -> dict:
-    """Per seen dataset/task: the paired bootstrap interval of mean(mine - base) over the TEST
-    cases (each case's score averaged over seeds first), and the non-inferiority verdict."""
+    """Per seen dataset/task: the interval of mean(mine - base) over the TEST cases (``compare``:
+    hierarchical over seeds and cases) and the non-inferiority verdict."""
     a, b = per_case(runs, base, seeds_base, metric), per_case(runs, mine, seeds_mine, metric)
     out = {}
     for ds_task in sorted({k[:2] for k in a} & {k[:2] for k in b}):
-        keys = sorted(k for k in a if k[:2] == ds_task and k in b)
-        comparison = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
-        out["/".join(ds_task)] = comparison.to_dict()
+        comparison = compare(runs, mine, base, seeds_mine, seeds_base, metric, lambda k, t=ds_task: k[:2] == t)
+        if comparison:
+            out["/".join(ds_task)] = comparison
     return out
 
 
@@ -252,11 +289,9 @@ PAIRS = (("universal", "per-institution"), ("universal", "per-institution-split"
 
 
 def pooled_paired(runs: dict, mine: str, base: str, seeds_mine, seeds_base, metric: str = "dice"):
-    """One paired bootstrap over every seen (dataset, task, case) both methods scored: the pooled
+    """One comparison over every seen (dataset, task, case) both methods scored: the pooled
     verdict (each task's table row has only its 20 cases; this has them all)."""
-    a, b = per_case(runs, base, seeds_base, metric), per_case(runs, mine, seeds_mine, metric)
-    keys = sorted(set(a) & set(b))
-    return paired_bootstrap([a[k] for k in keys], [b[k] for k in keys]).to_dict() if keys else None
+    return compare(runs, mine, base, seeds_mine, seeds_base, metric)
 
 
 def paired_comparisons(runs: dict, seeds: dict) -> tuple[dict, dict]:
@@ -269,9 +304,27 @@ def paired_comparisons(runs: dict, seeds: dict) -> tuple[dict, dict]:
     return dice, nsd
 
 
+def summarize(results: dict, methods, seeds: dict) -> dict:
+    """Per method: validation Dice per seen / left-out task, mean and sample SD (n - 1) over seeds
+    (0 with one seed), parameters, seeds, the mean over seen tasks."""
+    summary = {}
+    for method in methods:
+        runs = [results[f"{method}/seed{s}"] for s in seeds[method]]
+        row = {}
+        for part in ("seen", "heldout"):
+            for k in sorted({k for r in runs for k in r[part]}):
+                vals = [r[part][k] for r in runs if k in r[part]]
+                row[f"{part}:{k}"] = {"mean": statistics.fmean(vals),
+                                      "sd": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+        summary[method] = {"dice": row, "parameters": runs[0]["parameters"], "seeds": seeds[method],
+                           "seen_mean": statistics.fmean(v["mean"] for k, v in row.items() if k.startswith("seen:"))}
+    return summary
+
+
 def markdown(report) -> str:
-    """The README's tables, written from accuracy.json: Dice mean +- SD over seeds per task and
-    method, parameter counts, and the verdict against the per-institution baselines."""
+    """The README's tables, written from accuracy.json: Dice mean ± SD over seeds per task and
+    method (validation cases), parameter counts, the verdict against the per-institution
+    baselines, and the paired tables on the test cases (hierarchical bootstrap)."""
     summary, methods = report["summary"], list(report["summary"])
     keys = sorted({k for m in methods for k in summary[m]["dice"]}, key=lambda k: (k.startswith("heldout"), k))
     lines = ["| task | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
@@ -296,22 +349,35 @@ def markdown(report) -> str:
             f"on shared tasks {v['heldout_mean_on_shared_tasks']['universal']:.3f} vs "
             f"{v['heldout_mean_on_shared_tasks']['baseline']:.3f}) - goal {'met' if v['goal_met'] else 'NOT met'}.")
     nsd_tables = report.get("paired_nsd", {})
+
+    def ahead(v):
+        return f"{v['seeds_b_ahead']} of {v['seeds']}" if "seeds_b_ahead" in v else "-"
     for name, table in report.get("paired", {}).items():
-        n = next(iter(table.values()))["cases"] if table else 0
+        first = next(iter(table.values()), {})
+        n = first.get("cases", 0)
         nsd = nsd_tables.get(name, {})
-        lines += ["", f"{name} (test cases, paired bootstrap 95 % interval of the Dice difference, "
-                      f"{n} cases per task; non-inferior: interval above -0.02; NSD: normalized surface "
-                      f"Dice at {report.get('nsd_tolerance_mm', 0):.2f} mm, the same comparison):", "",
-                  "| task | mean difference | 95 % interval | non-inferior | better | NSD difference | NSD 95 % interval |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        if first.get("interval") == "hierarchical":
+            how = (f"hierarchical bootstrap 95 % interval of the Dice difference: the {first['seeds']} training "
+                   f"seeds, then the {n} test cases per task within each (every seed scored the same cases)")
+        else:
+            how = (f"case bootstrap 95 % interval of the Dice difference over {n} test cases per task, each "
+                   "averaged over the seeds first (fewer than 2 seeds shared by both arms: seed-to-seed "
+                   "variance NOT in the interval)")
+        lines += ["", f"{name} (test cases, {how}; non-inferior: interval above -0.02; seeds ahead: seeds "
+                      f"whose mean difference is above 0; NSD: normalized surface Dice at "
+                      f"{report.get('nsd_tolerance_mm', 0):.2f} mm, the same comparison):", "",
+                  "| task | mean difference | 95 % interval | non-inferior | better | seeds ahead | NSD difference "
+                  "| NSD 95 % interval |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for task, v in table.items():
             w = nsd.get(task)
             surface = f"{w['difference']:+.3f} | [{w['low']:+.3f}, {w['high']:+.3f}]" if w else "- | -"
             lines.append(f"| {task} | {v['difference']:+.3f} | [{v['low']:+.3f}, {v['high']:+.3f}] | "
-                         f"{'yes' if v['non_inferior'] else 'no'} | {'yes' if v['better'] else 'no'} | {surface} |")
-        lines.append(f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | "
+                         f"{'yes' if v['non_inferior'] else 'no'} | {'yes' if v['better'] else 'no'} | {ahead(v)} | "
+                         f"{surface} |")
+        lines.append(f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | | "
                      f"{sum(w['non_inferior'] for w in nsd.values())} of {len(nsd)} (NSD) | |" if nsd else
-                     f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | | |")
+                     f"| **non-inferior on** | {sum(v['non_inferior'] for v in table.values())} of {len(table)} | | | | | | |")
         mine, base = name.split(" vs ")
         seeds = {m: summary[m]["seeds"] for m in (mine, base)}
         pool = {metric: pooled_paired(report["runs"], mine, base, seeds[mine], seeds[base], metric)
@@ -321,7 +387,7 @@ def markdown(report) -> str:
             surface = f"{w['difference']:+.3f} | [{w['low']:+.3f}, {w['high']:+.3f}]" if w else "- | -"
             lines.append(f"| **pooled** ({d['cases']} case-tasks) | {d['difference']:+.3f} | "
                          f"[{d['low']:+.3f}, {d['high']:+.3f}] | {'yes' if d['non_inferior'] else 'no'} | "
-                         f"{'yes' if d['better'] else 'no'} | {surface} |")
+                         f"{'yes' if d['better'] else 'no'} | {ahead(d)} | {surface} |")
     return "\n".join(lines) + "\n"
 
 
@@ -372,9 +438,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     if args.table_from:
+        # recomputed from the runs (every seed's validation and test scores), so that a report
+        # written by an earlier version prints today's SDs and intervals
         report = json.loads(Path(args.table_from).read_text())
-        if report.get("paired") and "paired_nsd" not in report:  # written before the NSD tables
-            seeds = {m: v["seeds"] for m, v in report["summary"].items()}
+        seeds = {m: v["seeds"] for m, v in report["summary"].items()}
+        report["summary"] = summarize(report["runs"], list(report["summary"]), seeds)
+        if report.get("paired") or any(r.get("test_cases") for r in report["runs"].values()):
             report["paired"], report["paired_nsd"] = paired_comparisons(report["runs"], seeds)
         print(markdown(report))
         if args.curves:  # redraw the learning curves of a finished report beside it
@@ -442,16 +511,7 @@ def main(argv=None):
     command = "python Testing/Benchmarks/accuracy.py " + " ".join(argv)
     if merged is not None:  # the earlier study's other methods, as they were
         methods, command = merge_into(results, seeds, merged, args, command)
-    summary = {}
-    for method in methods:
-        runs = [results[f"{method}/seed{s}"] for s in seeds[method]]
-        row = {}
-        for part in ("seen", "heldout"):
-            for k in sorted({k for r in runs for k in r[part]}):
-                vals = [r[part][k] for r in runs if k in r[part]]
-                row[f"{part}:{k}"] = {"mean": statistics.fmean(vals), "sd": statistics.pstdev(vals), "n": len(vals)}
-        summary[method] = {"dice": row, "parameters": runs[0]["parameters"], "seeds": seeds[method],
-                           "seen_mean": statistics.fmean(v["mean"] for k, v in row.items() if k.startswith("seen:"))}
+    summary = summarize(results, methods, seeds)
     verdict = verdicts(summary)
     scored = any(r.get("test_cases") for r in results.values())  # test cases: here or in a merged study
     paired_tables, nsd_tables = paired_comparisons(results, seeds) if scored else ({}, {})
@@ -461,7 +521,9 @@ def main(argv=None):
               "loss": args.loss, "remap": args.remap, "ema_warmup": not args.no_ema_warmup,
               "summary": summary,
               "runs": results, "universal_vs_per_institution": verdict, "paired": paired_tables, "paired_nsd": nsd_tables,
-              "nsd_tolerance_mm": nsd_tolerance}
+              "nsd_tolerance_mm": nsd_tolerance,
+              "provenance": provenance(command, args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
+                                       jobs=args.jobs, device=args.device)}
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     (out / "accuracy.md").write_text(markdown(report))
     for part in ("seen", "heldout"):

@@ -4,8 +4,10 @@ Pooling institutions should pay most when each has few labelled cases. For every
 training cases per seen institution this runs accuracy.py (universal vs one model per institution,
 same recipe, same steps, same seeds; the data seed varied with the seed) and compares them on the
 SAME test cases (``--test-cases`` per institution from data seed + 1000, never trained on): the
-paired bootstrap 95 % interval of the mean Dice difference over every seen (case, task), and the
-left-out institution. Writes sweep.json, sweep.md (the README's table) and sweep.png.
+hierarchical bootstrap 95 % interval of the mean Dice difference (the seeds, then every seen
+(case, task) within them: accuracy.compare), the seeds in which the universal model is ahead, and
+the left-out institution. Writes sweep.json (with its provenance), sweep.md (the table
+Testing/Benchmarks/STUDIES.md quotes) and sweep.png.
 
     python Testing/Benchmarks/cases_sweep.py --out Testing/Benchmarks/results/cases_sweep \
            [--train-cases 2 4 8 16] [--seeds 0 1 2] [--steps 600] [--shape 64] [--patch 48] \
@@ -20,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import accuracy  # noqa: E402  (the study this sweep repeats)
+from provenance import provenance  # noqa: E402
 
 
 
@@ -58,7 +61,9 @@ def summarize(report, train_cases: int) -> dict:
     row["parameters"] = {m: report["summary"][m]["parameters"] for m in ("universal", "per-institution")}
     if "universal-total-budget" in report["summary"]:  # equal compute: one model as long as the five
         verdict = report["universal_vs_per_institution"]["universal-total-budget vs per-institution"]
-        tasks = report["paired"]["universal-total-budget vs per-institution"]  # per task, test cases
+        seeds = {m: report["summary"][m]["seeds"] for m in ("universal-total-budget", "per-institution")}
+        tasks = accuracy.paired(report["runs"], "universal-total-budget", "per-institution",  # per task, test cases
+                                seeds["universal-total-budget"], seeds["per-institution"])
         row["equal_compute"] = {**compare(report, "universal-total-budget"),
                                 "tasks_non_inferior": sum(v["non_inferior"] for v in tasks.values()),
                                 "tasks": len(tasks),
@@ -71,10 +76,16 @@ def _difference(d: dict) -> str:
     return f"{d['paired']['difference']:+.3f} [{d['paired']['low']:+.3f}, {d['paired']['high']:+.3f}]"
 
 
+def _ahead(d: dict) -> str:
+    p = d["paired"]
+    return f"{p['seeds_b_ahead']} of {p['seeds']}" if "seeds_b_ahead" in p else "-"
+
+
 def markdown(rows, seeds) -> str:
     lines = ["| training cases per institution | universal | per-institution | difference (95 % interval) | "
-             "non-inferior (-0.02) | NSD universal / per-institution | left-out liver / spleen / kidney (universal) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "non-inferior (-0.02) | seeds universal ahead | NSD universal / per-institution | "
+             "left-out liver / spleen / kidney (universal) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         d, h = r["dice"], r["heldout"]["universal"]
         nsd = f"{r['nsd']['universal']:.3f} / {r['nsd']['per_institution']:.3f}" if "nsd" in r else "-"
@@ -82,24 +93,28 @@ def markdown(rows, seeds) -> str:
                           for k in (f"mr-t1-hospital-f/{t}" for t in ("liver", "spleen", "kidney")))
         lines.append(
             f"| {r['train_cases']} | {d['universal']:.3f} | {d['per_institution']:.3f} | {_difference(d)} | "
-            f"{'yes' if d['paired']['non_inferior'] else 'no'} | "
+            f"{'yes' if d['paired']['non_inferior'] else 'no'} | {_ahead(d)} | "
             f"{nsd} | {left} |")
     lines.append("")
-    lines.append(f"Seen institutions' test cases, Dice averaged over seeds {seeds} per case, then over every "
-                 "(case, task); difference = universal - per-institution, paired bootstrap over (case, task).")
+    hierarchical = all(r["dice"]["paired"].get("interval") == "hierarchical" for r in rows)
+    lines.append(f"Seen institutions' test cases, mean Dice over seeds {seeds} and every (case, task); difference = "
+                 "universal - per-institution, " + (
+                     "95 % interval from the hierarchical bootstrap (the seeds, then the (case, task) pairs: "
+                     "seed-to-seed variance included)." if hierarchical else
+                     "case bootstrap over (case, task), each averaged over the seeds (seed variance NOT included)."))
     equal = [r for r in rows if "equal_compute" in r]
     if equal:
         lines += ["", "At equal compute (`universal-total-budget`: the universal model trained as many steps as "
                   "the five per-institution models together):", "",
                   "| training cases per institution | universal | per-institution | difference (95 % interval) | "
-                  "non-inferior (-0.02) | seen tasks non-inferior, each on its own | left-out mean universal / "
-                  "per-institution |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "non-inferior (-0.02) | seeds universal ahead | seen tasks non-inferior, each on its own | "
+                  "left-out mean universal / per-institution |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in equal:
             e = r["equal_compute"]
             lines.append(f"| {r['train_cases']} | {e['dice']['universal']:.3f} | {e['dice']['per_institution']:.3f} | "
                          f"{_difference(e['dice'])} | {'yes' if e['dice']['paired']['non_inferior'] else 'no'} | "
-                         f"{e['tasks_non_inferior']} of {e['tasks']} | "
+                         f"{_ahead(e['dice'])} | {e['tasks_non_inferior']} of {e['tasks']} | "
                          f"{e['heldout_mean']['universal']:.2f} / {e['heldout_mean']['per_institution']:.2f} |")
         lines += ["", "Left-out mean: over its three tasks; a task a model cannot segment (the per-institution "
                   "models: the MR-T1 kidney) counts 0."]
@@ -150,7 +165,9 @@ def main(argv=None):
                            *passthrough])
         rows.append(summarize(json.loads((sub / "accuracy.json").read_text()), n))
     command = "python Testing/Benchmarks/cases_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / "sweep.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "rows": rows}, indent=2))
+    threads = next((int(v) for k, v in zip(passthrough, passthrough[1:]) if k == "--threads" and v != "0"), None)
+    (out / "sweep.json").write_text(json.dumps({"command": command, "seeds": args.seeds, "rows": rows,
+                                                "provenance": provenance(command, threads)}, indent=2))
     (out / "sweep.md").write_text(markdown(rows, args.seeds))
     figure(rows, out / "sweep.png")
     print((out / "sweep.md").read_text())

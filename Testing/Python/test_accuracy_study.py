@@ -42,6 +42,8 @@ def test_accuracy_study_on_a_catalog(synth_collection, tmp_path, capsys):
     table = (out / "accuracy.md").read_text()
     assert "| **left-out** mr-t1-hospital-f/kidney |" in table and "universal vs per-institution-split" in table
     assert report["paired"] == {}  # no test cases given: no paired verdict from validation cases
+    assert {"command", "commit", "version", "cpu", "threads"} <= set(report["provenance"])
+    assert report["provenance"]["command"] == report["command"]
     for part in ("seen", "heldout"):
         assert (out / f"accuracy-{part}.png").stat().st_size > 10000
     capsys.readouterr()
@@ -74,7 +76,9 @@ def test_accuracy_study_pairs_models_on_separate_test_cases(tmp_path):
     nsd = report["paired_nsd"]["universal vs per-institution-split"]
     assert set(nsd) == set(table) and all(v["low"] <= v["difference"] <= v["high"] for v in nsd.values())
     text = (out / "accuracy.md").read_text()
-    assert "paired bootstrap 95 % interval" in text and "NSD 95 % interval" in text
+    # one seed: no seed-to-seed variance to put in the interval, and the table says so
+    assert "case bootstrap 95 % interval" in text and "seed-to-seed variance NOT in the interval" in text
+    assert "NSD 95 % interval" in text and all(v["interval"] == "cases only" for v in table.values())
     # the pooled row: one bootstrap over all 11 tasks x 3 cases, its mean the mean of the case differences
     pool = study.pooled_paired(report["runs"], "universal", "per-institution-split", [0], [0])
     assert pool["cases"] == 33 and pool["low"] <= pool["difference"] <= pool["high"]
@@ -138,8 +142,12 @@ def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp
     report = json.loads((out / "sweep.json").read_text())
     assert [r["train_cases"] for r in report["rows"]] == [2]
     d = report["rows"][0]["dice"]
-    assert d["paired"]["cases"] == 11  # 11 seen (site, task) x 1 test case, each averaged over the seeds
+    assert d["paired"]["cases"] == 11  # 11 seen (site, task) x 1 test case, in each of the 2 seeds
+    assert d["paired"]["interval"] == "hierarchical" and d["paired"]["seeds"] == 2
+    assert len(d["paired"]["per_seed_difference"]) == 2 and 0 <= d["paired"]["seeds_b_ahead"] <= 2
     assert d["paired"]["low"] <= d["paired"]["difference"] <= d["paired"]["high"]
+    assert "hierarchical bootstrap" in (out / "sweep.md").read_text()
+    assert report["provenance"]["command"] == report["command"] and report["provenance"]["version"]
     assert abs(d["paired"]["difference"] - (d["universal"] - d["per_institution"])) < 1e-9
     assert set(report["rows"][0]["heldout"]["universal"]) == {"mr-t1-hospital-f/liver", "mr-t1-hospital-f/spleen",
                                                               "mr-t1-hospital-f/kidney"}
