@@ -121,7 +121,8 @@ def run_one(arm: str, seed: int, out: Path, device: str = "auto") -> dict:
     from UniversalSeg.demo import run_demo
     settings = dict(ARMS[arm][1])
     train = settings.pop("train", {})
-    return run_demo(out, seed=seed, progress=False, train_changes=train, overlays=0, device=device, **settings)
+    return run_demo(out, seed=seed, progress=False, train_changes=train, overlays=0, device=device,
+                    **{"anatomy": "phantom", **settings})  # the studies of versions 0.4.0-0.8.0 ran on the phantom
 
 
 def goal(row: str, task: str) -> float:

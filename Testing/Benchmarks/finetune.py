@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         if not (parent_dir / "model.zip").exists():
             from UniversalSeg.demo import run_demo
             run_demo(parent_dir, steps=args.demo_steps, seed=seed, progress=False, overlays=0, shape=args.shape,
-                     base_width=args.width)
+                     base_width=args.width, anatomy="phantom")  # the study of version 0.7.0 ran on the phantom
         results.append(one_seed(seed, parent_dir, args.out, args.steps, args.cases))
     keys = ("heldout_before", "heldout_after", "seen_before", "seen_after")
     summary = {k: float(statistics.mean(r[k] for r in results)) for k in keys}
