@@ -1,5 +1,5 @@
 """How much of a structure is boundary at the phantom's grids: the Dice a PERFECT mask scores after
-one voxel of erosion, per site and structure (issue #14: at a coarse grid a small structure's Dice
+one voxel of erosion, per site and structure (at a coarse grid a small structure's Dice
 mostly measures boundary quantisation).
 
     python Testing/Benchmarks/boundary_regime.py [--shapes 40 64] [--cases 4] [--seed 5]

@@ -1,6 +1,6 @@
 """The click-refinement stage: positive / negative clicks correct one task's mask.
 
-Where the guidance enters, and why (issue #15 asked us to choose): nnInteractive and DeepEdit feed
+Where the guidance enters, and why (a design choice): nnInteractive and DeepEdit feed
 click maps as extra INPUT channels, so every click re-runs the whole network. Ours enters AFTER
 the universal network, on its final full-resolution features (already steered by the task and
 modality priors):
