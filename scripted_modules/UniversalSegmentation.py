@@ -17,7 +17,7 @@ from UniversalSegmentationLib import dependencies
 from UniversalSegmentationLib.command import settings_list
 from UniversalSegmentationLib.job_slots import JobSlots
 from UniversalSegmentationLib.logic import DownloadJob, PredictionJob, TrainingJob, UniversalSegLogic, roi_bounds
-from UniversalSegmentationLib.panel_state import PanelState, first_input_volume, remember
+from UniversalSegmentationLib.panel_state import DEVICES, PanelState, first_input_volume, offer_devices, remember
 from UniversalSegmentationLib.paths import resources_dir
 
 FOLDERS_KEY = "UniversalSeg/ModelFolders"
@@ -40,7 +40,7 @@ class UniversalSegmentationParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     roi: slicer.vtkMRMLMarkupsROINode
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"  # "mps" offered only where found: offer_devices
     precision: Annotated[str, Choice(["auto", "fp32", "bf16", "fp16"])] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
     fast: bool = False
@@ -54,7 +54,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         VTKObservationMixin.__init__(self)
         self.logic = self._parameterNode = self._parameterNodeGuiTag = None
         self.jobs, self.state = JobSlots(), PanelState()
-        self.devicesKnown = False  # the device probe answered (a failed probe is asked again on enter)
+        self.devicesKnown = self.mps = False  # the probe answered (a failed probe is asked again on enter)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -135,7 +135,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode, self._parameterNodeGuiTag = parameterNode, None
         if parameterNode:
-            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)  # refills the device list
+            offer_devices(self.ui.deviceSelector, parameterNode, self.mps)
             self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self.updateButtons()
 
@@ -315,7 +316,8 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         label = {"run": self.ui.statusLabel, "train": self.ui.trainStatusLabel, "finetune": self.ui.finetuneStatusLabel,
                  "probe": self.ui.deviceInfoLabel}[slot]
         if slot == "probe" and finished:
-            self.devicesKnown = job.succeeded
+            self.devicesKnown, self.mps = job.succeeded, job.mps
+            offer_devices(self.ui.deviceSelector, self._parameterNode, self.mps)
         if finished or slot != "probe":  # the device label keeps "detecting..." until the answer
             label.text = f"{job.stage}: {job.message}" if slot == "run" and not finished else job.message
         if slot == "run":

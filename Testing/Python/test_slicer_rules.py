@@ -180,7 +180,7 @@ def test_confirm_dialog_is_passed_where_one_text_is_asked():
     from UniversalSegmentationLib.panel_state import PanelState
     source = MODULE.read_text()
     assert re.findall(r"slicer\.util\.confirmYesNoDisplay\)", source)  # passed, not called with extras
-    calls = re.findall(r"ask_replace\(\s*f?\"", inspect.getsource(PanelState.add_case))
+    calls = re.findall(r"ask_replace\(\s*(?:_\()?f?\"", inspect.getsource(PanelState.add_case))  # _(): translated
     assert len(calls) == len(CONFIRM_YES_NO_POSITIONAL) == 1
 
 

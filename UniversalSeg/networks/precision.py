@@ -1,6 +1,7 @@
 """Devices, precisions and memory formats: the one place that decides how the network runs.
 
-- ``resolve_device("auto")``: CUDA when present, else CPU.
+- ``resolve_device("auto")``: CUDA when present, else CPU; ``"mps"`` (Apple's GPUs) only where
+  ``torch.backends.mps.is_available()`` (never chosen by ``auto``).
 - ``resolve_precision("auto", device)``: bf16 on CUDA GPUs that support it (fp16 otherwise), bf16
   on CPUs with AMX-bf16 or AVX512-bf16 (fast oneDNN kernels), fp32 elsewhere.
 - ``autocast(device, precision)``: ``torch.autocast`` for bf16/fp16, a no-op for fp32.
@@ -24,11 +25,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise InputError(f"device {str(device)!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"device {str(device)!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but no CUDA GPU is visible to PyTorch; "
                          "use --device cpu (or auto)")
+    if device.type == "mps" and not mps_available():
+        raise InputError("device 'mps' was asked for but this PyTorch has no Apple GPU (MPS) backend "
+                         "available; use --device cpu (or auto)")
     return device
+
+
+def mps_available() -> bool:
+    """Apple's Metal (MPS) backend is built into this torch and usable on this machine."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def cpu_supports_fast_bf16() -> bool:
@@ -58,7 +68,8 @@ def autocast(device: torch.device, precision: str):
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    return torch.channels_last_3d
+    # channels_last_3d is the layout cuDNN and oneDNN run natively; on mps the default one (not measured here)
+    return torch.contiguous_format if device.type == "mps" else torch.channels_last_3d
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

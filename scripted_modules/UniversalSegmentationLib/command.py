@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from .i18n import tr as _
 from .paths import core_location, python_executable
 
 
@@ -17,7 +18,7 @@ class PredictRequest:
     modality: str
     output_path: str
     tasks: Sequence[str] = ()
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"
     overlap: float = 0.5
     fast: bool = False
@@ -72,13 +73,23 @@ def import_command(zip_path: str, python: Optional[str] = None) -> list[str]:
 
 
 # Asks torch in a child process, so that Slicer's own process never imports it.
-DEVICE_PROBE = ("import json, torch; cuda = torch.cuda.is_available(); "
+# 'mps': Apple's GPU backend, only where this torch has it and it works (torch.backends.mps.is_available()).
+DEVICE_PROBE = ("import json, torch; cuda = torch.cuda.is_available(); mps = getattr(torch.backends, 'mps', None); "
                 "print(json.dumps({'torch': torch.__version__, 'cuda': cuda, "
-                "'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []}))")
+                "'gpus': [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [], "
+                "'mps': bool(mps is not None and mps.is_available())}))")
 
 
 def device_probe_command(python: Optional[str] = None) -> list[str]:
     return [python or python_executable(), "-c", DEVICE_PROBE]
+
+
+def probe_has_mps(probe_output: str) -> bool:
+    """The device probe found Apple's MPS backend usable (False for anything else, an error included)."""
+    try:
+        return json.loads(probe_output.strip().splitlines()[-1]).get("mps") is True
+    except (IndexError, ValueError, AttributeError):
+        return False
 
 
 def describe_devices(probe_output: str) -> str:
@@ -87,10 +98,13 @@ def describe_devices(probe_output: str) -> str:
         info = json.loads(probe_output.strip().splitlines()[-1])
         gpus = info["gpus"]
     except (IndexError, ValueError, KeyError, TypeError):
-        return "could not detect the devices: " + (probe_output.strip().splitlines() or ["no output"])[-1]
+        last = (probe_output.strip().splitlines() or [_("no output")])[-1]
+        return _("could not detect the devices: {reason}").format(reason=last)
     if gpus:
-        return f"GPU: {', '.join(gpus)} (torch {info['torch']})"
-    return f"no CUDA GPU found: CPU (torch {info['torch']})"
+        return _("GPU: {gpus} (torch {version})").format(gpus=", ".join(gpus), version=info["torch"])
+    if info.get("mps") is True:
+        return _("Apple GPU (mps) and CPU (torch {version})").format(version=info["torch"])
+    return _("no CUDA GPU found: CPU (torch {version})").format(version=info["torch"])
 
 
 def child_environment(cpu_only: bool = False, env: Optional[dict] = None) -> dict:

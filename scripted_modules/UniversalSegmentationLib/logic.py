@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .command import (PredictRequest, child_environment, describe_devices, device_probe_command, download_command,
-                      finetune_command, import_command, parse_progress_line, predict_command, train_command)
+                      finetune_command, import_command, parse_progress_line, predict_command, probe_has_mps,
+                      train_command)
+from .i18n import tr as _
 from .process_runner import ProcessRunner
 from .refine_worker import RefineWorker, worker_command
 from .refinement import SegmentRefinement
@@ -130,7 +132,7 @@ class PredictionJob(Job):
 
     def check(self) -> str:
         if self.volume_node.GetScene() is None:
-            return "the input volume was removed (or the scene closed) during the run; nothing was changed"
+            return _("the input volume was removed (or the scene closed) during the run; nothing was changed")
         return ""
 
     def ended(self, code: int) -> None:
@@ -143,7 +145,7 @@ class PredictionJob(Job):
             self.retried_on_cpu, self.request.device = True, "cpu"
             self.runner.start(predict_command(self.request, self.logic.python),
                               env=self.logic.environment(cpu_only=True), cwd=str(self.workdir))
-            self.stage, self.message = "restarting", "GPU error: running on the CPU instead"
+            self.stage, self.message = "restarting", _("GPU error: running on the CPU instead")
         else:
             super().ended(code)
 
@@ -192,19 +194,22 @@ class TrainingJob(Job):
     def ended(self, code: int) -> None:
         super().ended(code)
         if self.succeeded and not (self.model / "model.json").is_file():
-            self.succeeded, self.message = False, f"training ended without writing {self.model}"
+            self.succeeded, self.message = False, _("training ended without writing {model}").format(model=self.model)
         elif self.succeeded:
-            self.message = f"Done: {self.model} is in the model list."
+            self.message = _("Done: {model} is in the model list.").format(model=self.model)
             report = self.model.parent / "before_after.json"  # fine-tuning: old vs new on the user's cases
             if report.is_file():
                 self.message += " " + str(json.loads(report.read_text()).get("summary", ""))
 
 
 class DeviceProbe(Job):
-    """Which devices torch sees, asked in a child process; ``message`` is the answer."""
+    """Which devices torch sees, asked in a child process; ``message`` is the answer, ``mps`` whether
+    Apple's GPU backend is there to offer."""
+    mps = False
 
     def ended(self, code: int) -> None:
         super().ended(code)
+        self.mps = self.succeeded and probe_has_mps("\n".join(self.output))
         self.message = describe_devices("\n".join(self.output) if self.succeeded else self.message)
 
 
@@ -220,7 +225,7 @@ class UniversalSegLogic:
                          model: str, device: str = "auto") -> SegmentRefinement:
         """Refine mode on one segment (``refinement.SegmentRefinement``); the worker starts once."""
         if volume_node is None or segmentation_node is None or not segment_id:
-            raise ValueError("select the volume, the segmentation and the segment to refine")
+            raise ValueError(_("select the volume, the segmentation and the segment to refine"))
         if volume_node.GetParentTransformNode() is not None:
             raise ValueError(transformed_volume_problem(volume_node, "clicks"))
         if self.refinement is not None:
@@ -260,13 +265,13 @@ class UniversalSegLogic:
         """Segment in the background. ``segmentation_node`` None: a new node is created when
         (and only when) the result is in."""
         if volume_node is None or volume_node.GetScene() is None:
-            raise ValueError("select an input volume")
+            raise ValueError(_("select an input volume"))
         if roi is not None and volume_node.GetParentTransformNode() is not None:
             raise ValueError(transformed_volume_problem(volume_node, "a region of interest"))
         if not tasks:
-            raise ValueError("select at least one structure to segment")
+            raise ValueError(_("select at least one structure to segment"))
         if not modality:
-            raise ValueError("select the modality of the input volume")
+            raise ValueError(_("select the modality of the input volume"))
         workdir = Path(tempfile.mkdtemp(prefix="UniversalSeg-"))
         try:
             image = write_volume(volume_node, workdir / "input.nrrd")
@@ -290,11 +295,12 @@ class UniversalSegLogic:
     def undo_last_run(self) -> str:
         """Put back the segments the last run replaced and remove those it added."""
         if self.last_run is None:
-            raise ValueError("there is no run to undo")
+            raise ValueError(_("there is no run to undo"))
         record, self.last_run = self.last_run, None
         if record.undo():
-            return "undone: removed the segmentation the run created"
-        return f"undone: removed {len(record.added)} added, restored {len(record.replaced)} replaced"
+            return _("undone: removed the segmentation the run created")
+        return _("undone: removed {added} added, restored {replaced} replaced").format(
+            added=len(record.added), replaced=len(record.replaced))
 
     def start_download(self, model_id: str) -> DownloadJob:
         workdir = Path(tempfile.mkdtemp(prefix="UniversalSeg-download-"))
@@ -311,9 +317,9 @@ class UniversalSegLogic:
 
     def start_training(self, catalog: str, config: str, out: str, resume: bool = False) -> TrainingJob:
         if not catalog or not Path(catalog).is_file():
-            raise ValueError("choose the dataset catalog file (catalog.yaml)")
+            raise ValueError(_("choose the dataset catalog file (catalog.yaml)"))
         if not out:
-            raise ValueError("choose the run folder")
+            raise ValueError(_("choose the run folder"))
         out_path = Path(out)
         out_path.mkdir(parents=True, exist_ok=True)
         return TrainingJob(self._launch(train_command(catalog, config, out, self.python, resume), out_path),
@@ -325,7 +331,7 @@ class UniversalSegLogic:
         to TRAINING_SET/versions/<model>-<mode>-<time>/model (the old model stays as it is)."""
         catalog = Path(training_set or "") / "catalog.yaml"
         if not training_set or not catalog.is_file():
-            raise ValueError("add cases to your training set first (it has no catalog.yaml yet)")
+            raise ValueError(_("add cases to your training set first (it has no catalog.yaml yet)"))
         if mode not in ("adapt", "add-tasks"):
             raise ValueError(f"unknown fine-tuning mode {mode!r}")
         stem = Path(str(model)).name.split(".")[0] or "model"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .command import filter_tasks, guess_modality
+from .i18n import tr as _
 from .logic import dicom_modality
 from .models import ModelChoice, available_models, model_summary
 
@@ -41,7 +42,7 @@ class PanelState:
             try:
                 summary = model_summary(self.choice)
             except Exception as exc:  # noqa: BLE001 - shown in the panel, the list stays usable
-                self.error = f"Cannot read the model: {exc}"
+                self.error = _("Cannot read the model: {error}").format(error=exc)
                 return
             self.tasks, self.modalities, self.card = summary["tasks"], summary["modalities"], summary["card"]
             self.clicks = summary["clicks"]
@@ -64,7 +65,7 @@ class PanelState:
     def finetune_spec(self) -> str:
         """The selected model, for fine-tuning (it must be available here)."""
         if self.choice is None or self.choice.needs_download:
-            raise ValueError("select a model that is installed (download it first)")
+            raise ValueError(_("select a model that is installed (download it first)"))
         return self.choice.spec
 
     def refinable_segments(self, segmentation_node) -> list:
@@ -84,13 +85,13 @@ class PanelState:
     def refine_problem(self, segmentation_node, modality: str) -> str:
         """Why Refine cannot start ('' when it can)."""
         if self.choice is None or self.choice.needs_download:
-            return "Select an installed model."
+            return _("Select an installed model.")
         if not self.clicks:
-            return "This model has no click refinement (trained without --clicks)."
+            return _("This model has no click refinement (trained without --clicks).")
         if not modality:
-            return "Select the modality."
+            return _("Select the modality.")
         if not self.refinable_segments(segmentation_node):
-            return "No segment of the output segmentation stands for one of the model's structures."
+            return _("No segment of the output segmentation stands for one of the model's structures.")
         return ""
 
     def task_labels(self) -> dict:
@@ -104,10 +105,10 @@ class PanelState:
         from .training_set_export import add_to_training_set, next_case_id, training_set_summary
         from UniversalSeg.data.training_set import case_ids, task_name
         if not folder:
-            raise ValueError("choose the folder of your training set")
+            raise ValueError(_("choose the folder of your training set"))
         base = task_name(volume_node.GetName() if volume_node else "case")[:60]
         replace = base in case_ids(Path(folder)) and ask_replace(
-            f"The training set already has a case '{base}'. Replace it (No: save as a new case)?")
+            _("The training set already has a case '{case}'. Replace it (No: save as a new case)?").format(case=base))
         case = base if replace else next_case_id(folder, base)  # the base itself when it is free
         ids = None
         if new_structures and segmentation_node is not None:
@@ -115,7 +116,8 @@ class PanelState:
             ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
         added = add_to_training_set(volume_node, segmentation_node, folder, modality, self.task_labels(),
                                     segment_ids=ids, case_id=case, overwrite=replace)
-        return f"Saved '{added.case_id}' ({', '.join(added.structures)}). Cases: {training_set_summary(folder)}"
+        return _("Saved '{case}' ({structures}). Cases: {cases}").format(
+            case=added.case_id, structures=", ".join(added.structures), cases=training_set_summary(folder))
 
     def modality_for(self, volume_node, dicom_database=None) -> Optional[str]:
         """The model's modality that the volume's DICOM Modality or its name suggests."""
@@ -126,10 +128,28 @@ class PanelState:
     def action(self, has_volume: bool, modality: str) -> tuple[str, bool]:
         """(button text, enabled) of the main button when no job runs."""
         if self.choice is None:
-            return "Apply", False
+            return _("Apply"), False
         if self.choice.needs_download:
-            return "Download model", True
-        return "Apply", bool(has_volume and modality and self.checked)
+            return _("Download model"), True
+        return _("Apply"), bool(has_volume and modality and self.checked)
+
+
+# The device list (the parameter node's Choice, in this order): "mps" last, so that Slicer's GUI
+# connector (guiConnectors.py QComboBoxToStringableConnector: item i is choice i) keeps reading the
+# others right when offer_devices takes it out.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def offer_devices(combo, parameter_node, mps: bool) -> None:
+    """Offer Apple's "mps" in the device list only where the device probe found it (``mps``); a
+    parameter node that holds "mps" where it is not offered goes back to "auto" first (the list
+    then never shows one device while the node holds another)."""
+    if not mps and parameter_node is not None and parameter_node.device == "mps":
+        parameter_node.device = "auto"
+    if not mps and combo.count == len(DEVICES):
+        combo.removeItem(len(DEVICES) - 1)
+    elif mps and combo.count == len(DEVICES) - 1:
+        combo.addItem(DEVICES[-1])
 
 
 # What the input list hides (Resources/UI: hideChildNodeTypes): vtkMRMLScalarVolumeNode's
