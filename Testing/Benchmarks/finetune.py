@@ -1,5 +1,6 @@
-"""The correction loop, measured (#13): fine-tune a demo model with 3 corrected cases of the site it
-never saw, and teach it a structure it never had, on the synthetic collection.
+"""The correction loop, measured: fine-tune a demo model with 3 corrected cases of the site it
+never saw, and teach it a structure it never had, on the demo's collection (the phantom; real
+anatomy with ``--demo-seeds``, the parents of ``demo_seeds.py``).
 
     python Testing/Benchmarks/finetune.py --out Testing/Benchmarks/results/finetune \\
         --models-from Testing/Benchmarks/results/demo_study/runs --arm dice --seeds 0 1 2
@@ -38,6 +39,9 @@ import SimpleITK as sitk
 import yaml
 
 LEFT_OUT, NEW_SITE = "mr-t1-hospital-f", "ct-hospital-a"
+# label values of the demo's collections: the phantom (data/phantom.py) and real anatomy (data/abdomen_collection.py)
+LABELS = {"phantom": {"liver": 1, "spleen": 3, "kidney": 4}, "amos": {"liver": 1, "spleen": 2, "kidney": 3, "pancreas": 4}}
+LEFT_KIDNEY = 5  # the new structure's value (free in both)
 
 
 def cli(*args) -> None:
@@ -59,9 +63,9 @@ def user_catalog(path: Path, root: Path, cases: list[str], labels: dict, name: s
     return path
 
 
-def left_kidney_copy(src: Path, dst: Path) -> Path:
+def left_kidney_copy(src: Path, dst: Path, kidney: int = 4) -> Path:
     """The site with its kidney label split: value 5 where the kidney lies on the patient's left
-    (LPS x > 0), 4 on the right. Images are linked, labels rewritten."""
+    (LPS x > 0), ``kidney`` on the right. Images are linked, labels rewritten."""
     for sub in ("imagesTr", "labelsTr"):
         (dst / sub).mkdir(parents=True, exist_ok=True)
     for image in sorted((src / "imagesTr").glob("*.nii.gz")):
@@ -71,9 +75,9 @@ def left_kidney_copy(src: Path, dst: Path) -> Path:
     for label in sorted((src / "labelsTr").glob("*.nii.gz")):
         img = sitk.ReadImage(str(label))
         arr = sitk.GetArrayFromImage(img)
-        kji = np.argwhere(arr == 4)
+        kji = np.argwhere(arr == kidney)
         lps = np.array([img.TransformIndexToPhysicalPoint([int(i), int(j), int(k)]) for k, j, i in kji])
-        arr[tuple(kji[lps[:, 0] > 0].T)] = 5
+        arr[tuple(kji[lps[:, 0] > 0].T)] = LEFT_KIDNEY
         out = sitk.GetImageFromArray(arr)
         out.CopyInformation(img)
         sitk.WriteImage(out, str(dst / "labelsTr" / label.name), useCompression=True)
@@ -89,7 +93,7 @@ def per_task(table: dict) -> dict:
     return {row: {t: round(statistics.mean(v), 3) for t, v in tasks.items()} for row, tasks in table.items()}
 
 
-def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> dict:
+def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int, anatomy: str = "phantom") -> dict:
     from UniversalSeg.demo import score_test_cases
     from UniversalSeg.inference import Predictor, PredictOptions
     from UniversalSeg.model_package import load_package
@@ -102,8 +106,9 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
     before = score_test_cases(parent, test, "cpu")
     # 1. adapt to the left-out site from `cases` corrected cases, replaying the seen sites
     ids = sorted(p.name[:-len(".nii.gz")] for p in (data / LEFT_OUT / "labelsTr").glob("*.nii.gz"))[:cases]
-    mine = user_catalog(work / "my-cases.yaml", data / LEFT_OUT, ids,
-                        {"liver": [1], "spleen": [3], "kidney": [4]}, "my-mr-t1-cases", "MR-T1")
+    values = LABELS[anatomy]
+    mine = user_catalog(work / "my-cases.yaml", data / LEFT_OUT, ids, {t: [v] for t, v in values.items()},
+                        "my-mr-t1-cases", "MR-T1")
     run = work / "adapt"
     if not (run / "model" / "model.json").exists():
         cli("finetune", "--model", str(parent_dir / "model.zip"), "--catalog", str(mine), "--out", str(run),
@@ -116,11 +121,12 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
                   seen_before=mean_dice(before, seen), seen_after=mean_dice(after, seen),
                   before=per_task(before), after=per_task(after), adapt_cases=ids)
     # 2. add-tasks: the left kidney, a structure the parent never had, from `cases` CT cases
-    split = left_kidney_copy(data / NEW_SITE, work / "ct-left-kidney")
-    split_test = left_kidney_copy(test / NEW_SITE, work / "ct-left-kidney-test")
+    split = left_kidney_copy(data / NEW_SITE, work / "ct-left-kidney", values["kidney"])
+    split_test = left_kidney_copy(test / NEW_SITE, work / "ct-left-kidney-test", values["kidney"])
     ids = sorted(p.name[:-len(".nii.gz")] for p in (split / "labelsTr").glob("*.nii.gz"))[:cases]
     new_cat = user_catalog(work / "new-structure.yaml", split, ids,
-                           {"liver": [1], "spleen": [3], "kidney-left": [5], "kidney": [4, 5]}, "my-ct-cases", "CT")
+                           {"liver": [values["liver"]], "spleen": [values["spleen"]], "kidney-left": [LEFT_KIDNEY],
+                            "kidney": [values["kidney"], LEFT_KIDNEY]}, "my-ct-cases", "CT")
     run = work / "add-tasks"
     if not (run / "model" / "model.json").exists():
         cli("finetune", "--model", str(parent_dir / "model.zip"), "--catalog", str(new_cat), "--out", str(run),
@@ -140,12 +146,12 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int) -> 
                                         sitk.GetArrayViewFromImage(c.probabilities[t])) for t in old_tasks)
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(split_test / "labelsTr" / image.name.replace("_0000", ""))))
         got = sitk.GetArrayViewFromImage(b.masks["kidney-left"]) > 0
-        truth = label == 5
+        truth = label == LEFT_KIDNEY
         dices.append(float(2 * (got & truth).sum() / max(got.sum() + truth.sum(), 1)))
         # does it know LEFT? (the largest-component filter keeps one kidney: which one decides the Dice)
         prob = sitk.GetArrayViewFromImage(b.probabilities["kidney-left"])
         p_left.append(float(prob[truth].mean()))
-        p_right.append(float(prob[label == 4].mean()))
+        p_right.append(float(prob[label == values["kidney"]].mean()))
     result["add_tasks"] = {"structure": "kidney-left", "site": NEW_SITE, "cases": ids,
                            "dice_new_structure": float(statistics.mean(dices)),
                            "dice_per_case": [round(d, 3) for d in dices],
@@ -162,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("finetune-benchmark"))
     ap.add_argument("--models-from", type=Path, help="a demo_study.py 'runs' folder (<arm>-seed<S>/model.zip ...)")
     ap.add_argument("--arm", default="default", help="which demo_study arm's models")
+    ap.add_argument("--demo-seeds", type=Path, help="parents from a demo_seeds.py folder (seed<S>/model.zip, data/, "
+                    "test-data/: the demo on real anatomy)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=150, help="fine-tuning steps (default 150)")
     ap.add_argument("--cases", type=int, default=3, help="corrected cases (default 3)")
@@ -181,12 +189,15 @@ def main(argv=None) -> int:
     results = []
     for seed in args.seeds:
         parent_dir = (args.models_from.resolve() / f"{args.arm}-seed{seed}" if args.models_from
+                      else args.demo_seeds.resolve() / f"seed{seed}" if args.demo_seeds
                       else args.out / f"parent-seed{seed}")
+        anatomy = json.loads((parent_dir / "dice.json").read_text()).get("anatomy", "phantom") \
+            if (parent_dir / "dice.json").exists() else "phantom"
         if not (parent_dir / "model.zip").exists():
             from UniversalSeg.demo import run_demo
             run_demo(parent_dir, steps=args.demo_steps, seed=seed, progress=False, overlays=0, shape=args.shape,
                      base_width=args.width, anatomy="phantom")  # the study of version 0.7.0 ran on the phantom
-        results.append(one_seed(seed, parent_dir, args.out, args.steps, args.cases))
+        results.append(one_seed(seed, parent_dir, args.out, args.steps, args.cases, anatomy))
     keys = ("heldout_before", "heldout_after", "seen_before", "seen_after")
     summary = {k: float(statistics.mean(r[k] for r in results)) for k in keys}
     summary["heldout_gain"] = summary["heldout_after"] - summary["heldout_before"]

@@ -8,25 +8,40 @@ from UniversalSeg.model_package import load_package
 
 
 def test_demo_end_to_end_reduced(tmp_path):
-    summary = run_demo(tmp_path, steps=4, cases=3, shape=32, progress=False, test_cases=2)
+    summary = run_demo(tmp_path, steps=4, cases=3, progress=False, test_cases=1)
     dice = json.loads((tmp_path / "dice.json").read_text())
-    assert set(dice["dice"]) == {
-        "ct-hospital-a (test)", "ct-hospital-b (test)", "mr-t1-hospital-c (test)",
-        "mr-t2-hospital-d (test)", "pet-hospital-e (test)", "mr-t1-hospital-f (left out of training)"}
-    assert all(0 <= v <= 1 for row in dice["dice"].values() for v in row.values())
-    assert all(len(v) == 2 for row in dice["cases"].values() for v in row.values())  # 2 test cases each
+    assert dice["anatomy"] == "amos"
+    sites = {"ct-hospital-a (test)", "ct-hospital-b (test)", "mr-t1-hospital-c (test)",
+             "mr-t2-hospital-d (test)", "pet-hospital-e (test)", "mr-t1-hospital-f (left out of training)"}
+    assert set(dice["dice"]) == set(dice["atlas"]) == sites
+    # partial labels: each site is scored on the structures it labels, the atlas on the same ones
+    assert set(dice["dice"]["ct-hospital-b (test)"]) == set(dice["atlas"]["ct-hospital-b (test)"]) == {"liver", "pancreas"}
+    assert all(0 <= v <= 1 for table in (dice["dice"], dice["atlas"]) for row in table.values() for v in row.values())
+    assert all(len(v) == 1 for row in dice["cases"].values() for v in row.values())  # 1 test case each
+    # the atlas baseline is a real baseline: the liver, large and always in one place, is found
+    assert min(dice["atlas"][s]["liver"] for s in sites if "liver" in dice["atlas"][s]) > 0.3
     segs = sorted((tmp_path / "predictions").glob("*.seg.nrrd"))
     pngs = sorted((tmp_path / "predictions").glob("*.png"))
-    assert len(segs) == 6 * 2 and len(pngs) == 6  # every test case; a montage of the first per site
+    assert len(segs) == 6 and len(pngs) == 6  # every test case; a montage of the first per site
     # test cases come from another data seed: none of their images is a training image
     train_imgs = {p.read_bytes() for p in (tmp_path / "data").rglob("imagesTr/*.nii.gz")}
     assert not any(p.read_bytes() in train_imgs for p in (tmp_path / "test-data").rglob("imagesTr/*.nii.gz"))
     seg = slicerio.read_segmentation(str(segs[0]), skip_voxels=True)
-    assert all(s["name"] in {"Liver", "Spleen", "Kidney", "Liver tumor"} for s in seg["segments"])
+    assert all(s["name"] in {"Liver", "Spleen", "Kidney", "Pancreas"} for s in seg["segments"])
     assert (tmp_path / "dice.png").stat().st_size > 10000
+    # the real scans (CI has ../shared/data): scored against TotalSegmentator, said to be automatic
+    real = dice["real_scans"]
+    assert set(real) == {"real CT (TotalSegmentator example)", "real MR-T1 (TotalSegmentator example)"}
+    assert set(real["real CT (TotalSegmentator example)"]["model"]) == {"liver", "spleen", "kidney", "pancreas"}
+    assert all("automatic" in r["reference_kind"] for r in real.values())
+    assert len(list((tmp_path / "real-scans").glob("*.png"))) == 2
+    for key in ("command", "commit", "version", "cpu", "threads"):
+        assert key in dice
     package = load_package(summary["model"])
     assert package.config.base_width == 8  # the demo's width (the small preset's own is 16)
     assert package.config.prompt.enabled and package.config.prompt.width == 8  # it refines with clicks
+    assert package.config.tasks == ["liver", "spleen", "kidney", "pancreas"] or \
+        sorted(package.config.tasks) == ["kidney", "liver", "pancreas", "spleen"]
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
 
@@ -46,8 +61,9 @@ def test_demo_network_width_override_matches_the_accuracy_study_network():
 
 
 def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
-    """`universalseg demo` with no options runs exactly demo_study.py's arm grid-64-800 (README's
-    table of the shipped demo comes from that arm); --width and --preset change only the width."""
+    """`universalseg demo` trains on real anatomy with the demo's recipe; `--phantom` runs exactly
+    demo_study.py's arm grid-64-800 (the phantom studies' table comes from that arm); --width and
+    --preset change only the width."""
     import importlib.util
     import inspect
     from pathlib import Path
@@ -63,6 +79,7 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
     train = arm.pop("train")
     defaults = inspect.signature(demo.run_demo).parameters
     assert {k: defaults[k].default for k in arm} == arm == {"shape": 64, "base_width": 8, "steps": 800}
+    assert defaults["anatomy"].default == "amos"
     recipe = demo.demo_train_config(demo.DEMO_STEPS, demo.DEMO_SHAPE, 0)
     assert train == {"click_every": 1, "click_lr_scale": 1.0} and recipe.replace(**train) == recipe
     assert recipe.clicks == 5
@@ -70,20 +87,25 @@ def test_demo_defaults_are_the_studied_recipe(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append((a, k)))
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     (out, steps, cases, shape, seed, preset, _), options = calls[-1]
-    assert (steps, cases, shape, seed, preset, options["base_width"]) == (800, 8, 64, 0, "small", 8)
-    assert cli.main(["demo", "--out", str(tmp_path), "--width", "16", "--shape", "40"]) == 0
+    assert (steps, cases, seed, preset, options["base_width"]) == (800, 8, 0, "small", 8)
+    assert options["anatomy"] == "amos" and options["real_scans"] == "auto"
+    assert cli.main(["demo", "--out", str(tmp_path), "--phantom"]) == 0
+    (out, steps, cases, shape, seed, preset, _), options = calls[-1]
+    assert (steps, cases, shape, options["anatomy"]) == (800, 8, 64, "phantom")
+    assert cli.main(["demo", "--out", str(tmp_path), "--width", "16", "--phantom", "--shape", "40"]) == 0
     assert calls[-1][0][3] == 40 and calls[-1][1]["base_width"] == 16
     assert cli.main(["demo", "--out", str(tmp_path), "--preset", "base"]) == 0
     assert calls[-1][1]["base_width"] is None  # the preset's own width
     assert cli.main(["demo", "--out", str(tmp_path), "--width", "2"]) == 2  # a clear error, no run
-    assert len(calls) == 3
+    assert cli.main(["demo", "--out", str(tmp_path), "--shape", "40"]) == 2  # the phantom's option alone
+    assert cli.main(["demo", "--out", str(tmp_path), "--real-scans", str(tmp_path)]) == 2  # no scans there
+    assert len(calls) == 4
     # the help states the defaults without importing torch: the literals must follow demo.py
     demo_parser = cli.build_parser()._subparsers._group_actions[0].choices["demo"]
     helps = {a.dest: a.help for a in demo_parser._actions}
     assert f"default {demo.DEMO_STEPS})" in helps["steps"] and f"default {demo.DEMO_SHAPE}:" in helps["shape"]
     assert f"default: {demo.DEMO_WIDTH} with" in helps["width"]
-    assert f"[--steps {demo.DEMO_STEPS}] [--cases 8] [--shape {demo.DEMO_SHAPE}] [--width {demo.DEMO_WIDTH}]" \
-        in demo_parser.description
+    assert f"[--steps {demo.DEMO_STEPS}] [--cases 8] [--width {demo.DEMO_WIDTH}]" in demo_parser.description
     # the arms run before the demo moved to 64^3 keep their 40^3 recipe, and every arm that does not
     # set its own the click stage on every step at the base learning rate
     assert study.ARMS["no-remap"][1]["shape"] == 40

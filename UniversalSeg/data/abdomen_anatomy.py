@@ -11,8 +11,8 @@ y -> posterior, z -> superior):
   sides, 100 mm behind the aorta), with subcutaneous fat (15 mm) and a muscle wall (12 mm);
 - the **spine** behind the aorta, slice by slice (vertebral body, posterior elements around the
   spinal canal, an intervertebral disc every 30 mm), paraspinal muscles behind it, the psoas
-  muscles beside it below the kidneys' middle, iliac wings in the pelvis and ribs in the wall
-  above the kidneys' middle;
+  muscles beside it below the kidneys' middle, iliac wings and gluteal muscles in the pelvis and
+  ribs in the wall above the kidneys' middle;
 - **perirenal fat** around each kidney;
 - the **lungs** above a smoothed diaphragm dome (the tops of liver, spleen and stomach), with the
   **heart** above the dome's middle;
@@ -171,8 +171,10 @@ def build_context(organs: np.ndarray) -> np.ndarray:
     zmm = np.arange(nz)[None, None, :] * SPACING_MM
     ribs = ring[:, :, None] & (((zmm + 12.0 * angle[:, :, None]) % 28.0) < 9.0) & (z > kidney_mid)
     out[ribs] = BONE
-    # iliac wings below the kidneys
+    # gluteal muscles behind the pelvis, iliac wings in front of them, below the kidneys
     for side in (-1, 1):
+        gluteus = (centre[0] + side * 0.45 * radii[0], y_aorta + _mm(60), kidney_low - _mm(130))
+        out[_ellipsoid(shape, gluteus, (_mm(50), _mm(40), _mm(70))) & wall2d[:, :, None]] = MUSCLE
         wing = (centre[0] + side * 0.62 * radii[0], y_aorta + _mm(20), kidney_low - _mm(70))
         out[_ellipsoid(shape, wing, (_mm(11), _mm(45), _mm(50))) & body2d[:, :, None]] = BONE
     perirenal = ndimage.binary_dilation(kidneys, iterations=3) & (organs == 0)
