@@ -16,6 +16,8 @@ import sys
 from . import __version__
 from .commands import COMMANDS
 
+__all__ = ["CTRL_C_GRACE_S", "NEGATIVE_NUMBER", "build_parser", "main"]
+
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_MODEL, EXIT_MEMORY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -44,9 +46,9 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import torch
 
+    from .errors import InputError
     from .model_download import DownloadError
     from .model_package import PackageError
-    from .errors import InputError
 
     def fail(exc, code):
         print(f"universalseg {args.command}: error: {exc}", file=sys.stderr)

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+__all__ = ["TICKS", "CpuSample", "ThreadGovernor", "free_cores", "our_cores", "sample", "user_chose_threads"]
+
 log = logging.getLogger("UniversalSeg.threads")
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 

@@ -7,6 +7,8 @@ mistake included, keeps its traceback. ``InputError`` is a ``ValueError`` so tha
 catching ``ValueError`` keep working. Torch-free: the Slicer GUI process imports it.
 """
 
+__all__ = ["InputError"]
+
 
 class InputError(ValueError):
     """Bad input from the user; the message names the option or file and what to do."""

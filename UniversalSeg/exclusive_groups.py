@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+__all__ = ["EXAMPLE", "FIELD", "ExclusiveResolver", "read_groups", "with_members"]
+
 FIELD = "exclusive_groups"
 EXAMPLE = '[["cortex-left", "white-matter-left"], ...]'
 

@@ -2,7 +2,8 @@
 
 The catalog (``Resources/Models.json``) lists published packages: id, version, url, sha256, size,
 license, tasks, modalities. An entry with ``file`` (a path relative to the catalog) is SHIPPED:
-installed with the extension, used in place, offline, after its checksum is verified. ``fetch_model`` streams the zip into the user cache
+installed with the extension, used in place, offline, after its checksum is verified.
+``fetch_model`` streams the zip into the user cache
 (``$UNIVERSALSEG_CACHE`` or ``~/.cache/universalseg``) as ``<id>-<version>.zip.part``, continuing
 a partial download with an HTTP Range request, hashes it while it arrives, and only renames it
 into place when the SHA-256 matches; on a mismatch the partial file is deleted, so the cache never
@@ -24,12 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+from .errors import InputError
+from .file_modes import atomic_write
 from .model_metadata import MAX_MEMBER_BYTES, PackageError
 from .structured_file import read_structured
-from .errors import InputError
 
 if TYPE_CHECKING:
     from .model_package import ModelPackage
+
+__all__ = ["CHUNK", "MAX_DOWNLOAD_BYTES", "SAFE_NAME", "CatalogEntry", "DownloadError", "cache_dir", "cached_packages",
+           "default_catalog_path", "fetch_model", "import_model", "load_model_catalog", "resolve_model",
+           "resolve_model_path", "sha256_of", "shipped_model_path"]
 
 CHUNK = 1 << 20
 # Catalog ids, versions and cache file names become paths in the cache: no separators, no "..".
@@ -273,15 +279,9 @@ def import_model(zip_path: str | Path, cache: Optional[Path] = None, name: Optio
     if dest.exists() and not replace and sha256_of(dest) != sha256_of(zip_path):
         raise InputError(f"the cache already holds a different model named {name} ({dest}); choose another "
                          "--name, or pass --replace to replace it")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        shutil.copyfile(zip_path, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half copy behind
-        raise
-    return dest
+    # all or nothing (a full disk leaves no half copy behind); the temporary ends in .part, so it
+    # is never listed as a cached model (*.zip)
+    return atomic_write(dest, lambda tmp: shutil.copyfile(zip_path, tmp), suffix=".part")
 
 
 def resolve_model_path(spec: str, progress: bool = True, catalog: Optional[Path] = None) -> Path:

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.terminology import TaskInfo, check_task_names
-from .exclusive_groups import read_groups
 from .errors import InputError
+from .exclusive_groups import read_groups
 from .structured_file import parse_text
+
+__all__ = ["MAX_MEMBER_BYTES", "MAX_PATCH_VOXELS", "MAX_TASKS", "NETWORK_STRIDE", "PACKAGE_FORMAT", "PACKAGE_VERSION",
+           "PATCH_EDGE", "PATCH_RULE", "SPACING_MM", "ModelSummary", "PackageError", "parse_meta", "patch_size_ok",
+           "printable", "read_member", "read_meta_bytes", "read_summary", "summarize"]
 
 # Bounds checked before anything is allocated from a package's numbers (a hostile model.json
 # must not make us allocate gigabytes): voxel spacing in mm, window edge in voxels, task count.

@@ -27,12 +27,24 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .data.modalities import IntensityPolicy
-from .file_modes import apply_umask
 from .data.terminology import TaskInfo
+from .file_modes import apply_umask, atomic_write
+from .model_metadata import (  # noqa: F401
+    META_FILE,
+    NETWORK_STRIDE,
+    PACKAGE_FORMAT,
+    PACKAGE_VERSION,
+    WEIGHTS_FILE,
+    PackageError,
+    parse_meta,
+    read_member,
+    read_meta_bytes,
+    summarize,
+)
 from .networks import ModelConfig, UniversalSegNet
-from .model_metadata import (META_FILE, NETWORK_STRIDE, PACKAGE_FORMAT, PACKAGE_VERSION,  # noqa: F401
-                             WEIGHTS_FILE, PackageError, parse_meta, read_member, read_meta_bytes, summarize)
 from .networks.config import ConfigError
+
+__all__ = ["MAX_PARAMETERS", "ModelPackage", "PackageError", "expected_state", "load_package", "save_package"]
 
 
 @dataclass
@@ -95,11 +107,12 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": PACKAGE_FORMAT})
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         if out.suffix == ".zip":
-            ztmp = tmp.with_suffix(".zip")
-            with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
-                z.write(tmp / META_FILE, META_FILE)
-                z.write(tmp / WEIGHTS_FILE, WEIGHTS_FILE)
-            os.replace(ztmp, out)  # opened by ZipFile: already the umask's mode
+            def write_zip(ztmp: Path) -> None:
+                with zipfile.ZipFile(ztmp, "w", zipfile.ZIP_DEFLATED) as z:
+                    z.write(tmp / META_FILE, META_FILE)
+                    z.write(tmp / WEIGHTS_FILE, WEIGHTS_FILE)
+
+            atomic_write(out, write_zip)
             shutil.rmtree(tmp)
         else:
             if out.exists():
@@ -113,6 +126,20 @@ def save_package(out: str | Path, model: UniversalSegNet, tasks: list[TaskInfo],
 
 
 def load_package(path: str | Path) -> ModelPackage:
+    """Read and validate a model package.
+
+    Args:
+        path: the package: a folder or a ``.zip`` holding ``model.json`` and ``model.safetensors``.
+
+    Returns:
+        The ``ModelPackage``: network config, tasks, modalities with their intensity policies,
+        spacing, patch size, the raw metadata and the weights (float32); ``.build(device)`` gives
+        the network ready to predict.
+
+    Raises:
+        PackageError: a missing, malformed, damaged or newer-format package, or weights that do not
+            fit the network its ``model.json`` describes (checked before any weight is read).
+    """
     path = Path(path)
     meta = parse_meta(read_meta_bytes(path), path)
     try:

@@ -14,6 +14,8 @@ import os
 import threading
 import time
 
+__all__ = ["ENV", "exit_with_parent", "parent_alive"]
+
 ENV = "UNIVERSALSEG_PARENT_PID"
 
 

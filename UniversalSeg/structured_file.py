@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+__all__ = ["parse_text", "read_structured"]
+
 
 def parse_text(text: str, yaml_syntax: bool, where: str, error: type[Exception]):
     try:

@@ -13,6 +13,8 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+__all__ = ["bar_chart", "overlay_montage"]
+
 
 def _ras_array(image: sitk.Image) -> tuple[np.ndarray, tuple]:
     """Array indexed [i, j, k] with i toward the patient's left, j posterior, k superior (LPS),

@@ -41,7 +41,7 @@ TINY_TRAIN_NET = {"tasks": ["placeholder"], "modalities": ["CT"], "base_width": 
 @pytest.fixture(scope="session")
 def synth_collection(tmp_path_factory):
     """The synthetic multi-institution collection, small: 4 cases per institution, 32^3."""
-    from UniversalSeg.data.synthetic import generate_collection
+    from UniversalSeg.data.phantom import generate_collection
     return generate_collection(tmp_path_factory.mktemp("synth"), cases=4, shape=32, seed=0)
 
 
@@ -94,6 +94,7 @@ def slicer_lib():
 def tiny_model(tmp_path_factory, slicer_lib):
     """A tiny random model package (liver, spleen, liver-tumor; CT), made as the self-test makes it."""
     import sys
+
     from UniversalSegmentationLib.self_test import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), sys.executable)
 

@@ -14,9 +14,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from UniversalSeg.data.synthetic import generate_collection  # noqa: F401  (fixtures use it)
+from conftest import TINY_TRAIN_NET, tiny_config
+from UniversalSeg.data.phantom import generate_collection  # noqa: F401  (fixtures use it)
 from UniversalSeg.errors import InputError
-from UniversalSeg.inference import Predictor, PredictOptions
+from UniversalSeg.inference import PredictOptions, Predictor
 from UniversalSeg.inference.interactive import InteractiveSession, read_points
 from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig, UniversalSegNet
@@ -24,8 +25,6 @@ from UniversalSeg.networks.prompt_stage import MARGIN, PromptStage, click_maps
 from UniversalSeg.training.click_simulation import next_click
 from UniversalSeg.training.config import TrainConfig
 from UniversalSeg.training.trainer import Trainer
-
-from conftest import TINY_TRAIN_NET, tiny_config
 
 ROOT = Path(__file__).parents[2]
 
@@ -217,6 +216,7 @@ def test_click_distances_on_the_error_box_equal_those_on_the_whole_volume():
     speed: the distances must be exactly those of the whole volume, errors at the edge included
     (the volume's edge counts as boundary)."""
     from scipy.ndimage import binary_dilation, distance_transform_edt
+
     from UniversalSeg.training.click_simulation import _inner_distance
     rng = np.random.default_rng(3)
     for n in range(30):
@@ -289,6 +289,7 @@ def test_click_lr_scale_scales_only_the_stages_steps(synth_collection, tmp_path,
 
 def test_boundary_error_starts_are_the_truth_one_or_two_voxels_off():
     from scipy.ndimage import distance_transform_edt
+
     from UniversalSeg.training.click_simulation import boundary_error
     truth = np.zeros((30, 30, 30), bool)
     truth[8:22, 9:20, 10:21] = True
@@ -503,7 +504,8 @@ def test_the_worker_survives_bad_requests(painting_click_model, synth_collection
                                 "modality": "CT", "tasks": ["liver"]})
         assert reply["tasks"] == ["liver"] and worker.running
         with pytest.raises(WorkerError, match="outside the image"):
-            worker.request({"cmd": "refine", "task": "liver", "points": [{"position": [1e4, 0, 0], "label": "positive"}]})
+            worker.request({"cmd": "refine", "task": "liver",
+                            "points": [{"position": [1e4, 0, 0], "label": "positive"}]})
         with pytest.raises(WorkerError, match="position"):
             worker.request({"cmd": "refine", "task": "liver", "points": [{"where": 1}]})
         ref = sitk.ReadImage(str(image))

@@ -13,15 +13,15 @@ import SimpleITK as sitk
 import torch
 from monai import transforms as mt
 
+from conftest import tiny_config
 from UniversalSeg.data.image_io import to_metatensor
 from UniversalSeg.data.modalities import KNOWN_MODALITIES
 from UniversalSeg.data.terminology import TaskInfo, task_info
 from UniversalSeg.errors import InputError
-from UniversalSeg.inference import Predictor, PredictOptions
+from UniversalSeg.inference import PredictOptions, Predictor
 from UniversalSeg.model_package import load_package, save_package
 from UniversalSeg.networks import UniversalSegNet
-
-from conftest import tiny_config
+from UniversalSeg.training.evaluation import dice
 
 NILEARN_DATA = Path(importlib.util.find_spec("nilearn").origin).parent / "datasets" / "data"
 
@@ -65,11 +65,6 @@ def same_grid(a: sitk.Image, b: sitk.Image):
     assert a.GetOrigin() == b.GetOrigin()
     assert a.GetSpacing() == b.GetSpacing()
     assert a.GetDirection() == b.GetDirection()
-
-
-def dice(a: sitk.Image, b: sitk.Image) -> float:
-    x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
-    return 2 * (x & y).sum() / (x.sum() + y.sum())
 
 
 def centroid_mm(mask: sitk.Image) -> np.ndarray:

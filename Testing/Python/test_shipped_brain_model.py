@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from UniversalSeg.data.brain_template import TASK_VALUES, template_t1, template_tissues
 from UniversalSeg.model_download import load_model_catalog, resolve_model_path, sha256_of
 from UniversalSeg.model_metadata import PackageError
+from UniversalSeg.training.evaluation import dice
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "Resources" / "Models.json"
@@ -78,8 +79,8 @@ def test_predict_by_id_on_the_template_t1_finds_the_brain(tmp_path):
     assert run.returncode == 0, run.stderr
     truth = np.isin(sitk.GetArrayFromImage(template_tissues()), TASK_VALUES["brain"])
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) == 1
-    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
-    assert dice >= 0.95, dice
+    overlap = dice(mask, truth)
+    assert overlap >= 0.95, overlap
     bad = subprocess.run([sys.executable, "-m", "UniversalSeg", "predict", "--model", "brain-synth",
                           "--input", str(t1), "--modality", "PET", "--output", str(tmp_path / "x.seg.nrrd")],
                          capture_output=True, text=True)

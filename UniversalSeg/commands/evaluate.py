@@ -8,6 +8,8 @@
 """
 from ..errors import InputError
 
+__all__ = ["HELP", "register", "run"]
+
 HELP = "Dice table per dataset x task of a model on a catalog split"
 
 

@@ -15,6 +15,8 @@ training settings (its spacing and patch always); see ``training/finetune.py``.
 """
 from ..errors import InputError
 
+__all__ = ["HELP", "register", "run"]
+
 HELP = "fine-tune a model on your own cases (adapt, or add new structures with the old ones frozen)"
 
 
@@ -91,7 +93,8 @@ def run(args) -> int:
     result = run_training(catalog, None, cfg, args.out, resume=args.resume, device=args.device,
                           progress=not args.no_progress, start=start)
     automatic_changed = args.mode != "clicks"  # clicks: the automatic outputs are the parent's
-    if result["package"] and automatic_changed and (args.evaluate == "rotation" or (args.evaluate == "auto" and cases >= 3)):
+    wanted = args.evaluate == "rotation" or (args.evaluate == "auto" and cases >= 3)
+    if result["package"] and automatic_changed and wanted:
         report = before_after(start, catalog, cfg, Path(args.out), args.device, not args.no_progress)
         result["before_after"] = report["summary"]
         logging.getLogger("UniversalSeg.finetune").info(report["summary"])

@@ -6,6 +6,8 @@ trained on, intended use, known limits, validation) when it has one.
 """
 import textwrap
 
+__all__ = ["CARD_FIELDS", "HELP", "register", "run"]
+
 HELP = "show a model's tasks, modalities, provenance and model card"
 
 

@@ -6,6 +6,8 @@
 """
 from ..errors import InputError
 
+__all__ = ["HELP", "register", "run"]
+
 HELP = "list, download or import model packages (cache: $UNIVERSALSEG_CACHE or ~/.cache/universalseg)"
 
 
@@ -24,8 +26,14 @@ def register(parser):
 
 
 def run(args) -> int:
-    from ..model_download import (cache_dir, cached_packages, fetch_model, import_model, load_model_catalog,
-                                  shipped_model_path)
+    from ..model_download import (
+        cache_dir,
+        cached_packages,
+        fetch_model,
+        import_model,
+        load_model_catalog,
+        shipped_model_path,
+    )
     from ..model_metadata import printable
     if args.action == "list":
         entries = load_model_catalog()

@@ -6,7 +6,10 @@ one forward pass.
 from __future__ import annotations
 
 import time
+
 from ..errors import InputError
+
+__all__ = ["HELP", "register", "run"]
 
 HELP = "describe a network config (parameters, sites, plug-ins) and optionally time a forward pass"
 
@@ -23,8 +26,16 @@ def register(parser):
 def run(args) -> int:
     import torch
 
-    from ..networks import (PRESETS, ModelConfig, UniversalSegNet, autocast, prepare_input,
-                            prepare_model, resolve_device, resolve_precision)
+    from ..networks import (
+        PRESETS,
+        ModelConfig,
+        UniversalSegNet,
+        autocast,
+        prepare_input,
+        prepare_model,
+        resolve_device,
+        resolve_precision,
+    )
     if args.config in PRESETS:
         cfg = ModelConfig.preset(args.config, tasks=["structure"], modalities=["CT"])
     else:

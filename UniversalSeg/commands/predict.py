@@ -22,7 +22,11 @@ import math
 import os
 import sys
 from pathlib import Path
+
 from ..errors import InputError
+
+__all__ = ["HELP", "IMAGE_SUFFIXES", "OUTPUT_SUFFIXES", "check_options", "check_outputs", "input_files",
+           "parse_thresholds", "planned_outputs", "register", "requested_tasks", "run"]
 
 HELP = "segment images with a model (one pass for all requested tasks)"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -47,7 +51,8 @@ def register(parser):
                         help="crop to this box, RAS millimetres")
     parser.add_argument("--no-crop", action="store_true", help="do not crop to the body/foreground")
     parser.add_argument("--fast", action="store_true", help="overlap 0.25 (fewer windows)")
-    parser.add_argument("--largest-component", action="store_true", help="keep each task's largest connected components: as many as the structure "
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep each task's largest connected components: as many as the structure "
                         "has parts (both kidneys: 2); lesions are left untouched")
     parser.add_argument("--threshold", default=None,
                         help="probability threshold: one number, or task=value,task=value")
@@ -221,15 +226,14 @@ def _refined(predictor, src, args, tasks, options, points, report):
 
 
 def run(args) -> int:
+    from ..data.image_io import check_header
     from ..inference import PredictOptions, Predictor, write_labelmap, write_probabilities, write_seg_nrrd
+    from ..inference.dicom_seg import check_dicom_codes, check_dicom_output, wants_dicom_seg, write_dicom_seg
     from ..inference.progress import make_reporter
     from ..model_download import resolve_model_path
     from ..model_metadata import read_summary
     from ..model_package import load_package
     from ..networks.context import Vocabulary
-
-    from ..data.image_io import check_header
-    from ..inference.dicom_seg import check_dicom_codes, check_dicom_output, wants_dicom_seg, write_dicom_seg
 
     check_options(args)
     jobs = _inputs(Path(args.input), Path(args.output), args.format)

@@ -4,6 +4,8 @@
 """
 from ..errors import InputError
 
+__all__ = ["HELP", "register", "run"]
+
 HELP = "write the synthetic multi-institution collection and its catalog"
 
 
@@ -16,7 +18,7 @@ def register(parser):
 
 
 def run(args) -> int:
-    from ..data.synthetic import generate_collection
+    from ..data.phantom import generate_collection
     if args.cases < 2 or args.shape < 16:
         raise InputError("--cases must be >= 2 (one for validation) and --shape >= 16")
     path = generate_collection(args.out, args.cases, args.shape, args.seed, progress=True)

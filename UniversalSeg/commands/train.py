@@ -11,6 +11,8 @@ come from --train-config, then from the flags. Multi-GPU / multi-process:
 """
 from ..errors import InputError
 
+__all__ = ["HELP", "load_model_config", "register", "run"]
+
 HELP = "train a universal model on a dataset catalog (resumable, torchrun DDP)"
 
 

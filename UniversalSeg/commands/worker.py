@@ -6,6 +6,8 @@ The protocol (open, mask, refine, undo, set_mask, cancel, close) is described in
 ``UniversalSeg/inference/worker.py``. Exit code 0 on "close" or end of input.
 """
 
+__all__ = ["HELP", "register", "run"]
+
 HELP = "warm worker for click refinement: JSON requests on stdin, replies on stdout"
 
 

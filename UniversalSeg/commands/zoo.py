@@ -16,6 +16,8 @@ Testing/Benchmarks/brain_model.py's JSON (run on it first); the weights stay as 
 """
 from ..errors import InputError
 
+__all__ = ["HELP", "RECIPES", "VERSIONS", "register", "run"]
+
 HELP = "build a shipped model (brain) from its recipe"
 RECIPES = ("brain",)
 VERSIONS = ("2.0.0", "1.0.1")

@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+__all__ = ["LAYERS", "MARGIN_MM", "TASK_VALUES", "TISSUES", "head_label_map", "nilearn_data", "skull_stripped",
+           "template_t1", "template_tissues"]
+
 TISSUES = {0: "air", 1: "csf", 2: "gray-matter", 3: "white-matter", 4: "csf", 5: "bone", 6: "fat",
            7: "skin"}
 TASK_VALUES = {"brain": [1, 2, 3], "gray-matter": [2], "white-matter": [3], "csf": [1, 4],

@@ -40,7 +40,6 @@ differ from the image, label values outside the map and NaNs, naming the file, b
 from __future__ import annotations
 
 import math
-
 import random
 import zlib
 from dataclasses import dataclass
@@ -49,10 +48,13 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InputError
 from ..structured_file import read_structured
 from .modalities import KNOWN_MODALITIES, IntensityPolicy
 from .terminology import TaskInfo, task_info
-from ..errors import InputError
+
+__all__ = ["FORMAT_VERSION", "GENERATORS", "SPLITS", "Case", "Catalog", "CatalogError", "DatasetSpec",
+           "catalog_from_dict", "check_files", "load_catalog"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")

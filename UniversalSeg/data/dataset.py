@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 from .catalog import Catalog
 from .transforms import AugmentationConfig, augmentation, preprocessing
 
+__all__ = ["AugmentedPatches", "PreprocessedCases", "case_records", "collate_patches"]
+
 
 def case_records(catalog: Catalog, split: str, tasks: Sequence[str], modalities: Sequence[str],
                  domains: Sequence[str]) -> list[dict]:

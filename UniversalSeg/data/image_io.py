@@ -18,7 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
+
 from ..errors import InputError
+
+__all__ = ["FLOAT_TYPES", "LPS_TO_RAS", "SPACING_MM", "ImageError", "check_complete", "check_header", "check_image",
+           "check_nifti_spacing", "one_series_files", "read_image", "read_sitk", "sitk_affine", "to_metatensor"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 FLOAT_TYPES = (sitk.sitkFloat32, sitk.sitkFloat64)

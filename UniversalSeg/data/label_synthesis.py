@@ -49,6 +49,9 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
+__all__ = ["PRIORS", "TISSUE_CLASSES", "GeneratorSettings", "acquisition_resolution", "draw_image", "flip_left_right",
+           "generate", "mirror_table", "spatial_sample", "strip_head", "targets", "task_table"]
+
 # tissue class -> (low, high) of its mean intensity per modality (MR: relative units of a
 # [0, 1] image; CT: Hounsfield units). Ranges are wide on purpose (scanners and sequences differ)
 # but keep each modality's usual tissue order.
@@ -205,7 +208,7 @@ def spatial_sample(labels: torch.Tensor, patch: Sequence[int], spacing: Sequence
     lo = np.clip(np.floor(grid.reshape(-1, 3).amin(0).numpy()).astype(int) - 1, 0, shape - 1)
     hi = np.clip(np.ceil(grid.reshape(-1, 3).amax(0).numpy()).astype(int) + 2, lo + 1, shape)
     box = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].float()
-    size = torch.tensor([max(int(h - l) - 1, 1) for l, h in zip(lo, hi)], dtype=torch.float32)
+    size = torch.tensor([max(int(high - low) - 1, 1) for low, high in zip(lo, hi)], dtype=torch.float32)
     norm = (grid - torch.from_numpy(lo.astype(np.float32))) / size * 2 - 1  # align_corners=True
     out = F.grid_sample(box[None, None], norm.flip(-1)[None], mode="nearest", padding_mode="zeros",
                         align_corners=True)[0, 0]

@@ -6,13 +6,17 @@ intensities are arbitrary per scanner: clip to the volume's own 2nd-98th percent
 PET is read for, a small hot lesion, lies above the 98th percentile of a field of view of the
 abdomen, and clipping there flattens it to the liver's value (measured ad hoc on 4 phantom PET cases:
 tumour / liver 2.1-2.7 as acquired, 1.1-1.2 after the 98th percentile clip, 1.6-2.0 after the
-99.9th; Testing/Python/test_catalog.py holds > 1.6 vs < 1.3). A catalog may declare more modalities with either policy. The
-model package stores the policy of every modality, so inference normalizes exactly as training.
+99.9th; Testing/Python/test_catalog.py holds > 1.6 vs < 1.3). A catalog may declare more
+modalities with either policy. The model package stores the policy of every modality, so
+inference normalizes exactly as training.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
 from ..errors import InputError
+
+__all__ = ["CT_WINDOW", "KNOWN_MODALITIES", "PERCENTILE", "PET_PERCENTILE", "IntensityPolicy"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,10 @@ from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler
+
 from ..errors import InputError
+
+__all__ = ["BATCHES", "DatasetWeightedSampler"]
 
 
 BATCHES = ("mixed", "distinct-sites", "every-site")

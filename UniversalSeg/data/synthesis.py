@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 
+__all__ = ["TISSUE_MODELS", "check_tissues", "synthesize"]
+
 # tissue -> (low, high) of its mean intensity per modality. MR: relative units (scaled at random
 # per image: MR has none); CT: Hounsfield units.
 TISSUE_MODELS: dict[str, dict[str, tuple[float, float]]] = {

@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from typing import Optional
+
 from ..errors import InputError
+
+__all__ = ["ALTERED", "ANATOMY", "DICOM_MASTER_CONTEXT", "KNOWN_TASKS", "MAX_DISPLAY_NAME", "SLICER_ANATOMY_CONTEXT",
+           "TASK_NAME", "Code", "TaskInfo", "check_code", "check_task_names", "task_info"]
 
 # Task names become file names (probability maps, exported datasets) and segment IDs; display
 # names become .seg.nrrd header values. Both are data from outside (catalogs, model packages):
@@ -135,7 +139,8 @@ LEFT, RIGHT = ("SCT", "7771000", "Left"), ("SCT", "24028007", "Right")
 # with their side modifiers). Colors where Slicer's lists give none (hippocampus, accumbens):
 # our choice. Cerebellar cortex and ventral DC have no code in either list: name and color only.
 _SIDED = (  # name, display, color, code, context
-    ("cerebral-cortex", "cerebral cortex", (128, 174, 128), ("SCT", "40146001", "Cerebral cortex"), DICOM_MASTER_CONTEXT),
+    ("cerebral-cortex", "cerebral cortex", (128, 174, 128),
+     ("SCT", "40146001", "Cerebral cortex"), DICOM_MASTER_CONTEXT),
     ("cerebral-white-matter", "cerebral white matter", (250, 250, 225),
      ("SCT", "68523003", "Cerebral White Matter"), DICOM_MASTER_CONTEXT),
     ("lateral-ventricle", "lateral ventricle", (88, 106, 215), ("SCT", "66720007", "Lateral ventricle"),
@@ -166,8 +171,8 @@ def _brain_structures() -> list[TaskInfo]:
                           (194, 195, 164), ANATOMY, ("SCT", "33060004", "Cerebellar white matter")))
     out += [_known("brain-stem", "Brain stem", (119, 159, 176), ANATOMY, ("SCT", "119238007", "Brain stem"),
                    context=DICOM_MASTER_CONTEXT),
-            _known("third-ventricle", "Third ventricle", (204, 182, 142), ANATOMY, ("SCT", "49841001", "Third ventricle"),
-                   context=DICOM_MASTER_CONTEXT),
+            _known("third-ventricle", "Third ventricle", (204, 182, 142), ANATOMY,
+                   ("SCT", "49841001", "Third ventricle"), context=DICOM_MASTER_CONTEXT),
             _known("fourth-ventricle", "Fourth ventricle", (88, 106, 215), ANATOMY,
                    ("SCT", "35918002", "Fourth ventricle"))]
     return out

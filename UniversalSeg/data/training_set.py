@@ -32,6 +32,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..file_modes import atomic_write
+
+__all__ = ["CATALOG", "AddedCase", "TrainingSetError", "add_case", "case_ids", "dataset_name", "region_labels",
+           "structure_counts", "task_name"]
 
 CATALOG = "catalog.yaml"
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -180,9 +184,7 @@ def _write_catalog(folder: Path, catalog: dict, name: str, modality: str, values
                            and any((folder / d["root"] / "labelsTr").glob("*.nii.gz"))]
     text = ("# UniversalSeg training set: corrected cases, written by 'Add to my training set'.\n"
             + yaml.safe_dump(catalog, sort_keys=False))
-    tmp = folder / f".{CATALOG}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, folder / CATALOG)
+    atomic_write(folder / CATALOG, lambda tmp: tmp.write_text(text))
 
 
 def structure_counts(folder: str | Path) -> dict[str, int]:

@@ -26,6 +26,10 @@ from monai.utils import convert_to_dst_type
 from .image_io import read_image
 from .modalities import IntensityPolicy
 
+__all__ = ["AugmentationConfig", "ByGenerator", "GenerateFromLabelMapd", "LabelMapOnlyd", "LoadCased",
+           "ModalityIntensityd", "RandGlobalIntensityNonlineard", "RandIntensityRemapd", "SynthesizeImaged",
+           "TaskTargetsd", "augmentation", "normalize_intensity", "preprocessing"]
+
 
 class LoadCased(mt.MapTransform):
     """{"image": path, "label": path or None} -> MetaTensors via SimpleITK (see image_io)."""

@@ -7,14 +7,14 @@ either the previous checkpoint or the new one. ``load_checkpoint`` uses
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..file_modes import PENDING, apply_umask
 from ..errors import InputError
+from ..file_modes import atomic_write
+
+__all__ = ["CheckpointError", "check_run_folder", "load_checkpoint", "save_atomic"]
 
 
 class CheckpointError(InputError):
@@ -22,16 +22,17 @@ class CheckpointError(InputError):
 
 
 def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` all or nothing (``file_modes.atomic_write``; the temporary
+    ends in ``.tmp``, which a resumed run clears from its checkpoints folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    PENDING.add(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        # through a Python file object: a full disk then raises an OSError (given a path, torch's
+        # C++ writer reports only "iostream error")
+        with open(tmp, "wb") as f:
             try:
                 torch.save(obj, f)
                 f.flush()
-                os.fsync(f.fileno())
             except (OSError, RuntimeError) as exc:
                 # a full disk: torch.save's zip writer turns the OSError into a RuntimeError
                 cause = exc if isinstance(exc, OSError) else exc.__context__
@@ -39,14 +40,8 @@ def save_atomic(obj, path: str | Path) -> None:
                     raise
                 raise OSError(cause.errno, cause.strerror or "the checkpoint could not be written",
                               str(path)) from None
-        apply_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    finally:
-        PENDING.discard(tmp)
+
+    atomic_write(path, write, suffix=".tmp")
 
 
 def check_run_folder(out: str | Path, resume: bool) -> None:

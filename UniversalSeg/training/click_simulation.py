@@ -23,6 +23,8 @@ from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_ed
 from ..networks.prompt_stage import LOGIT_CLAMP, click_maps
 from .losses import per_task_losses
 
+__all__ = ["boundary_error", "next_click", "refinement_loss"]
+
 Click = tuple[tuple[int, int, int], bool]
 
 

@@ -11,6 +11,8 @@ from ..data.transforms import AugmentationConfig
 from ..errors import InputError
 from .losses import LOSSES
 
+__all__ = ["TrainConfig", "TrainConfigError"]
+
 
 class TrainConfigError(InputError):
     pass

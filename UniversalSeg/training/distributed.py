@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+__all__ = ["DistInfo", "barrier", "init_distributed", "shutdown"]
+
 
 @dataclass(frozen=True)
 class DistInfo:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+__all__ = ["ema_decay_at", "ema_multi_avg_fn", "weight_average"]
+
 
 def ema_decay_at(updates: int, decay: float, warmup: bool) -> float:
     """The decay used for the ``updates``-th average (1-based: the first copy is update 0)."""

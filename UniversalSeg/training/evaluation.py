@@ -20,6 +20,9 @@ from monai.metrics import compute_dice, compute_surface_dice
 
 from ..networks import SegContext, autocast
 
+__all__ = ["dice", "dice_per_task", "evaluate_cases", "format_dice_table", "sliding_window_logits",
+           "surface_dice_per_task"]
+
 
 @torch.no_grad()
 def sliding_window_logits(model, image: torch.Tensor, task_ids: Sequence[int], modality_id: int,
@@ -38,6 +41,31 @@ def sliding_window_logits(model, image: torch.Tensor, task_ids: Sequence[int], m
 
     return sliding_window_inference(image, tuple(patch), sw_batch_size, predictor, overlap=overlap,
                                     mode="gaussian")
+
+
+def dice(a, b) -> float:
+    """Dice overlap of two masks: ``2 |A & B| / (|A| + |B|)``.
+
+    Args:
+        a, b: masks of the same shape, numpy arrays or SimpleITK images (compared voxel by voxel;
+            for images, put them on one grid first); every nonzero voxel is in the structure.
+
+    Returns:
+        The Dice coefficient in [0, 1]; two empty masks agree: 1.0 (as ``dice_per_task``).
+    """
+    import numpy as np
+
+    def voxels(mask) -> np.ndarray:
+        if hasattr(mask, "GetPixelID"):  # a SimpleITK image
+            import SimpleITK as sitk
+            mask = sitk.GetArrayViewFromImage(mask)
+        return np.asarray(mask) != 0
+
+    x, y = voxels(a), voxels(b)
+    if x.shape != y.shape:
+        raise ValueError(f"dice: the masks differ in shape ({x.shape} and {y.shape})")
+    total = int(x.sum()) + int(y.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(x, y).sum()) / total
 
 
 def dice_per_task(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.0) -> list[float]:

@@ -3,7 +3,7 @@
     universalseg finetune --model M --catalog C --out RUN [--mode adapt|add-tasks]
                           [--replay CATALOG] [--resume]
 
-Two modes, both starting from the package's weights and training only where the catalog's
+Three modes, all starting from the package's weights and training only where the catalog's
 datasets carry labels (partial labels, as in training):
 
 - ``adapt``: every weight trains, on the model's own tasks (new modalities get new prior rows).
@@ -19,139 +19,34 @@ datasets carry labels (partial labels, as in training):
 
 The result is an ordinary run folder (checkpoints, resume, logs) whose package records its
 parent (``provenance.parent``: id, version, SHA-256), the mode, the date and the cases per task.
+What a run starts from (``FineTuneStart``, ``starting_network``, the L2-SP ``anchor_penalty``) is
+in ``finetune_start.py``, which the trainer uses too; this module adds the replay mix
+(``merge_replay``) and the before/after Dice on the user's own cases (``before_after``).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from ..data.catalog import Catalog
 from ..errors import InputError
-from ..networks import ModelConfig, UniversalSegNet
+from ..networks import resolve_device
 
-MODES = ("adapt", "add-tasks", "clicks")
+# the start-up helpers live in finetune_start (the trainer needs them); kept importable from here
+from .finetune_start import (  # noqa: F401
+    MODES,
+    FineTuneStart,
+    anchor_penalty,
+    case_counts,
+    check_catalog,
+    provenance,
+    starting_network,
+)
+from .trainer import run_training
 
-
-@dataclass
-class FineTuneStart:
-    """What a fine-tuning run starts from: the parent package and how to change it."""
-    package: "object"  # model_package.ModelPackage
-    package_path: Path
-    mode: str = "adapt"
-    anchor: float = 0.0  # L2-SP weight (adapt)
-    name: str = ""       # the new version's name (default: <parent>-finetuned)
-    user_datasets: tuple = ()  # the user's datasets (the rest of the catalog is replay)
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise InputError(f"--mode {self.mode!r}: one of {', '.join(MODES)}")
-        if not (self.anchor >= 0 and self.anchor < float("inf")):
-            raise InputError(f"--anchor {self.anchor}: a number >= 0")
-
-    @property
-    def parent(self) -> dict:
-        meta = self.package.meta.get("provenance", {})
-        path = Path(self.package_path)
-        return {"model_id": meta.get("model_id", path.stem), "version": meta.get("version", ""),
-                "sha256": self.digest, "path": str(path)}
-
-    @cached_property
-    def digest(self) -> str:
-        """SHA-256 of the parent's weights (a zip and its unpacked folder give the same)."""
-        h = hashlib.sha256()
-        for name in sorted(self.package.state_dict):
-            h.update(name.encode())
-            h.update(self.package.state_dict[name].float().numpy().tobytes())
-        return h.hexdigest()
-
-    @property
-    def identity(self) -> dict:
-        """What a resumed run must fine-tune again (kept in its checkpoints)."""
-        return {"model": self.parent["model_id"], "sha256": self.digest, "mode": self.mode}
-
-
-def check_catalog(start: FineTuneStart, catalog: Catalog) -> tuple[list[str], list[str]]:
-    """The catalog's tasks and modalities the package lacks; refuses what the mode cannot do."""
-    cfg: ModelConfig = start.package.config
-    new_tasks = [t for t in catalog.task_names if t not in cfg.tasks]
-    new_modalities = [m for m in catalog.modality_names if m not in cfg.modalities]
-    if start.mode == "adapt" and new_tasks:
-        raise InputError(f"--mode adapt fine-tunes the model's own tasks {list(cfg.tasks)}; the catalog "
-                         f"adds {new_tasks}: use --mode add-tasks to learn new structures")
-    if start.mode == "clicks" and (new_tasks or new_modalities):
-        raise InputError(f"--mode clicks trains the click stage for the model's own tasks and modalities; "
-                         f"the catalog adds {new_tasks + new_modalities}: leave those out")
-    if start.mode == "add-tasks" and not new_tasks:
-        raise InputError(f"--mode add-tasks: every task of the catalog ({catalog.task_names}) is already "
-                         "one of the model's; use --mode adapt to improve them")
-    for m in catalog.modality_names:
-        if m in start.package.modalities and catalog.modalities[m] != start.package.modalities[m]:
-            raise InputError(f"modality {m}: the catalog's intensity policy differs from the model's "
-                             f"({start.package.modalities[m]}); remove it from the catalog's 'modalities'")
-    return new_tasks, new_modalities
-
-
-def starting_network(start: FineTuneStart, catalog: Catalog) -> UniversalSegNet:
-    """The parent's network with its weights, grown for the catalog's new tasks / modalities
-    (frozen except the new rows in ``add-tasks``)."""
-    new_tasks, new_modalities = check_catalog(start, catalog)
-    if start.mode == "clicks":
-        config = start.package.config.with_click_stage()
-        net = UniversalSegNet(config)
-        missing, unexpected = net.load_state_dict(start.package.state_dict, strict=False)
-        if unexpected or any(not k.startswith("prompt.") for k in missing):
-            raise InputError(f"the package's weights do not fit its network ({(missing + unexpected)[:3]})")
-        net.requires_grad_(False)
-        net.prompt.requires_grad_(True)
-        net._frozen_for_increment = True  # batch-norm statistics of the frozen layers stay as they are
-        return net
-    net = UniversalSegNet(start.package.config)
-    net.load_state_dict(start.package.state_dict)
-    freeze = start.mode == "add-tasks"
-    if new_tasks:
-        net.add_tasks(new_tasks, freeze=freeze)
-    if new_modalities:
-        net.add_modalities(new_modalities, freeze=freeze)
-    return net
-
-
-def anchor_penalty(net: torch.nn.Module, reference: dict[str, torch.Tensor]) -> torch.Tensor:
-    """L2-SP: sum over the parent's trainable weights of (w - w_parent)^2 (new rows: no anchor)."""
-    total = None
-    for name, p in net.named_parameters():
-        ref = reference.get(name)
-        if not p.requires_grad or ref is None or ref.shape != p.shape:
-            continue
-        term = (p - ref).pow(2).sum()
-        total = term if total is None else total + term
-    return total if total is not None else torch.zeros(())
-
-
-def case_counts(catalog: Catalog) -> dict[str, int]:
-    """Training cases per task (what the panel shows beside "Fine-tune")."""
-    counts: dict[str, int] = {}
-    for ds in catalog.datasets:
-        n = len(ds.splits.get("train", [])) + len(ds.splits.get("validation", []))
-        for t in ds.tasks:
-            counts[t] = counts.get(t, 0) + n
-    return counts
-
-
-def provenance(start: FineTuneStart, catalog: Catalog) -> dict:
-    import datetime
-    mine = start.user_datasets or catalog.domain_names
-    user = dataclasses.replace(catalog, datasets=[d for d in catalog.datasets if d.name in mine])
-    parent = start.parent
-    return {"parent": parent, "mode": start.mode, "anchor": start.anchor,
-            "name": start.name or f"{parent['model_id']}-finetuned",
-            "finetuned": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cases": case_counts(user)}
+__all__ = ["FineTuneStart", "before_after", "before_after_line", "heldout_dice", "merge_replay",
+           "rotation_folds"]
 
 
 def merge_replay(user: Catalog, replay: Optional[Catalog], share: float) -> Catalog:
@@ -233,12 +128,12 @@ def before_after(start: FineTuneStart, catalog: Catalog, cfg, out: Path, device:
     """The parent's and the fine-tuned model's Dice on the user's own cases, each case scored by
     a model fine-tuned WITHOUT it (rotation over up to 3 folds); written to OUT/before_after.json."""
     import json
+
     from ..model_package import load_package
-    from .trainer import run_training
     folds = rotation_folds(catalog, start.user_datasets or catalog.domain_names)
     before: dict[str, list[float]] = {}
     after: dict[str, list[float]] = {}
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     for f, (train, test) in enumerate(folds):
         fold_out = out / "folds" / f"fold{f}"
         if not (fold_out / "model" / "model.json").exists():  # an interrupted fold continues

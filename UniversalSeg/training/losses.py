@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["LOSSES", "LossWeights", "PartialLabelLoss", "per_task_losses"]
+
 
 LOSSES = ("adaptive-tversky", "dice")
 

@@ -19,6 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = ["DESIGNS", "NON_INFERIORITY_MARGIN", "HierarchicalComparison", "HierarchicalInterval", "PairedComparison",
+           "hierarchical_bootstrap", "paired_bootstrap", "paired_hierarchical_bootstrap"]
+
 NON_INFERIORITY_MARGIN = -0.02
 
 

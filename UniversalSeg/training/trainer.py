@@ -39,24 +39,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..cpu_threads import ThreadGovernor
 from ..data.catalog import Catalog, check_files, load_catalog
 from ..data.dataset import AugmentedPatches, PreprocessedCases, case_records, collate_patches
 from ..data.sampler import DatasetWeightedSampler
-from ..model_package import save_package
-from ..networks import (ModelConfig, SegContext, UniversalSegNet, autocast, prepare_input,
-                        prepare_model, resolve_device)
-from ..networks.growable_table import GrowableTable
-from ..cpu_threads import ThreadGovernor
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
-from .config import TrainConfig, TrainConfigError
-from .ema import weight_average
-from .distributed import DistInfo, barrier, init_distributed, shutdown
-from .evaluation import evaluate_cases, format_dice_table
-from .click_simulation import refinement_loss
-from .finetune import FineTuneStart, anchor_penalty, starting_network
-from .finetune import provenance as finetune_provenance
-from .losses import PartialLabelLoss
 from ..errors import InputError
+from ..model_package import save_package
+from ..networks import ModelConfig, SegContext, UniversalSegNet, autocast, prepare_input, prepare_model, resolve_device
+from ..networks.growable_table import GrowableTable
+from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .click_simulation import refinement_loss
+from .config import TrainConfig, TrainConfigError
+from .distributed import DistInfo, barrier, init_distributed, shutdown
+from .ema import weight_average
+from .evaluation import evaluate_cases, format_dice_table
+from .finetune_start import FineTuneStart, anchor_penalty, starting_network
+from .finetune_start import provenance as finetune_provenance
+from .losses import PartialLabelLoss
+
+__all__ = ["BEHAVIOUR_BEFORE_SETTING", "RESUMABLE_CHANGES", "Trainer", "changed_settings", "fit_config_to_catalog",
+           "lr_factor", "parameter_groups", "run_training", "training_precision"]
 
 log = logging.getLogger("UniversalSeg.train")
 
@@ -438,6 +440,26 @@ def _describe(identity: Optional[dict]) -> str:
 def run_training(catalog_path, model_config: Optional[ModelConfig], cfg: TrainConfig, out_dir, resume=False,
                  device="auto", max_steps: Optional[int] = None, progress=True, allow_changes: bool = False,
                  start: Optional[FineTuneStart] = None) -> dict:
+    """Train (or fine-tune) one model on a catalog's datasets; see the module docstring.
+
+    Args:
+        catalog_path: the dataset catalog (a path, or a loaded ``Catalog``).
+        model_config: the network to train; its tasks, modalities and domains are set from the
+            catalog (and a click stage added when ``cfg.clicks``). Pass None when fine-tuning
+            (``start``): the run starts from the parent's network.
+        cfg: the training settings.
+        out_dir: the run folder (checkpoints, logs, validation tables, the model package).
+        resume: continue from ``out_dir/checkpoints/last.pt`` when there is one.
+        device: "auto", "cpu", "cuda" or "cuda:N" (``networks.resolve_device``).
+        max_steps: stop at this step (a partial run, to resume later); None: at ``cfg.total_steps``.
+        progress: draw a progress bar.
+        allow_changes: on resume, accept settings that differ from the checkpoint's.
+        start: fine-tune this parent package in its mode (``finetune_start.FineTuneStart``).
+
+    Returns:
+        ``{"steps": steps done, "validation": the last validation's result, "package": the model
+        package's folder, or None when the run stopped before its last step}``.
+    """
     trainer = Trainer(catalog_path, model_config, cfg, out_dir, device, progress, start=start)
     handler = _file_log(Path(out_dir), trainer.dist)
     try:

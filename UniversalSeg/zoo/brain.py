@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..data.transforms import AugmentationConfig
 from ..data.brain_template import TASK_VALUES, TISSUES, head_label_map, template_tissues
+from ..data.transforms import AugmentationConfig
 from ..networks import ModelConfig
 from ..training.config import TrainConfig
+
+__all__ = ["CARD", "HEADS", "MODALITIES", "TASKS", "add_click_stage", "build_brain", "train_config", "validation_text",
+           "write_card_validation", "write_catalog", "write_heads", "write_package"]
 
 log = logging.getLogger("UniversalSeg.zoo")
 
@@ -142,7 +144,7 @@ def add_click_stage(package_path, catalog: Path, run: Path, steps: int, seed: in
     same synthetic data; returns the new package's folder."""
     from ..data.catalog import load_catalog
     from ..model_package import load_package
-    from ..training.finetune import FineTuneStart
+    from ..training.finetune_start import FineTuneStart
     from ..training.trainer import run_training
     package = load_package(package_path)
     start = FineTuneStart(package, Path(package_path), "clicks", name=MODEL_ID)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -38,6 +37,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+
+__all__ = ["CARD", "EXCLUSIVE_GROUPS", "HEAD_FROM", "HEAD_TISSUES", "HELD_OUT", "MAP_FILES", "MIRROR", "MODALITIES",
+           "OTHER_BRAIN", "PAIRED", "SINGLE", "TASKS", "VALIDATION", "best_package", "build_brain_v2", "default_maps",
+           "find_maps", "generator_block", "generator_tissues", "learning_curve", "loader_workers", "structures",
+           "train_config", "validation_text", "write_catalog", "write_package", "write_validation"]
 
 log = logging.getLogger("UniversalSeg.zoo")
 
@@ -176,6 +180,7 @@ def write_validation(maps: list[Path], held_out: Sequence[str], out: Path, seed:
     1 mm grid cropped to the head: {validation name: [{id, image, label}]} (paths relative to out)."""
     import SimpleITK as sitk
     import torch
+
     from ..data.label_synthesis import GeneratorSettings, draw_image
     settings = GeneratorSettings.from_dict(generator_block())
     out.mkdir(parents=True, exist_ok=True)
@@ -188,7 +193,7 @@ def write_validation(maps: list[Path], held_out: Sequence[str], out: Path, seed:
         inside = np.argwhere(labels > 0)
         lo, hi = np.maximum(inside.min(0) - 4, 0), np.minimum(inside.max(0) + 5, labels.shape)
         labels = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.int16)
-        crop = sitk.RegionOfInterest(image, [int(h - l) for l, h in zip(lo, hi)], [int(v) for v in lo])
+        crop = sitk.RegionOfInterest(image, [int(high - low) for low, high in zip(lo, hi)], [int(v) for v in lo])
         spacing = np.array(crop.GetSpacing())
         label_path = out / f"{cid}-labels.nii.gz"
         _write_like(labels, crop, label_path, sitk.sitkInt16)
@@ -233,8 +238,9 @@ def loader_workers(device: str) -> int:
     """Generation runs on the CPU (about 1 s a 96^3 sample on one core): on a GPU it needs loader
     workers to keep up with the network; on a CPU the network dominates and workers only compete."""
     import os
-    import torch
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+
+    from ..networks import resolve_device
+    if resolve_device(device).type == "cpu":
         return 0
     return max(0, min(12, (os.cpu_count() or 1) - 2))
 
@@ -252,6 +258,7 @@ def best_package(run: Path) -> Path:
     """The package of the best validation (checkpoints/best.pt's EMA weights) beside the last
     one (RUN/model, written by the trainer): RUN/best-model. Without a best.pt: RUN/model."""
     import torch
+
     from ..model_package import load_package, save_package
     from ..networks import UniversalSegNet
     from ..training.checkpoint import load_checkpoint
@@ -363,6 +370,7 @@ def write_package(trained: str | Path, out: Path, command: str, seconds: int, he
     task, the card, and the exclusive groups (``model.json``'s ``exclusive_groups`` where this
     UniversalSeg's ``save_package`` writes it; always in the provenance, so nothing is lost)."""
     import inspect
+
     from ..data.terminology import task_info
     from ..model_package import load_package, save_package
     package = load_package(trained)
