@@ -24,12 +24,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# PySide6's Qt is loaded before slicer-core's VTK, the order this harness is tested in
+# isort: off
 from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
 from PySide6.QtCore import Property, Signal  # noqa: E402
 from PySide6.QtUiTools import QUiLoader  # noqa: E402
 
 import slicer  # noqa: E402  (slicer-core: the real MRML core and slicer.util)
 import vtk  # noqa: E402
+# isort: on
 
 
 # ---------------------------------------------------------------------------------------- PythonQt
@@ -603,8 +606,8 @@ def parameterNodeWrapper(cls):
                 connector.callback = (lambda n=name, c=connector: None if self._updating else write(self, n, c.read()))
                 mapping[name] = connector
         tag, self._next_tag = self._next_tag, self._next_tag + 1
-        self._guis[tag] = {"connectors": mapping,
-                           "observer": self.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, update_gui.__get__(self))}
+        observer = self.parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, update_gui.__get__(self))
+        self._guis[tag] = {"connectors": mapping, "observer": observer}
         return tag
 
     def disconnectGui(self, tag):
@@ -617,7 +620,8 @@ def parameterNodeWrapper(cls):
     for name in fields:
         setattr(cls, name, property(lambda self, n=name: read(self, n), lambda self, v, n=name: write(self, n, v)))
     cls.__init__, cls.connectGui, cls.disconnectGui = init, connectGui, disconnectGui
-    cls.AddObserver = lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(event, callback, priority)
+    cls.AddObserver = (lambda self, event, callback, priority=0.0:
+                       self.parameterNode.AddObserver(event, callback, priority))
     cls.RemoveObserver = lambda self, tag: self.parameterNode.RemoveObserver(tag)
     return cls
 
@@ -661,5 +665,5 @@ def install(settings_path: str, monkeypatch) -> types.SimpleNamespace:
     monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", lambda text, **kw: questions.append(text) or True)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kw: questions.append(text) or True)
     QFileDialog.answers = []
-    return types.SimpleNamespace(app=app, qt=qt, application=application, errors=errors, layers=layers, questions=questions,
-                                 file_answers=QFileDialog.answers)
+    return types.SimpleNamespace(app=app, qt=qt, application=application, errors=errors, layers=layers,
+                                 questions=questions, file_answers=QFileDialog.answers)

@@ -138,7 +138,8 @@ def test_cases_sweep_varies_training_cases_and_data_seed_on_fixed_test_cases(tmp
         catalog = load_catalog(out / "train-2" / f"data-{seed}" / "catalog.yaml")
         assert {len(d.splits["train"]) for d in catalog.datasets} == {2}
     image = "{}/ct-hospital-a/imagesTr/ct-hospital-a_000_0000.nii.gz"
-    assert (out / "train-2" / image.format("data-0")).read_bytes() != (out / "train-2" / image.format("data-1")).read_bytes()
+    first, second = (out / "train-2" / image.format(name) for name in ("data-0", "data-1"))
+    assert first.read_bytes() != second.read_bytes()
     report = json.loads((out / "sweep.json").read_text())
     assert [r["train_cases"] for r in report["rows"]] == [2]
     d = report["rows"][0]["dice"]

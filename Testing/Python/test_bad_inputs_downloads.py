@@ -71,7 +71,8 @@ DOWNLOADS = {  # name: (catalog text(place), model id, exit code, message)
     "catalog-no-size": (lambda p: catalog({k: v for k, v in _entry(**p["good"]).items() if k != "size"}),
                         "brain", 3, "models[0] (brain) needs 'size', the zip's size in bytes"),
     "server-chunked-cut": (lambda p: _served(p, "chunkcut"), "brain", 3,
-                           "the download of brain broke off (the server closed the connection in the middle of a chunk)"),
+                           "the download of brain broke off (the server closed the connection in the middle "
+                           "of a chunk)"),
     "server-text-length": (lambda p: _served(p, "textlength"), "brain", 3, "sent a malformed Content-Length '12ab'"),
     "server-no-length-too-long": (lambda p: _served(p, "nolength"), "brain", 3,
                                   "bytes the catalog allows for brain; the download was stopped and deleted"),
@@ -131,7 +132,8 @@ IMPORTS = {  # name: (arguments(place), exit code, message)
     "folder": (lambda p: [str(p["dir"])], 3, "is not a zip file"),
     "not-a-zip": (_not_a_zip, 3, "is not a zip file"),
     "foreign-zip": (_foreign_zip, 3, "model.json is missing in the zip"),
-    "name-path": (lambda p: [str(p["zip"]), "--name", "../../outside.zip"], 2, "--name '../../outside.zip' is not allowed"),
+    "name-path": (lambda p: [str(p["zip"]), "--name", "../../outside.zip"], 2,
+                  "--name '../../outside.zip' is not allowed"),
     "name-suffix": (lambda p: [str(p["zip"]), "--name", "model.exe"], 2, "--name 'model.exe' is not allowed"),
     "name-taken": (_taken_name, 2, "already holds a different model named model.zip"),
 }

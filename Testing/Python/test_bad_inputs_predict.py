@@ -113,6 +113,7 @@ def _series(edit=None, second=False):
     with a second series in the same folder if asked; a DICOM SEG output."""
     def prepare(work, package):
         import pydicom
+
         from dicom_series import write_ct_series
         hu = np.random.default_rng(0).normal(0, 100, (6, 24, 24))
         series = write_ct_series(work / "dicom", hu)

@@ -3,7 +3,6 @@ no traceback, and nothing created or changed (the run folder is not even made)."
 import json
 import shutil
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -12,7 +11,8 @@ from bad_input_checks import assert_refused, tree_state
 from conftest import TINY_TRAIN_NET, tmpfs
 from UniversalSeg.cli import main
 
-CATALOG = "datasets:\n- name: a\n  modality: CT\n  root: ct-hospital-a\n  labels: {liver: [1], spleen: [3], kidney: [4]}\n"
+CATALOG = ("datasets:\n- name: a\n  modality: CT\n  root: ct-hospital-a\n"
+           "  labels: {liver: [1], spleen: [3], kidney: [4]}\n")
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ CASES = {  # name: (input lines, the error's words)
     "position-text": (REFINE % '["a", "b", "c"]' + "\n", "three finite numbers, RAS mm"),
     "position-two": (REFINE % "[1, 2]" + "\n", "three finite numbers, RAS mm"),
     "position-bool": (REFINE % "[true, 0, 0]" + "\n", "three finite numbers, RAS mm"),
-    "points-empty": ('{"id": 7, "cmd": "refine", "task": "liver", "points": []}\n', '"points" must be a list of 1-1000'),
+    "points-empty": ('{"id": 7, "cmd": "refine", "task": "liver", "points": []}\n',
+                     '"points" must be a list of 1-1000'),
     "points-too-many": ('{"id": 7, "cmd": "refine", "points": [%s]}\n' % ",".join(['{"position": [0, 0, 0], '
                                                                                   '"label": "positive"}'] * 1001),
                         '"points" must be a list of 1-1000'),

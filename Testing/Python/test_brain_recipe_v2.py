@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from UniversalSeg.data.label_synthesis import (GeneratorSettings, draw_image, flip_left_right, generate,
-                                               mirror_table, targets)
+from UniversalSeg.data.label_synthesis import (
+    GeneratorSettings,
+    draw_image,
+    flip_left_right,
+    generate,
+    mirror_table,
+    targets,
+)
 from UniversalSeg.data.terminology import task_info
 from UniversalSeg.zoo import brain_v2
 
@@ -84,7 +90,8 @@ def test_settings_refuse_bad_input():
 @needs_maps
 def test_generation_shapes_ranges_determinism():
     import SimpleITK as sitk
-    labels = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(MAPS / "training_seg_01.nii.gz"))).astype(np.int16))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(MAPS / "training_seg_01.nii.gz")))
+    labels = torch.from_numpy(labels.astype(np.int16))
     s = settings()
     for modality in ("MR-T1", "CT"):
         one = generate(labels, s, modality, (48, 40, 32), (1, 1, 1), np.random.default_rng(7))
@@ -146,7 +153,8 @@ def test_tiny_build_writes_a_loadable_package(tmp_path):
     assert Predictor(package, device="cpu").exclusive_groups == brain_v2.EXCLUSIVE_GROUPS
     assert package.config.prompt.enabled  # the click stage was trained
     card = package.meta["provenance"]["card"]
-    assert "SynthSeg" in card["trained_on"] and "Apache-2.0" in card["licence"] and "training_seg_03" in card["held_out"]
+    assert "SynthSeg" in card["trained_on"] and "Apache-2.0" in card["licence"]
+    assert "training_seg_03" in card["held_out"]
     history = [json.loads(line) for line in (out / "run" / "validation-history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [2, 4]
     assert any(k.startswith("heldout-t1-1mm/hippocampus-left") for k in history[0]["dice"])

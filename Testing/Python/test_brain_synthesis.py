@@ -43,7 +43,8 @@ def test_head_label_map_wraps_the_template_brain_in_ordered_layers(head):
 
 @pytest.mark.parametrize("modality, brighter", [
     ("MR-T1", ["white-matter", "gray-matter", "csf"]), ("MR-T2", ["csf", "gray-matter", "white-matter"]),
-    ("MR-FLAIR", ["gray-matter", "white-matter", "csf"]), ("CT", ["bone", "gray-matter", "white-matter", "csf", "fat"])])
+    ("MR-FLAIR", ["gray-matter", "white-matter", "csf"]),
+    ("CT", ["bone", "gray-matter", "white-matter", "csf", "fat"])])
 def test_synthesized_images_keep_each_modality_s_tissue_order(modality, brighter):
     labels = torch.zeros(40, 40, 40, dtype=torch.uint8)
     value = {"csf": 1, "gray-matter": 2, "white-matter": 3, "bone": 5, "fat": 6}

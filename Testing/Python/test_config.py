@@ -3,10 +3,9 @@ import json
 import pytest
 import torch
 
+from conftest import tiny_config
 from UniversalSeg.networks import PRESETS, ConfigError, ModelConfig, ResUNetBackbone, UniversalSegNet
 from UniversalSeg.networks.config import FORMAT_VERSION
-
-from conftest import tiny_config
 
 REFERENCE_BACKBONE_PARAMS = {"small": 10.14e6, "base": 40.56e6, "large": 162.2e6}
 

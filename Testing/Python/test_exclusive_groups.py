@@ -30,7 +30,7 @@ from UniversalSeg.cli import main
 from UniversalSeg.data.modalities import KNOWN_MODALITIES
 from UniversalSeg.data.terminology import task_info
 from UniversalSeg.exclusive_groups import ExclusiveResolver, read_groups, with_members
-from UniversalSeg.inference import Predictor, PredictOptions
+from UniversalSeg.inference import PredictOptions, Predictor
 from UniversalSeg.inference.interactive import InteractiveSession
 from UniversalSeg.inference.worker import Worker
 from UniversalSeg.model_metadata import PackageError, read_summary
@@ -135,7 +135,8 @@ def test_the_written_files_hold_no_voxel_in_two_exclusive_tasks(overlapping, tmp
     args = ["predict", "--model", str(overlapping), "--modality", "CT", "--progress", "none", "--tasks"]
     ct = ["--input", str(tmp_path / "ct.nrrd"), "--output"]
     assert main(args + ["liver,spleen,kidney,brain"] + ct + [str(tmp_path / "out.seg.nrrd")]) == 0
-    assert main(args + ["liver,spleen,kidney,brain", "--input", str(folder), "--output", str(tmp_path / "out.dcm")]) == 0
+    assert main(args + ["liver,spleen,kidney,brain", "--input", str(folder),
+                        "--output", str(tmp_path / "out.dcm")]) == 0
     assert main(args + ["liver,spleen,kidney"] + ct + [str(tmp_path / "group.seg.nrrd")]) == 0
     assert main(args + ["liver,spleen,kidney"] + ct + [str(tmp_path / "group.nii.gz")]) == 0
 
@@ -288,7 +289,8 @@ def test_a_package_without_groups_predicts_as_before_and_with_them_is_exclusive(
     ([["liver", "pancreas"]], "exclusive_groups[0] names 'pancreas', which is not a task of this model"),
     ([["liver"]], "exclusive_groups[0] has 1 task(s); a group needs at least 2"),
     ([["liver", "spleen"], []], "exclusive_groups[1] has 0 task(s)"),
-    ([["liver", "spleen"], ["kidney", "spleen"]], "task 'spleen' is in exclusive_groups[0] too; a task belongs to at most one group"),
+    ([["liver", "spleen"], ["kidney", "spleen"]],
+     "task 'spleen' is in exclusive_groups[0] too; a task belongs to at most one group"),
     ([["liver", "spleen", "liver"]], "task 'liver' is in the same group twice"),
 ])
 def test_bad_groups_are_refused_with_one_line(overlapping, tmp_path, capsys, groups, message):

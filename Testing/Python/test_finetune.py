@@ -103,8 +103,10 @@ def test_finetune_resumes_bit_exactly_and_refuses_another_parent(trained_run, sy
 
 @pytest.mark.parametrize("labels, extra, message", [
     ({"renal-cortex": [4], "liver": [1], "spleen": [3]}, [], "--mode adapt fine-tunes the model's own tasks"),
-    ({"liver": [1], "spleen": [3], "kidney": [4]}, ["--mode", "add-tasks"], "--mode add-tasks: every task of the catalog"),
-    ({"liver": [1], "spleen": [3], "kidney": [4]}, ["--mode", "add-tasks", "--replay", "x.yaml"], "add-tasks freezes every old weight"),
+    ({"liver": [1], "spleen": [3], "kidney": [4]}, ["--mode", "add-tasks"],
+     "--mode add-tasks: every task of the catalog"),
+    ({"liver": [1], "spleen": [3], "kidney": [4]}, ["--mode", "add-tasks", "--replay", "x.yaml"],
+     "add-tasks freezes every old weight"),
     ({"liver": [1], "spleen": [3], "kidney": [4]}, ["--steps", "0"], "--steps 0: must be at least 1"),
     ({"liver": [1], "spleen": [3], "kidney": [4]}, ["--anchor", "-1"], "--anchor -1.0: a number >= 0"),
 ])

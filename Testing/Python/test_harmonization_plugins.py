@@ -3,12 +3,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from UniversalSeg.networks import SegContext, UniversalSegNet
-from UniversalSeg.networks.harmonization import (DomainBatchNorm, DomainGate, DomainSeparableConv3d,
-                                                  PolynomialHarmonizationNorm, standardize)
-from UniversalSeg.networks.harmonization.polynomial_harmonization import hermite_basis
-
 from conftest import tiny_config
+from UniversalSeg.networks import SegContext, UniversalSegNet
+from UniversalSeg.networks.harmonization import (
+    DomainBatchNorm,
+    DomainGate,
+    DomainSeparableConv3d,
+    PolynomialHarmonizationNorm,
+    standardize,
+)
+from UniversalSeg.networks.harmonization.polynomial_harmonization import hermite_basis
 
 PLUGINS = {
     "instance": {},
@@ -208,7 +212,8 @@ def test_catenorm_first_pass_is_supervised_and_its_mask_detached():
         assert "first_logits" not in net.eval()(image, ctx)
 
 
-@pytest.mark.parametrize("norm, layer", [("polynomial", PolynomialHarmonizationNorm), ("domain_batch", DomainBatchNorm)])
+@pytest.mark.parametrize("norm, layer", [("polynomial", PolynomialHarmonizationNorm),
+                                         ("domain_batch", DomainBatchNorm)])
 def test_which_stages_harmonize_is_a_knob(norm, layer):
     from UniversalSeg.networks.harmonization import InstanceNorm
     net = UniversalSegNet(tiny_config(harmonization={"norm": norm, "harmonized_stages": ["enc3", "enc4"]}))

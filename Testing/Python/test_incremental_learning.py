@@ -3,9 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from UniversalSeg.networks import ModelConfig, UniversalSegNet
-
 from conftest import tiny_config
+from UniversalSeg.networks import ModelConfig, UniversalSegNet
 
 OLD_REQUEST = (["liver", "kidney", "tumor"], "CT")
 

@@ -241,6 +241,7 @@ def test_intensity_remapping_reorders_tissues_reproducibly_and_leaves_the_cache_
     gives the same curve (resumable training), and the input tensor - a crop may be a view of the
     cached volume - is never written to."""
     from monai.data import MetaTensor
+
     from UniversalSeg.data.transforms import AugmentationConfig, RandIntensityRemapd, augmentation
     tissues = MetaTensor(torch.arange(5.0).repeat_interleave(200).reshape(1, 10, 10, 10))  # 5 ordered "tissues"
     before = tissues.clone()
@@ -261,7 +262,8 @@ def test_intensity_remapping_reorders_tissues_reproducibly_and_leaves_the_cache_
     assert skip({"image": tissues})["image"] is tissues
     names = [type(t).__name__ for t in augmentation((8,) * 3, AugmentationConfig(remap_prob=0.3), 2).transforms]
     assert "RandIntensityRemapd" in names
-    assert "RandIntensityRemapd" not in [type(t).__name__ for t in augmentation((8,) * 3, AugmentationConfig(), 2).transforms]
+    transforms = augmentation((8,) * 3, AugmentationConfig(), 2).transforms
+    assert "RandIntensityRemapd" not in [type(t).__name__ for t in transforms]
     from UniversalSeg.training.config import TrainConfig, TrainConfigError
     with pytest.raises(TrainConfigError, match="augmentation.remap_prob: a probability"):
         TrainConfig().replace(augmentation={"remap_prob": 1.5})
@@ -286,6 +288,7 @@ def test_gin_style_augmentation_changes_texture_keeps_the_norm_and_is_reproducib
     neighbourhoods end apart), with 1x1x1 kernels only on itself; the same seed gives the same
     network (resumable training), and the cached input is never written to."""
     from monai.data import MetaTensor
+
     from UniversalSeg.data.transforms import AugmentationConfig, RandGlobalIntensityNonlineard, augmentation
     image = torch.zeros(1, 12, 12, 12)
     image[0, 2:6, 2:6, 2:6] = 1.0   # a cube of intensity 1 inside background 0 ...

@@ -6,8 +6,14 @@ import threading
 
 import pytest
 
-from UniversalSeg.model_download import (CatalogEntry, DownloadError, fetch_model, import_model,
-                                         load_model_catalog, resolve_model)
+from UniversalSeg.model_download import (
+    CatalogEntry,
+    DownloadError,
+    fetch_model,
+    import_model,
+    load_model_catalog,
+    resolve_model,
+)
 from UniversalSeg.model_package import PackageError
 
 

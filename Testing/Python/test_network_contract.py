@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from UniversalSeg.networks import UnknownNameError, UniversalSegNet, autocast
-
 from conftest import tiny_config
+from UniversalSeg.networks import UniversalSegNet, UnknownNameError, autocast
 
 
 def run(net, x, ctx):

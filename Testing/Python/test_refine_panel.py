@@ -152,6 +152,7 @@ def test_a_click_that_changes_exclusive_mates_updates_their_segments_and_discard
     """A model with mutually exclusive structures answers a click with the mates whose voxels it
     took ("also"); the panel writes those boxes too, and Discard puts them back."""
     from types import SimpleNamespace
+
     from UniversalSeg.inference.worker import encode_mask
     from UniversalSegmentationLib.refinement import SegmentRefinement
     add_place_singletons(app_scene)
@@ -184,6 +185,7 @@ def test_click_boxes_written_anywhere_keep_the_rest_exact_on_an_oblique_grid(app
     filled again, segments sharing a layer, an oblique volume: each write changes exactly its box
     of exactly its segment."""
     import vtk
+
     from UniversalSegmentationLib.refinement import write_box
     shape = (20, 22, 24)
     volume = slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), name="oblique")

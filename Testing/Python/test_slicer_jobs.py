@@ -119,6 +119,7 @@ def test_catalog_model_is_downloaded_from_the_panel_then_listed_as_installed(tmp
     """A catalog entry ("download") is usable: the download runs in a child with progress lines,
     is checked against its SHA-256, and the model then appears as installed with its structures."""
     import hashlib
+
     from UniversalSegmentationLib.logic import UniversalSegLogic, wait
     from UniversalSegmentationLib.panel_state import PanelState
     package = tmp_path / "tiny.zip"
@@ -216,6 +217,7 @@ def test_cancel_after_the_process_ended_imports_nothing(app_scene, tiny_model):
 
 def test_cancel_on_windows_has_no_console_window_and_logs_are_bounded(slicer_lib, tmp_path):
     import sys
+
     from UniversalSegmentationLib import logic, process_runner
     command, options = process_runner.kill_tree_options(1234, "nt")
     assert command[:4] == ["taskkill", "/F", "/T", "/PID"] and options["creationflags"] & 0x08000000

@@ -51,7 +51,8 @@ def load_like_slicer(folder: Path, tmp_path: Path) -> dict:
     site = [p for p in sys.path if p.endswith("site-packages")]
     code = "import sys; sys.path[:0] = " + repr(site) + "\n" + SLICER_LOAD.replace(
         "import UniversalSeg\n", "import UniversalSeg\nassert 'site-packages' not in UniversalSeg.__file__\n")
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(folder), str(folder / "UniversalSegmentation.py")],
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(folder),
+                          str(folder / "UniversalSegmentation.py")],
                          capture_output=True, text=True, cwd=tmp_path, env=clean_env(tmp_path))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -90,13 +91,15 @@ def test_children_run_the_core_from_any_working_directory(tmp_path):
     for cwd in (folder, tmp_path):
         out = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
                               "import runpy; sys.argv = ['UniversalSeg', '--version']; "
-                              "runpy.run_module('UniversalSeg', run_name='__main__')", env["PYTHONPATH"].split(os.pathsep)[0]],
+                              "runpy.run_module('UniversalSeg', run_name='__main__')",
+                              env["PYTHONPATH"].split(os.pathsep)[0]],
                              capture_output=True, text=True, cwd=cwd, env=env)
         assert out.returncode == 0 and out.stdout.startswith("UniversalSeg "), out.stderr
 
 
 def test_core_metadata_modules_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, UniversalSeg.model_metadata, UniversalSeg.model_download, "
-                          "UniversalSeg.parent_watch; print(sorted(m for m in ('torch', 'monai', 'numpy') if m in sys.modules))"],
+                          "UniversalSeg.parent_watch; "
+                          "print(sorted(m for m in ('torch', 'monai', 'numpy') if m in sys.modules))"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -5,8 +5,13 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 sys.path.append(str(ROOT / "scripted_modules"))  # after the core package
 
-from UniversalSegmentationLib.command import (child_environment, filter_tasks, guess_modality,  # noqa: E402
-                                     parse_progress_line, train_command)
+from UniversalSegmentationLib.command import (  # noqa: E402
+    child_environment,
+    filter_tasks,
+    guess_modality,
+    parse_progress_line,
+    train_command,
+)
 
 TASKS = [{"name": "liver", "display_name": "Liver"}, {"name": "liver-tumor", "display_name": "Liver tumor"},
          {"name": "spleen", "display_name": "Spleen"}]
@@ -15,7 +20,8 @@ TASKS = [{"name": "liver", "display_name": "Liver"}, {"name": "liver-tumor", "di
 def test_progress_lines_are_parsed_and_logs_pass_through():
     p = parse_progress_line('{"stage": "infer", "fraction": 0.42, "message": "window batch 3/7"}\n')
     assert (p.stage, p.fraction, p.message) == ("infer", 0.42, "window batch 3/7")
-    done = parse_progress_line('{"stage": "written", "fraction": 1.0, "message": "x", "result": {"seconds": {"total": 3}}}')
+    done = parse_progress_line('{"stage": "written", "fraction": 1.0, "message": "x", '
+                               '"result": {"seconds": {"total": 3}}}')
     assert done.result == {"seconds": {"total": 3}}
     for line in ("loading model", "{not json", '{"no": "stage"}', "", "[1, 2]"):
         assert parse_progress_line(line) is None
@@ -52,6 +58,7 @@ def test_slicer_installs_every_core_dependency():
     draws only the demo's pictures, tensorboard is optional in training, and highdicom (the CLI's
     DICOM SEG output) would replace the pydicom Slicer pins for its DICOM module)."""
     import re
+
     import tomllib
 
     from UniversalSegmentationLib.dependencies import IMPORT_NAMES, requirements_file

@@ -267,7 +267,7 @@ def test_an_error_showing_one_job_leaves_the_other_jobs_running(panel, painting_
 
 
 def test_undo_last_run_keeps_what_the_user_added_since(panel, painting_click_model, synth_collection):
-    volume = start_model(panel, painting_click_model, synth_collection)
+    start_model(panel, painting_click_model, synth_collection)
     apply_and_wait(panel)
     node = panel.widget._parameterNode.outputSegmentation
     node.GetSegmentation().AddEmptySegment("notes", "My notes")

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from UniversalSeg.training.evaluation import dice_per_task, surface_dice_per_task
-from UniversalSeg.training.statistics import (hierarchical_bootstrap, paired_bootstrap,
-                                               paired_hierarchical_bootstrap)
+from UniversalSeg.training.statistics import hierarchical_bootstrap, paired_bootstrap, paired_hierarchical_bootstrap
 
 
 def test_paired_bootstrap_intervals_and_verdicts():

@@ -9,10 +9,9 @@ import time
 import pytest
 import torch
 
+from conftest import TINY_TRAIN_NET
 from UniversalSeg.model_package import load_package
 from UniversalSeg.training.checkpoint import CheckpointError, load_checkpoint
-
-from conftest import TINY_TRAIN_NET
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ slicer = pytest.importorskip("slicer")
 sys.path.append(str(Path(__file__).parents[2] / "scripted_modules"))  # after the core package
 
 from test_slicer_logic import volume_from_case  # noqa: E402
-from UniversalSegmentationLib.training_set_export import (add_to_training_set, next_case_id,  # noqa: E402
-                                                          training_set_summary)
+from UniversalSegmentationLib.training_set_export import add_to_training_set, next_case_id, training_set_summary  # noqa: E402
 
 MODEL_TASKS = {"liver": "Liver", "spleen": "Spleen", "kidney": "Kidney", "liver-tumor": "Liver tumor"}
 
