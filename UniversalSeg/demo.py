@@ -32,6 +32,7 @@ from .model_package import load_package
 from .networks import ModelConfig
 from .provenance import provenance
 from .training.config import TrainConfig
+from .training.evaluation import dice
 from .training.trainer import run_training
 from .visualization import bar_chart, overlay_montage
 
@@ -77,11 +78,6 @@ def demo_network(preset: str = "small", base_width: int | None = None) -> ModelC
     width = {} if own else {"base_width": base_width, "fusion": {"head_dim": min(32, base_width)}}
     return ModelConfig.preset(preset, tasks=["placeholder"], modalities=["CT"], prompt={"enabled": True, "width": 8},
                               **width)
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    denom = pred.sum() + truth.sum()
-    return 1.0 if denom == 0 else float(2 * (pred & truth).sum() / denom)
 
 
 def declare_ct_window(catalog_path: Path, window: tuple[float, float]) -> None:
