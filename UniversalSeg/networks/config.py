@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from ..errors import InputError
+from ..file_modes import atomic_write
 
 FORMAT_VERSION = 2
 # what a config of an older format meant by a key it did not have yet (format 2 added
@@ -172,6 +173,8 @@ class ModelConfig:
             raise ConfigError(f"{path}: {exc}") from None
 
     def save(self, path: str | Path) -> None:
+        """Write the config to ``path`` (YAML for ``.yaml`` / ``.yml``, JSON otherwise), all or
+        nothing (``file_modes.atomic_write``)."""
         path = Path(path)
         data = self.to_dict()
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -179,9 +182,7 @@ class ModelConfig:
             text = yaml.safe_dump(data, sort_keys=False)
         else:
             text = json.dumps(data, indent=2)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def replace(self, **changes) -> "ModelConfig":
         data = self.to_dict()
