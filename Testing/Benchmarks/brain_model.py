@@ -36,14 +36,10 @@ from UniversalSeg.data.brain_template import TASK_VALUES, TISSUES, head_label_ma
 from UniversalSeg.data.synthesis import TISSUE_MODELS, synthesize
 from UniversalSeg.inference import Predictor, PredictOptions
 from UniversalSeg.model_download import resolve_model
+from UniversalSeg.training.evaluation import dice
 from UniversalSeg.visualization import overlay_montage
 
 TEST_SEED = 1000  # the training label maps use seeds (0, i)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
 
 
 def on_grid(image: sitk.Image, spacing, size=None, direction=None, nearest=False) -> sitk.Image:

@@ -42,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from UniversalSeg.training import evaluation  # noqa: E402
 from UniversalSeg.zoo import brain_v2  # noqa: E402
 
 MNI_CLASSES = {  # written before any result (see the module docstring for why)
@@ -61,8 +62,9 @@ OVERLAP = 0.5  # the predictor's default; --overlap for a quick look (results sa
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float | None:
-    total = int(a.sum()) + int(b.sum())
-    return None if total == 0 else round(2.0 * int((a & b).sum()) / total, 4)
+    """``training.evaluation.dice`` to 4 places; None (not 1.0) where both masks are empty, as the
+    result files record a structure absent from both (``mean_dice`` leaves it out)."""
+    return round(evaluation.dice(a, b), 4) if a.any() or b.any() else None
 
 
 def array(image: sitk.Image) -> np.ndarray:

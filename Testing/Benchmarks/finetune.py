@@ -97,6 +97,7 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int, ana
     from UniversalSeg.demo import score_test_cases
     from UniversalSeg.inference import Predictor, PredictOptions
     from UniversalSeg.model_package import load_package
+    from UniversalSeg.training.evaluation import dice
     data, test = parent_dir / "data", parent_dir / "test-data"
     parent = load_package(parent_dir / "model.zip")
     work = out / f"seed{seed}"
@@ -147,7 +148,8 @@ def one_seed(seed: int, parent_dir: Path, out: Path, steps: int, cases: int, ana
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(split_test / "labelsTr" / image.name.replace("_0000", ""))))
         got = sitk.GetArrayViewFromImage(b.masks["kidney-left"]) > 0
         truth = label == LEFT_KIDNEY
-        dices.append(float(2 * (got & truth).sum() / max(got.sum() + truth.sum(), 1)))
+        # training.evaluation.dice, but 0.0 (not 1.0) where both are empty, as the results were made
+        dices.append(dice(got, truth) if got.any() or truth.any() else 0.0)
         # does it know LEFT? (the largest-component filter keeps one kidney: which one decides the Dice)
         prob = sitk.GetArrayViewFromImage(b.probabilities["kidney-left"])
         p_left.append(float(prob[truth].mean()))

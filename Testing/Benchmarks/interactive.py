@@ -47,11 +47,6 @@ CLICKS = (1, 2, 3, 4, 5)
 REPORTED = ("0", "1", "3", "5")
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2 * (a & b).sum() / denom)
-
-
 def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_blind: bool = False,
                 boundary_share: float | None = None, click_every: int | None = None,
                 click_lr_scale: float | None = None) -> Path:
@@ -84,6 +79,7 @@ def click_at(reference: sitk.Image, mask: np.ndarray, truth: np.ndarray):
 
 
 def run_case(worker, model: str, ds, case, tasks, why, rows, seconds):
+    from UniversalSeg.training.evaluation import dice
     from UniversalSegmentationLib.refine_worker import decode_mask
     worker.request({"cmd": "open", "model": model, "image": str(case.image), "modality": ds.modality,
                     "tasks": tasks, "largest_component": True, "device": "cpu"})
@@ -110,6 +106,7 @@ def run_case(worker, model: str, ds, case, tasks, why, rows, seconds):
 def whole_head(worker, tmp: Path) -> dict:
     """The shipped brain model on the 1 mm MNI152 T1: open, then 5 simulated clicks on "brain"."""
     from UniversalSeg.data.brain_template import template_t1, template_tissues
+    from UniversalSeg.training.evaluation import dice
     from UniversalSegmentationLib.refine_worker import decode_mask
     image, tissues = template_t1(), template_tissues()
     path = tmp / "mni152_t1.nii.gz"
