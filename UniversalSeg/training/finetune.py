@@ -19,9 +19,10 @@ datasets carry labels (partial labels, as in training):
 
 The result is an ordinary run folder (checkpoints, resume, logs) whose package records its
 parent (``provenance.parent``: id, version, SHA-256), the mode, the date and the cases per task.
-What a run starts from (``FineTuneStart``, ``starting_network``, the L2-SP ``anchor_penalty``) is
-in ``finetune_start.py``, which the trainer uses too; this module adds the replay mix
-(``merge_replay``) and the before/after Dice on the user's own cases (``before_after``).
+What a run starts from (``FineTuneStart``, ``starting_network``, the L2-SP ``anchor_penalty``)
+and the recipe (``finetune_config``) are in ``finetune_start.py``, which the trainer uses too;
+this module adds the replay mix (``merge_replay``), the before/after Dice on the user's own cases
+(``before_after``) and the whole job (``run_finetune``, what ``universalseg finetune`` runs).
 """
 from __future__ import annotations
 
@@ -35,18 +36,87 @@ from ..networks import resolve_device
 
 # the start-up helpers live in finetune_start (the trainer needs them); kept importable from here
 from .finetune_start import (  # noqa: F401
+    CLICKS,
     MODES,
+    REPLAY_SHARE,
+    STEPS,
     FineTuneStart,
     anchor_penalty,
     case_counts,
     check_catalog,
+    default_anchor,
+    finetune_config,
     provenance,
     starting_network,
 )
 from .trainer import run_training
 
-__all__ = ["FineTuneStart", "before_after", "before_after_line", "heldout_dice", "merge_replay",
-           "rotation_folds"]
+__all__ = ["FineTuneStart", "before_after", "before_after_line", "finetune_config", "heldout_dice", "merge_replay",
+           "rotation_folds", "run_finetune"]
+
+
+def run_finetune(model: str | Path, catalog: str | Path, out: str | Path, mode: str = "adapt", *,
+                 replay: str | Path | None = None, replay_share: float = REPLAY_SHARE,
+                 anchor: float | None = None, steps: int = STEPS, lr: float | None = None,
+                 batch_size: int | None = None, name: str = "", seed: int = 0, clicks: int = CLICKS,
+                 evaluate: str = "auto", resume: bool = False, device: str = "auto", num_workers: int = 0,
+                 checkpoint_every: int = 50, progress: bool = True) -> dict:
+    """Fine-tune a model package on the user's cases: what ``universalseg finetune`` runs.
+
+    Args:
+        model: a package (folder or .zip), a cached name or a catalog id.
+        catalog: the user's cases (a dataset catalog).
+        out: the run folder (checkpoints, logs, ``model``); ``resume`` continues the run in it.
+        mode: ``adapt``, ``add-tasks`` or ``clicks`` (the module docstring).
+        replay: the model's original catalog, mixed in at ``replay_share`` of the samples (adapt).
+        anchor: the L2-SP weight (default: ``default_anchor``).
+        steps, lr, batch_size, seed, clicks, num_workers, checkpoint_every: the run's settings
+            (``finetune_config``; lr and batch_size default to the parent's).
+        name: the new version's name (default ``<parent>-finetuned``).
+        evaluate: ``auto`` (with 3 or more of the user's cases), ``rotation`` or ``none``: the
+            before/after Dice, each case held out by rotation (``before_after``).
+        device: ``auto``, ``cpu``, ``cuda`` ... (``networks.resolve_device``).
+        progress: a progress bar.
+
+    Returns:
+        ``run_training``'s result (``package``: the new package's folder, ``steps``, ...), with
+        ``before_after`` (the summary line) where it was evaluated.
+
+    Raises:
+        InputError: a bad setting, run folder, catalog or model, before anything trains.
+    """
+    import logging
+
+    from ..data.catalog import load_catalog
+    from ..model_download import resolve_model_path
+    from ..model_package import load_package
+    from .checkpoint import check_run_folder
+
+    if steps < 1:
+        raise InputError(f"--steps {steps}: must be at least 1")
+    check_run_folder(out, resume)
+    if mode in ("add-tasks", "clicks") and replay:
+        raise InputError(f"--replay guards adapt against forgetting; {mode} freezes every old weight "
+                         "and needs none")
+    path = resolve_model_path(str(model), progress=progress)
+    package = load_package(path)
+    user = load_catalog(catalog)
+    merged = merge_replay(user, load_catalog(replay) if replay else None, replay_share)
+    anchor = anchor if anchor is not None else default_anchor(mode, bool(replay))
+    start = FineTuneStart(package, path, mode, anchor, name, tuple(user.domain_names))
+    cfg = finetune_config(package, steps, mode, clicks=clicks, lr=lr, seed=seed, batch_size=batch_size,
+                          num_workers=num_workers, checkpoint_every=checkpoint_every)
+    cases = sum(len(d.splits.get("train", [])) + len(d.splits.get("validation", [])) for d in user.datasets)
+    if evaluate == "rotation" and cases < 2:
+        raise InputError(f"--evaluate rotation needs at least 2 cases of your own; the catalog has {cases}")
+    result = run_training(merged, None, cfg, out, resume=resume, device=device, progress=progress, start=start)
+    automatic_changed = mode != "clicks"  # clicks: the automatic outputs are the parent's
+    wanted = evaluate == "rotation" or (evaluate == "auto" and cases >= 3)
+    if result["package"] and automatic_changed and wanted:
+        report = before_after(start, merged, cfg, Path(out), device, progress)
+        result["before_after"] = report["summary"]
+        logging.getLogger("UniversalSeg.finetune").info(report["summary"])
+    return result
 
 
 def merge_replay(user: Catalog, replay: Optional[Catalog], share: float) -> Catalog:
