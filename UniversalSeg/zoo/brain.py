@@ -144,14 +144,15 @@ def add_click_stage(package_path, catalog: Path, run: Path, steps: int, seed: in
     same synthetic data; returns the new package's folder."""
     from ..data.catalog import load_catalog
     from ..model_package import load_package
-    from ..training.finetune_start import FineTuneStart
+    from ..training.finetune_start import FineTuneStart, finetune_config
     from ..training.trainer import run_training
     package = load_package(package_path)
     start = FineTuneStart(package, Path(package_path), "clicks", name=MODEL_ID)
-    epochs = max(1, steps // 100)
-    cfg = train_config(steps, seed).replace(clicks=5, epochs=epochs, iterations_per_epoch=max(1, steps // epochs),
-                                            warmup_epochs=0.2, ema_decay=0.9, spacing=list(package.spacing),
-                                            patch_size=list(package.patch_size))
+    # the fine-tuning recipe on the network's own settings, as brain-synth 1.0.1's stage was
+    # trained: epochs of 100 steps, validated (once, at the end) and checkpointed as the network
+    base = train_config(steps, seed)
+    cfg = finetune_config(package, steps, "clicks", base=base, steps_per_epoch=100,
+                          validate_every=base.validate_every)
     result = run_training(load_catalog(catalog), None, cfg, run, resume=resume, device=device,
                           progress=progress, start=start)
     if not result["package"]:
