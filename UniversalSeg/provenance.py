@@ -1,6 +1,7 @@
 """What every benchmark result records about where it came from: the command, the git commit
 (with ``-dirty`` when the working tree had uncommitted changes), the package version, the CPU
-model, the thread count and the date."""
+model (and the instruction-set flags that decide speed), the thread count, the load average and
+the date."""
 from __future__ import annotations
 
 import datetime
@@ -20,6 +21,27 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine() or "unknown"
 
 
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of the instruction sets that decide CPU inference speed (AVX2, AVX-512, AMX) the CPU has."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [flag for flag in SPEED_FLAGS if flag in flags]
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where the system has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
 def git_commit() -> str:
     try:
         run = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True,
@@ -37,4 +59,5 @@ def provenance(command: str, threads: int | None = None, **extra) -> dict:
         import torch
         threads = torch.get_num_threads()
     return {"command": command, "commit": git_commit(), "version": __version__, "cpu": cpu_model(),
-            "cores": os.cpu_count(), "threads": threads, "date": datetime.date.today().isoformat(), **extra}
+            "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "threads": threads,
+            "load_average": load_average(), "date": datetime.date.today().isoformat(), **extra}

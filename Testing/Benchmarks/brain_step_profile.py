@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -19,14 +18,6 @@ import numpy as np
 import torch
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -35,6 +26,7 @@ def main() -> int:
     from UniversalSeg.data.modalities import KNOWN_MODALITIES
     from UniversalSeg.networks import ModelConfig, SegContext, UniversalSegNet
     from UniversalSeg.training.losses import PartialLabelLoss
+    from UniversalSeg.provenance import cpu_model
     from UniversalSeg.zoo import brain_v2
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patch", type=int, default=96)

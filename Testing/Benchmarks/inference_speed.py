@@ -1,15 +1,18 @@
-"""End-to-end inference benchmark on a ~240x240x160 volume at model spacing (base preset, no TTA).
+"""End-to-end inference against a MONAI DynUNet of the same parameter count, in one run.
 
-Measured in ONE run, each configuration in its own subprocess (so peak RSS is its own):
-- ours: ``Predictor.predict`` from the NIfTI file to the written ``.seg.nrrd``, every task of a
-  20-task model in one pass (bf16 on this AMX CPU, overlap 0.5, Gaussian weighting);
-- ours with 1 task (cost of 20 tasks vs 1), ours in fp32 (bf16 speed-up), ours without the
-  foreground crop;
-- MONAI DynUNet (nnU-Net-like, filters 32..320, 20 output channels) in MONAI's default
-  ``sliding_window_inference`` (overlap 0.5, constant weighting, fp32) on the same preprocessed
-  tensor (its I/O is not even counted).
-Goals: ours <= 0.5x DynUNet's time; 20 tasks <= 1.15x of 1 task; bf16 >= 1.6x faster than fp32;
-pipeline overhead (I/O, resampling, normalization, aggregation, export) <= 15%; peak RSS <= 3 GB.
+A ~240x240x160 volume at model spacing, the ``base`` preset with 20 tasks, 128^3 windows, overlap
+0.5, no TTA. Each configuration runs in its own subprocess (so peak RSS is its own), one after the
+other in the same run:
+- ours: ``Predictor.predict`` from the NIfTI file to the written ``.seg.nrrd``, every task of the
+  20-task model in one pass, ``auto`` precision (bf16 only on CPUs with AMX or AVX512-bf16);
+- ours with 1 task (the cost of 20 tasks), ours in fp32 (when ``auto`` chose bf16), ours without
+  the foreground crop;
+- MONAI DynUNet (nnU-Net-like, filters f x [1, 2, 4, 8, 10, 10], f chosen for the parameter count
+  nearest ours; 20 output channels) in MONAI's ``sliding_window_inference`` (overlap 0.5, Gaussian
+  weighting, fp32, 1 window per pass) on the same preprocessed tensor (its I/O is not counted).
+Goals: ours <= 0.5x DynUNet's time; 20 tasks <= 1.15x of 1 task; pipeline overhead (I/O,
+resampling, normalization, aggregation, export) <= 15 %; peak RSS <= 3 GB. Records the command,
+commit, version, CPU model, flags, threads and load average.
 
     python Testing/Benchmarks/inference_speed.py [--shape 240 240 160] [--json out.json]
 """
@@ -59,28 +62,47 @@ def run_ours(image, model, precision, ntasks, crop, out):
     predictor = Predictor(package, device="cpu", precision=precision)
     tasks = TASKS[:ntasks]
     result = predictor.predict(image, "CT", tasks, PredictOptions(overlap=0.5, crop_foreground=crop))
+    precision = predictor.precision
     write_seg_nrrd(out, result.reference, result.masks, {t.name: t for t in package.tasks})
     total = time.perf_counter() - t0
-    return {"seconds": total, "infer_seconds": result.timings["infer"],
+    return {"seconds": total, "infer_seconds": result.timings["infer"], "precision": precision,
             "overhead_fraction": (total - result.timings["infer"]) / total}
+
+
+def ours_parameters() -> int:
+    from UniversalSeg.networks import ModelConfig, UniversalSegNet
+    net = UniversalSegNet(ModelConfig.preset("base", TASKS, ["CT"]))
+    return sum(p.numel() for p in net.parameters())
+
+
+def same_size_dynunet():
+    """(f, DynUNet) with the parameter count nearest ours."""
+    from monai.networks.nets import DynUNet
+
+    def build(f):
+        return DynUNet(3, 1, len(TASKS), kernel_size=[3] * 6, strides=[1, 2, 2, 2, 2, 2],
+                       upsample_kernel_size=[2] * 5, filters=[f, 2 * f, 4 * f, 8 * f, 10 * f, 10 * f],
+                       norm_name="instance", res_block=False)
+    target = ours_parameters()
+    f = min(range(8, 65), key=lambda w: abs(sum(p.numel() for p in build(w).parameters()) - target))
+    return f, build(f)
 
 
 def run_dynunet(image):
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.networks.nets import DynUNet
     from UniversalSeg.data.image_io import to_metatensor, read_sitk
     from UniversalSeg.data.modalities import KNOWN_MODALITIES
     from UniversalSeg.data.transforms import preprocessing
     x = preprocessing(SPACING, KNOWN_MODALITIES, with_label=False)(
         {"image": to_metatensor(read_sitk(image)), "modality": "CT"})["image"].as_tensor()[None]
-    net = DynUNet(3, 1, len(TASKS), kernel_size=[3] * 6, strides=[1, 2, 2, 2, 2, 2],
-                  upsample_kernel_size=[2] * 5, filters=[32, 64, 128, 256, 320, 320],
-                  norm_name="instance", res_block=False).eval()
+    f, net = same_size_dynunet()
+    net = net.eval().to(memory_format=torch.channels_last_3d)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        sliding_window_inference(x, (128, 128, 128), 2, net, overlap=0.5)
-    return {"seconds": time.perf_counter() - t0}
+        sliding_window_inference(x, (128, 128, 128), 1, net, overlap=0.5, mode="gaussian")
+    return {"seconds": time.perf_counter() - t0, "filters": f,
+            "parameters": sum(p.numel() for p in net.parameters()), "ours_parameters": ours_parameters()}
 
 
 def child(args):
@@ -104,11 +126,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
+    import torch
+
+    from UniversalSeg.networks import resolve_precision
+    from UniversalSeg.provenance import load_average, provenance
+    auto = resolve_precision("auto", torch.device("cpu"))
     folder = Path(tempfile.mkdtemp(prefix="universalseg-bench-"))
     image, model = make_inputs(folder, args.shape)
-    configs = {"ours bf16, 20 tasks": "bf16:20:crop", "ours bf16, 1 task": "bf16:1:crop",
-               "ours fp32, 20 tasks": "fp32:20:crop", "ours bf16, 20 tasks, no crop": "bf16:20:nocrop",
-               "DynUNet fp32 (MONAI sliding window)": "dynunet"}
+    configs = {f"ours {auto}, 20 tasks": f"{auto}:20:crop", f"ours {auto}, 1 task": f"{auto}:1:crop",
+               f"ours {auto}, 20 tasks, no crop": f"{auto}:20:nocrop",
+               "DynUNet, same size, fp32 (MONAI sliding window)": "dynunet"}
+    if auto != "fp32":
+        configs["ours fp32, 20 tasks"] = "fp32:20:crop"
+    record = {**provenance(" ".join(["python", "Testing/Benchmarks/inference_speed.py"] + (argv or sys.argv[1:]))),
+              "load_average_before": load_average(), "auto_precision": auto}
     results = {}
     for name, spec in configs.items():
         out = subprocess.run([sys.executable, __file__, "--child", spec, "--image", str(image),
@@ -116,22 +147,28 @@ def main(argv=None):
         results[name] = json.loads(out.strip().splitlines()[-1])
         r = results[name]
         extra = f", infer {r['infer_seconds']:.1f} s, overhead {100 * r['overhead_fraction']:.1f}%" if "infer_seconds" in r else ""
-        print(f"{name:40s} {r['seconds']:7.1f} s{extra}, peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
-    ours, dyn = results["ours bf16, 20 tasks"], results["DynUNet fp32 (MONAI sliding window)"]
+        if "filters" in r:
+            extra = f" (filters {r['filters']}: {r['parameters'] / 1e6:.2f} M parameters, ours {r['ours_parameters'] / 1e6:.2f} M)"
+        print(f"{name:48s} {r['seconds']:7.1f} s{extra}, peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+    ours, dyn = results[f"ours {auto}, 20 tasks"], results["DynUNet, same size, fp32 (MONAI sliding window)"]
     ratios = {
-        "ours / DynUNet time (goal <= 0.5)": ours["seconds"] / dyn["seconds"],
-        "ours without crop / DynUNet time": results["ours bf16, 20 tasks, no crop"]["seconds"] / dyn["seconds"],
-        "20 tasks / 1 task (goal <= 1.15)": ours["seconds"] / results["ours bf16, 1 task"]["seconds"],
-        "fp32 / bf16 time (goal >= 1.6)": results["ours fp32, 20 tasks"]["seconds"] / ours["seconds"],
+        "ours / same-size DynUNet time (goal <= 0.5)": ours["seconds"] / dyn["seconds"],
+        "ours without crop / same-size DynUNet time": results[f"ours {auto}, 20 tasks, no crop"]["seconds"] / dyn["seconds"],
+        "20 tasks / 1 task (goal <= 1.15)": ours["seconds"] / results[f"ours {auto}, 1 task"]["seconds"],
         "pipeline overhead share (goal <= 0.15)": ours["overhead_fraction"],
         "peak RSS GB (goal <= 3)": ours["peak_rss_gb"],
     }
-    print(f"\nratios measured in this run (volume {'x'.join(map(str, args.shape))} at {SPACING} mm, base preset):")
+    if auto != "fp32":
+        ratios["fp32 / bf16 time"] = results["ours fp32, 20 tasks"]["seconds"] / ours["seconds"]
+    record["load_average_after"] = load_average()
+    print(f"\nratios measured in this run (volume {'x'.join(map(str, args.shape))} at {SPACING} mm, base preset; "
+          f"{record['cpu']}, {record['threads']} threads, load {record['load_average_before']} -> "
+          f"{record['load_average_after']}):")
     for k, v in ratios.items():
-        print(f"  {k:42s} {v:6.2f}")
+        print(f"  {k:48s} {v:6.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"shape": args.shape, "results": results, "ratios": ratios}, f, indent=2)
+            json.dump({**record, "shape": args.shape, "results": results, "ratios": ratios}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,11 +26,6 @@ sys.path.append(str(ROOT / "scripted_modules"))
 sys.path.append(str(ROOT / "Testing" / "Python"))
 
 
-def cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def status_mb(field: str) -> float:
@@ -140,6 +134,7 @@ def main() -> None:
         print(json.dumps(measure(args.only, Path(args.folder))))
         return
     from UniversalSeg import __version__
+    from UniversalSeg.provenance import cpu_model
     with tempfile.TemporaryDirectory() as tmp:
         make_inputs(Path(tmp), tuple(args.shape), args.structures)
         rows = []

@@ -46,7 +46,8 @@ def register(parser):
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default 0.5)")
     parser.add_argument("--sw-batch", type=int, default=None,
-                        help="windows per forward pass (default: 1 on CPU, 4 on GPU, smaller on GPU out-of-memory)")
+                        help="windows per forward pass (default: as many as a voxel budget holds: 4 windows of "
+                             "48^3 on CPU, 4 of 128^3 on GPU; halved on GPU out-of-memory)")
     parser.add_argument("--roi", type=float, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
                         help="crop to this box, RAS millimetres")
     parser.add_argument("--no-crop", action="store_true", help="do not crop to the body/foreground")

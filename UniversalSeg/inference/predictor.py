@@ -10,14 +10,21 @@ Steps (one direction only):
 2. the training preprocessing itself (``data.transforms.preprocessing``): RAS orientation,
    resampling to the model spacing, the modality's intensity policy;
 3. optional crops: a user ROI (RAS millimetres) and the foreground (body) bounding box;
-4. MONAI ``sliding_window_inference`` with Gaussian weighting, the chosen overlap and window
-   batch, ONE pass for all requested tasks (only those are computed), sigmoid probabilities
-   aggregated in half precision on the device when running in bf16/fp16; CUDA out-of-memory
-   retries with smaller window batches, then aggregates on the CPU, then runs on the CPU;
-5. per task: SimpleITK linear resampling of the probabilities back onto the input grid (origin,
-   spacing, direction, size copied from the input), threshold, optional clean-up keeping each
-   task's largest connected components (as many as the structure has parts: both kidneys; lesions
-   are never cleaned up this way). One task at a time, so memory holds a single float32 full-resolution array.
+4. sliding windows with Gaussian weighting, the chosen overlap and window batch, ONE pass for all
+   requested tasks (only those are computed), sigmoid probabilities aggregated in half precision
+   on the device when running in bf16/fp16; CUDA out-of-memory retries with smaller window
+   batches, then aggregates on the CPU, then runs on the CPU. The windows, weights and float
+   operations are MONAI ``sliding_window_inference``'s (bit-identical probabilities), streamed:
+   only a band one window wide is held, and each slab of the model grid's first axis goes on to
+   step 5 as soon as it is final (``streaming.WindowStream``);
+5. SimpleITK linear resampling of the probabilities back onto the input grid (origin, spacing,
+   direction, size copied from the input), chunk by chunk as their slabs arrive, one task at a
+   time (``streaming.ChunkedResampler``; the masks of whole-map resampling: a chunk's own origin
+   can change the last bit of an interpolated value, about 1 in 1,000 voxels, so a mask could
+   differ only where a probability lies within 6e-8 of its threshold), threshold, optional
+   clean-up keeping each task's largest connected components (as many as the structure has
+   parts: both kidneys; lesions are never cleaned up this way). Peak memory: the band, one float
+   map of the model grid, the masks; not one float map per task.
    Tasks of a model's exclusive group (``exclusive_groups``) are resolved there, at the one place
    where probabilities become masks (``to_input_masks``): a voxel goes to the group's member with
    the highest probability that reaches its threshold, else to none; the requested tasks' group
@@ -41,6 +48,7 @@ from ..data.transforms import preprocessing
 from ..model_package import ModelPackage
 from ..networks import SegContext, autocast, prepare_input, resolve_device, resolve_precision
 from .progress import Reporter, scaled, silent
+from .streaming import ChunkedResampler, WindowPlan, WindowStream, lps_geometry
 from ..cpu_threads import ThreadGovernor
 from ..errors import InputError
 from ..exclusive_groups import ExclusiveResolver, with_members
@@ -50,6 +58,21 @@ log = logging.getLogger("UniversalSeg.predict")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+# Windows per network pass when the user gives none: as many as fit a voxel budget. A pass over
+# several small windows keeps the CPU's threads busy where one 48^3 window cannot (4 windows of
+# 48^3 per pass: 2.1x faster on a 2-core AVX2 Xeon, identical masks); one 128^3 window already
+# fills them. On a GPU the budget is four 128^3 windows (CUDA out-of-memory halves it).
+WINDOW_VOXELS = {"cpu": 4 * 48 ** 3, "cuda": 4 * 128 ** 3}
+MAX_WINDOW_BATCH = 16
+
+
+def window_batch(patch: Sequence[int], device: torch.device) -> int:
+    """Windows per pass for ``patch`` on ``device``: the voxel budget over the window's voxels,
+    at least 1, at most ``MAX_WINDOW_BATCH``."""
+    budget = WINDOW_VOXELS.get(device.type, WINDOW_VOXELS["cpu"])
+    return int(min(MAX_WINDOW_BATCH, max(1, budget // int(np.prod(patch)))))
+
+
 class InferenceMemoryError(MemoryError):
     """The job does not fit in memory; the message says what to change."""
 
@@ -57,7 +80,7 @@ class InferenceMemoryError(MemoryError):
 @dataclass
 class PredictOptions:
     overlap: float = 0.5
-    sw_batch_size: Optional[int] = None  # windows per pass; None: 1 on CPU (memory), 4 on GPU
+    sw_batch_size: Optional[int] = None  # windows per pass; None: by a voxel budget (``window_batch``)
     thresholds: dict = field(default_factory=dict)  # task -> threshold (default from the package)
     largest_component: bool = False  # keep each task's largest components (TaskInfo.parts of them)
     roi: Optional[Sequence[float]] = None  # RAS mm: (x0, x1, y0, y1, z0, z1)
@@ -104,12 +127,7 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
 
 
-def metatensor_affine_to_lps(affine: np.ndarray):
-    """RAS affine of (i, j, k) -> (origin, spacing, direction) as SimpleITK (LPS) wants them."""
-    lps = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    direction = lps[:3, :3] / spacing
-    return tuple(lps[:3, 3]), tuple(spacing), tuple(direction.ravel())
+metatensor_affine_to_lps = lps_geometry  # RAS affine of (i, j, k) -> SimpleITK's (origin, spacing, direction)
 
 
 def _window_count(shape, roi, overlap) -> int:
@@ -161,24 +179,19 @@ class Predictor:
         computed = self.with_group_members(tasks)  # == tasks for a model without exclusive groups
         task_ids += [self.vocab.task_id(t) for t in computed[len(tasks):]]
         timings, t0 = {}, time.perf_counter()
-        grid = self.prepare(image, modality, len(computed), options, report, timings)
-        t = time.perf_counter()
-        probs = self._infer(grid.volume, task_ids, modality_id, domain_id, options,
-                            scaled(report, 0.15, 0.85, "infer"))
-        timings["infer"] = time.perf_counter() - t
-        t = time.perf_counter()
-        masks, kept = self.to_input_masks(probs, computed, tasks, grid, options,
-                                          scaled(report, 0.85, 1.0, "resample"), options.keep_probabilities)
-        del probs
-        timings["resample"] = time.perf_counter() - t
+        grid = self.prepare(image, modality, len(computed), options, report, timings, streamed=True)
+        masks, kept = self._stream_masks(grid, task_ids, modality_id, domain_id, computed, tasks, options,
+                                         scaled(report, 0.15, 0.9, "infer"), scaled(report, 0.9, 1.0, "resample"),
+                                         timings)
         timings["total"] = time.perf_counter() - t0
         report("done", 1.0, f"{len(tasks)} task(s) in {timings['total']:.1f} s")
         return Prediction(grid.reference, tasks, masks, kept, timings, str(self.device), self.precision,
                           list(self.warnings))
 
     def prepare(self, image, modality: str, n_tasks: int, options: PredictOptions,
-                report: Reporter = silent, timings: Optional[dict] = None) -> "ModelGrid":
-        """Steps 1-3: read and check the image, preprocess it, crop it."""
+                report: Reporter = silent, timings: Optional[dict] = None, streamed: bool = False) -> "ModelGrid":
+        """Steps 1-3: read and check the image, preprocess it, crop it. ``n_tasks`` maps will be
+        blended: whole (``_infer``) or ``streamed`` (``_stream_masks``), for the memory check."""
         timings = {} if timings is None else timings
         t0 = time.perf_counter()
         report("read", 0.0, "reading the image")
@@ -197,10 +210,47 @@ class Predictor:
         box = self._crop_box(volume, affine, options)
         cropped = volume[(slice(None),) + tuple(slice(a, b) for a, b in box)]
         timings["preprocess"] = time.perf_counter() - t
-        self._check_memory(cropped.shape[1:], n_tasks)
+        self._check_memory(cropped.shape[1:], n_tasks, streamed)
         crop_affine = affine.copy()
         crop_affine[:3, 3] = affine[:3, :3] @ np.array([a for a, _ in box], float) + affine[:3, 3]
         return ModelGrid(reference, cropped, crop_affine)
+
+    def _stream_masks(self, grid: "ModelGrid", task_ids, modality_id, domain_id, computed: Sequence[str],
+                      wanted: Sequence[str], options: PredictOptions, report, step, timings: dict):
+        """Steps 4 and 5 interleaved: the masks (and probabilities, if kept) of ``wanted`` on the
+        input grid, equal to ``to_input_masks(_infer(...))`` without one float map per task."""
+        thresholds = {t: self.threshold(t, options) for t in computed}
+        t0 = time.perf_counter()
+
+        def attempt(device, batch, out_device):
+            sink = ChunkedResampler(grid.volume.shape[1:], grid.affine, grid.reference, computed, wanted,
+                                    thresholds, self.exclusive_groups, options.keep_probabilities)
+            spent = [0.0]
+
+            def emit(x0, x1, slab):
+                t = time.perf_counter()
+                sink.add(x0, x1, slab)
+                spent[0] += time.perf_counter() - t
+            self._sliding_window(grid.volume, task_ids, modality_id, domain_id, options, device, batch,
+                                 out_device, report, emit=emit)
+            return sink, spent[0]
+
+        sink, resampling = self._with_fallbacks(options, attempt)
+        timings["infer"] = time.perf_counter() - t0 - resampling
+        t = time.perf_counter()
+        step(0.0, "masks on the input grid")
+        arrays, kept_arrays = sink.finish()
+        del sink
+        masks, kept = {}, {}
+        for task in wanted:  # one array at a time becomes an image (a copy), then goes
+            mask = sitk.GetImageFromArray(arrays.pop(task))
+            mask.CopyInformation(grid.reference)
+            masks[task] = self.binarize(mask, task, options, threshold=False)
+            if task in kept_arrays:
+                kept[task] = sitk.GetImageFromArray(kept_arrays.pop(task))
+                kept[task].CopyInformation(grid.reference)
+        timings["resample"] = resampling + time.perf_counter() - t
+        return masks, kept
 
     def with_group_members(self, tasks: Sequence[str]) -> list[str]:
         """``tasks`` and, after them, the other members of their exclusive groups: what must be
@@ -293,9 +343,13 @@ class Predictor:
                 lo, hi = np.maximum(lo, new_lo), np.minimum(hi, new_hi)
         return [(int(a), int(b)) for a, b in zip(lo, hi)]
 
-    def _check_memory(self, spatial, n_tasks: int) -> None:
+    def _check_memory(self, spatial, n_tasks: int, streamed: bool = False) -> None:
         voxels = int(np.prod(spatial))
-        need = voxels * (n_tasks * 2 * 4 + 8)  # aggregation (output + weights) in fp32, worst case
+        if streamed:  # a band of windows in fp32 (and as much waiting), a float map, a mask per task
+            band = min(1.0, 2 * self.package.patch_size[0] / max(int(spatial[0]), 1))
+            need = int(voxels * (n_tasks * 4 * band + n_tasks + 12))
+        else:  # aggregation (output + weights) in fp32, worst case
+            need = voxels * (n_tasks * 2 * 4 + 8)
         available = _available_memory()
         if available is not None and self.device.type == "cpu" and need > 0.8 * available:
             raise InferenceMemoryError(
@@ -305,9 +359,16 @@ class Predictor:
                 "fewer tasks")
 
     def _infer(self, volume, task_ids, modality_id, domain_id, options, report, with_features=False):
-        """Sigmoid probabilities [T, X, Y, Z]; ``with_features``: [C features, T logits, T
-        probabilities] blended alike (the probabilities are exactly those without features)."""
-        batch = options.sw_batch_size or (4 if self.device.type == "cuda" else 1)
+        """Sigmoid probabilities [T, X, Y, Z] (MONAI ``sliding_window_inference``, whole maps);
+        ``with_features``: [C features, T logits, T probabilities] blended alike (the probabilities
+        are exactly those without features). ``predict`` streams instead (``_stream_masks``)."""
+        return self._with_fallbacks(options, lambda device, batch, out_device: self._sliding_window(
+            volume, task_ids, modality_id, domain_id, options, device, batch, out_device, report, with_features))
+
+    def _with_fallbacks(self, options, run):
+        """``run(device, window batch, aggregation device)``, retried after a CUDA out-of-memory
+        error with fewer windows per batch, then aggregating on the CPU, then on the CPU alone."""
+        batch = options.sw_batch_size or window_batch(self.package.patch_size, self.device)
         attempts = [(self.device, batch, self.device)]
         if self.device.type == "cuda":
             b = batch
@@ -318,8 +379,7 @@ class Predictor:
             attempts.append((torch.device("cpu"), 1, torch.device("cpu")))  # give up the GPU
         for i, (device, batch, out_device) in enumerate(attempts):
             try:
-                return self._sliding_window(volume, task_ids, modality_id, domain_id, options,
-                                            device, batch, out_device, report, with_features)
+                return run(device, batch, out_device)
             except torch.cuda.OutOfMemoryError:
                 if i + 1 == len(attempts):
                     raise
@@ -336,7 +396,9 @@ class Predictor:
 
     @torch.inference_mode()
     def _sliding_window(self, volume, task_ids, modality_id, domain_id, options, device, batch,
-                        out_device, report, with_features=False):
+                        out_device, report, with_features=False, emit=None):
+        """MONAI's sliding window over ``volume`` [1, X, Y, Z]: the whole maps on the CPU, or,
+        with ``emit``, the same values streamed slab by slab (``streaming.WindowStream``)."""
         patch = self.package.patch_size
         ids = torch.tensor(task_ids, device=device)[None]
         total = max(1, math.ceil(_window_count(volume.shape[1:], patch, options.overlap) / batch))
@@ -363,6 +425,10 @@ class Predictor:
                 return torch.cat([outputs["features"].to(out_dtype), logits.to(out_dtype), probs], dim=1)
             return probs
 
+        if emit is not None:
+            plan = WindowPlan.make(x.shape[2:], tuple(patch), options.overlap)
+            WindowStream(plan, len(task_ids), device, out_device, out_dtype).run(x, batch, predictor, emit)
+            return None
         probs = sliding_window_inference(x, tuple(patch), batch, predictor, overlap=options.overlap,
                                          mode="gaussian", sw_device=device, device=out_device)
         return probs[0].to("cpu")

@@ -116,23 +116,33 @@ def segment_fields(info: TaskInfo) -> dict:
 
 def pack_layers(masks: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Pack binary masks into as few uint8 layers as possible, as Slicer stores segments: a
-    mask goes to the first layer it does not overlap. Returns (layers [L, ...], (layer, label))."""
-    layers, occupied, counts, places = [], [], [], []
+    mask goes to the first layer it does not overlap. Returns (layers [L, ...], (layer, label)).
+
+    Memory: the layers and one boolean scratch array. Room for one layer per mask is reserved
+    with ``np.zeros``, whose untouched pages cost nothing, and the layers used are a view of its
+    first L: no occupancy arrays, no stacking copy."""
+    layers = np.zeros((len(masks),) + masks[0].shape, np.uint8)
+    counts, places = [], []
     scratch = np.empty(masks[0].shape, bool)
     for m in masks:
-        for index, occ in enumerate(occupied):
-            if counts[index] < 255 and not np.logical_and(occ, m, out=scratch).any():
+        for index, count in enumerate(counts):  # a layer's nonzero voxels are its occupied ones
+            if count < 255 and not np.logical_and(layers[index], m, out=scratch).any():
                 break
         else:
-            layers.append(np.zeros(m.shape, np.uint8))
-            occupied.append(np.zeros(m.shape, bool))
             counts.append(0)
-            index = len(layers) - 1
+            index = len(counts) - 1
         counts[index] += 1
-        layers[index] += m.view(np.uint8) * np.uint8(counts[index])
-        occupied[index] |= m
+        np.copyto(layers[index], np.uint8(counts[index]), where=m)
         places.append((index, counts[index]))
-    return np.stack(layers), places
+    return layers[:len(counts)], places
+
+
+def _as_bool(mask: sitk.Image) -> np.ndarray:
+    """A (k, j, i) boolean view of a 0/1 uint8 mask (the predictor's), else a ``> 0`` copy."""
+    array = sitk.GetArrayViewFromImage(mask)
+    if array.dtype == np.uint8 and (array.size == 0 or array.max() <= 1):
+        return array.view(bool)
+    return array > 0
 
 
 def _extent(mask_kji: np.ndarray) -> list[int]:
@@ -149,7 +159,7 @@ def write_seg_nrrd(path, reference: sitk.Image, masks: dict[str, sitk.Image],
     """One segment per task (overlapping tasks in separate layers), read by Slicer and slicerio.
     Layers are packed here rather than with ``slicerio.add_segment`` (4x faster on 20 large
     overlapping masks); slicerio writes the file with Slicer's header fields."""
-    arrays = [sitk.GetArrayViewFromImage(m) > 0 for m in masks.values()]  # (k, j, i)
+    arrays = [_as_bool(m) for m in masks.values()]  # (k, j, i); views: ``masks`` outlives them
     layers, places = pack_layers(arrays)
     voxels = layers.transpose(0, 3, 2, 1)  # (layer, i, j, k) view, Fortran order for NRRD
     segments = []
