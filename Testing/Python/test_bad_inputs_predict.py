@@ -108,9 +108,9 @@ def _small_negative_roi(work, package):
             "--output", str(work / "x.nhdr")]
 
 
-def _series(edit=None, second=False):
+def _series(edit=None, second=False, output="seg.dcm"):
     """A small CT series (Testing/Python/dicom_series.py), its headers changed by ``edit(dataset, k)``,
-    with a second series in the same folder if asked; a DICOM SEG output."""
+    with a second series in the same folder if asked; a DICOM SEG output unless ``output`` says."""
     def prepare(work, package):
         import pydicom
 
@@ -128,7 +128,66 @@ def _series(edit=None, second=False):
             ds = pydicom.dcmread(f)
             edit(ds, k, work / "dicom")
             ds.save_as(f)
-        return ["--input", str(work / "dicom"), "--output", str(work / "seg.dcm")]
+        return ["--input", str(work / "dicom"), "--output", str(work / output)]
+    return prepare
+
+
+def _tilt(degrees):
+    """Each slice shifted along the column direction by tan(tilt) x its distance from the first, as
+    a gantry-tilted CT stores it (slices still axial, positions on a slanted line)."""
+    def edit(ds, k, folder):
+        position = [float(v) for v in ds.ImagePositionPatient]
+        position[1] += k * 3.0 * np.tan(np.radians(degrees))
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+    return edit
+
+
+def _turn_slice(ds, k, folder):
+    """Slice 3 tilted 30 degrees about the row direction (a second orientation in the series)."""
+    if k == 3:
+        ds.ImageOrientationPatient = ["1", "0", "0", "0", "0.866025", "0.5"]
+
+
+def _fifo_in_series(work, package):
+    args = _series(output="o.seg.nrrd")(work, package)
+    os.mkfifo(work / "dicom" / "slice0035.dcm")  # listed between two slices: GDCM dropped the next one
+    return args
+
+
+def _missing_slice(work, package):
+    args = _series(output="o.seg.nrrd")(work, package)
+    os.remove(work / "dicom" / "slice003.dcm")  # a slice lost in a copy: one gap twice the others
+    return args
+
+
+def _multiframe(work, hu, order=None):
+    """The series of ``hu`` as one enhanced (multi-frame) CT file, its frames in ``order``."""
+    import highdicom
+    import pydicom
+
+    from dicom_series import write_ct_series
+    series = write_ct_series(work / "slices", hu, origin=(10.0, -20.0, 30.0))
+    slices = [pydicom.dcmread(f) for f in series["files"]]
+    slices = [slices[k] for k in (order or range(len(slices)))]
+    enhanced = highdicom.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=highdicom.UID(), series_number=2, sop_instance_uid=highdicom.UID(),
+        instance_number=1, include_dimension_index=False)  # frames in the order given
+    (work / "enhanced").mkdir()
+    enhanced.save_as(work / "enhanced" / "ct.dcm")
+    shutil.rmtree(work / "slices")
+    return work / "enhanced" / "ct.dcm"
+
+
+def _multiframe_seg(work, package):
+    _multiframe(work, np.random.default_rng(0).normal(0, 100, (6, 24, 24)))
+    return ["--input", str(work / "enhanced"), "--output", str(work / "seg.dcm")]
+
+
+def _multiframe_out_of_order(as_folder):
+    def prepare(work, package):
+        hu = np.random.default_rng(0).normal(0, 100, (6, 24, 24))
+        path = _multiframe(work, hu, order=[0, 1, 3, 2, 4, 5])
+        return ["--input", str(path.parent if as_folder else path), "--output", str(work / "o.seg.nrrd")]
     return prepare
 
 
@@ -190,6 +249,18 @@ CASES = {  # name: (prepare(work, model package) -> arguments, exit code, messag
     "dicom-seg-duplicate-position": (_series(_duplicate_slice), 2, "lie at the same position"),
     "dicom-seg-long-code-meaning": (_long_code_meaning, 2, "has a meaning of 84 characters or a scheme of 3; "
                                     "DICOM allows 64 and 16"),
+    "dicom-gantry-tilt": (_series(_tilt(15), output="o.seg.nrrd"), 2,
+                          "is gantry-tilted by 15.0 degrees (slices up to 4.02 mm off the slice normal)"),
+    "dicom-gantry-tilt-seg": (_series(_tilt(-7.5)), 2, "is gantry-tilted by 7.5 degrees"),
+    "dicom-mixed-orientation": (_series(_turn_slice, output="o.nii.gz"), 2,
+                                "slices of more than one orientation (ImageOrientationPatient"),
+    "dicom-missing-slice": (_missing_slice, 2,
+                            "slices are not evenly spaced (gaps of 3.0 to 6.0 mm"),
+    "dicom-fifo-in-series-folder": (_fifo_in_series, 2, "slice0035.dcm is a FIFO (named pipe), not a DICOM file"),
+    "dicom-multiframe-out-of-order": (_multiframe_out_of_order(False), 2, "frames are not evenly spaced"),
+    "dicom-multiframe-out-of-order-folder": (_multiframe_out_of_order(True), 2, "frames are not evenly spaced"),
+    "dicom-seg-from-multiframe": (_multiframe_seg, 2, "a multi-frame (enhanced) DICOM source; DICOM SEG output "
+                                  "references a series of single-frame files"),
 }
 
 
@@ -208,6 +279,31 @@ def test_bad_predict_input_is_refused_before_the_model_loads(trained_run, tmp_pa
     code = main(["predict", "--model", str(trained_run["package"]), "--modality", "CT", "--progress", "none",
                  *args])
     assert_refused(code, capsys.readouterr().err, expected_code, message, before, tree_state(work))
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_a_multiframe_dicom_file_reads_as_its_series(tmp_path, as_folder):
+    """An enhanced (multi-frame) CT file, given as a file or as the one file of a folder, is read
+    on the grid of the single-frame series it was converted from (oblique rows), voxel for voxel."""
+    import pydicom
+
+    from dicom_series import write_ct_series
+    from UniversalSeg.data.image_io import check_header, read_sitk
+    hu = np.random.default_rng(1).normal(0, 100, (5, 20, 24))
+    row, column = (0.8660254, 0.5, 0.0), (-0.5, 0.8660254, 0.0)
+    series = write_ct_series(tmp_path / "series", hu, origin=(10.0, -20.0, 30.0), row=row, column=column)
+    enhanced = __import__("highdicom").legacy.LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(f) for f in series["files"]], series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=2, sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1)
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "ct.dcm")
+    path = tmp_path / "enhanced" / ("" if as_folder else "ct.dcm")
+    check_header(path)
+    got, expected = read_sitk(path), read_sitk(tmp_path / "series")
+    resampled = sitk.Resample(got, expected, sitk.Transform(), sitk.sitkNearestNeighbor)
+    assert got.GetSize() == expected.GetSize()
+    assert np.allclose(got.GetSpacing(), expected.GetSpacing())
+    assert np.array_equal(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(expected))
 
 
 def _interrupt(proc, started):

@@ -53,6 +53,9 @@ def series_headers(folder: Path) -> list:
     import pydicom
     files = series_files(folder)
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in sources):
+        raise ImageError(f"{folder}: a multi-frame (enhanced) DICOM source; DICOM SEG output references a series "
+                         "of single-frame files; write .seg.nrrd or .nii.gz instead")
     for key in TYPE_1:
         lacking = [Path(f).name for f, ds in zip(files, sources) if not getattr(ds, key, None)]
         if lacking:
