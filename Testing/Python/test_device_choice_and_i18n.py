@@ -1,5 +1,6 @@
-"""Apple's ``mps`` device (core resolver, the panel's device probe and device list) with
-torch.backends.mps monkeypatched (no Apple hardware here), and the Slicer module library's visible
+"""The automatic CPU precision (bf16 only where the CPU has AMX or AVX512-bf16); Apple's ``mps``
+device (core resolver, the panel's device probe and device list) with torch.backends.mps
+monkeypatched (no Apple hardware here), and the Slicer module library's visible
 strings going through Slicer's translation in the context Slicer gives a package's file."""
 import json
 import subprocess
@@ -22,6 +23,18 @@ from UniversalSegmentationLib.panel_state import DEVICES, offer_devices  # noqa:
 
 def fake_mps(monkeypatch, available):
     monkeypatch.setattr(torch.backends, "mps", types.SimpleNamespace(is_available=lambda: available))
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (False, False, "fp32"),  # AVX2 only: bf16 would be emulated, about 11x slower than fp32
+    (True, False, "bf16"),
+    (False, True, "bf16"),
+])
+def test_auto_precision_picks_bf16_only_with_cpu_support(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice is kept
 
 
 def test_mps_is_resolved_only_where_torch_has_it(monkeypatch):
