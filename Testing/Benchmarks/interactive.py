@@ -62,7 +62,7 @@ def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_b
     if click_lr_scale is not None:
         cfg = cfg.replace(click_lr_scale=click_lr_scale)
     net = demo_network("small", width)
-    if task_blind:  # the stage as before version 0.7.0: no per-task FiLM (networks.prompt_stage)
+    if task_blind:  # the stage as before version 0.7.0: no per-task FiLM (networks.click_stage)
         net = net.replace(prompt={**net.to_dict()["prompt"], "task_conditioned": False})
     result = run_training(catalog, net, cfg, out / "run", device="cpu", progress=True)
     return Path(result["package"])

@@ -21,12 +21,29 @@ from UniversalSeg.inference import PredictOptions, Predictor
 from UniversalSeg.inference.interactive import InteractiveSession, read_points
 from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig, UniversalSegNet
-from UniversalSeg.networks.prompt_stage import MARGIN, PromptStage, click_maps
+from UniversalSeg.networks.click_stage import MARGIN, ClickStage, click_maps
 from UniversalSeg.training.click_simulation import next_click
 from UniversalSeg.training.config import TrainConfig
 from UniversalSeg.training.trainer import Trainer
 
 ROOT = Path(__file__).parents[2]
+
+
+def test_the_click_stage_old_names_remain_aliases():
+    """networks.prompt_stage, PromptStage and PromptConfig (the click stage's old code names) still
+    import, as the new ones, with a DeprecationWarning for the module."""
+    import importlib
+    import sys
+    import warnings
+
+    from UniversalSeg.networks import click_stage
+    from UniversalSeg.networks.config import ClickStageConfig, PromptConfig
+    sys.modules.pop("UniversalSeg.networks.prompt_stage", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("UniversalSeg.networks.prompt_stage")
+    assert old is click_stage and old.PromptStage is ClickStage and PromptConfig is ClickStageConfig
+    assert any(issubclass(w.category, DeprecationWarning) and "click_stage" in str(w.message) for w in caught)
 
 
 def test_the_stage_leaves_automatic_training_bit_identical(synth_collection, tmp_path, monkeypatch):
@@ -99,7 +116,7 @@ def nested_dice(conditioned: bool, steps: int = 250) -> tuple[float, float]:
     organ and for the lesion."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    stage = PromptStage(3, ModelConfig.from_dict({**TINY_TRAIN_NET, "prompt": {
+    stage = ClickStage(3, ModelConfig.from_dict({**TINY_TRAIN_NET, "prompt": {
         "enabled": True, "width": 4, "task_conditioned": conditioned}}).prompt, 2)
     optimizer = torch.optim.Adam(stage.parameters(), lr=1e-2)
     for _ in range(steps):
@@ -172,7 +189,7 @@ def test_a_region_gives_what_the_whole_volume_gives():
     """The session recomputes a region with MARGIN voxels of context, its start on the stage's
     4-voxel phase: inside the region the values equal those of the whole volume."""
     torch.manual_seed(3)
-    stage = PromptStage(6, ModelConfig.from_dict({**TINY_TRAIN_NET, "prompt": {"enabled": True, "width": 4}}).prompt, 2)
+    stage = ClickStage(6, ModelConfig.from_dict({**TINY_TRAIN_NET, "prompt": {"enabled": True, "width": 4}}).prompt, 2)
     torch.nn.init.normal_(stage.out.weight, std=5.0)
     for table in stage.task_film:  # the task's FiLM acts too (it starts at the identity)
         torch.nn.init.normal_(table.weight, std=0.5)
@@ -322,7 +339,7 @@ def test_click_boundary_share_is_a_checked_setting_and_draws_boundary_starts(mon
     assert changed_settings(before, TrainConfig().to_dict()) == []
     assert changed_settings(before, TrainConfig(click_boundary_share=0.25).to_dict()) == [
         "click_boundary_share: 0.0 -> 0.25"]
-    stage = PromptStage(3, ModelConfig.from_dict({**TINY_TRAIN_NET, "prompt": {"enabled": True, "width": 4}}).prompt, 2)
+    stage = ClickStage(3, ModelConfig.from_dict({**TINY_TRAIN_NET, "prompt": {"enabled": True, "width": 4}}).prompt, 2)
 
     class Net:
         prompt = stage

@@ -9,7 +9,7 @@
 The automatic pass keeps, on the model grid, the network's final features and each task's
 logits (the same sliding window as ``Predictor.predict``: its masks are exactly predict's). A
 click converts RAS mm to a model-grid voxel, runs the model's refinement stage
-(``networks.prompt_stage``, told which task the click is for) on a region of ``REGION`` voxels
+(``networks.click_stage``, told which task the click is for) on a region of ``REGION`` voxels
 around it with ``MARGIN`` voxels of context (so the region's values are those the whole volume
 would give), replaces the task's
 logits there (a positive click only adds to the mask, a negative one only removes: without that
@@ -36,7 +36,7 @@ import SimpleITK as sitk
 import torch
 
 from ..errors import InputError
-from ..networks.prompt_stage import LOGIT_CLAMP, MARGIN, click_maps
+from ..networks.click_stage import LOGIT_CLAMP, MARGIN, click_maps
 from .predictor import RAS_TO_LPS, ModelGrid, PredictOptions, Predictor
 from .progress import Reporter, scaled, silent
 

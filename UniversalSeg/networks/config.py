@@ -70,13 +70,16 @@ class HarmonizationConfig:
 
 
 @dataclass(frozen=True)
-class PromptConfig:
-    """The click-refinement stage (``networks.prompt_stage``); off unless ``enabled``."""
+class ClickStageConfig:
+    """The click stage (``networks.click_stage``), the config key ``prompt``; off unless ``enabled``."""
 
     enabled: bool = False
     width: int = 16        # channels of its first level (then 2x, 4x)
     sigma: float = 2.0     # click maps: Gaussian blobs of this many model-grid voxels
-    task_conditioned: bool = True  # per-task FiLM of the stage (prompt_stage); False in format-1 configs
+    task_conditioned: bool = True  # per-task FiLM of the stage (click_stage); False in format-1 configs
+
+
+PromptConfig = ClickStageConfig  # the old name (scripts may import it)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class ModelConfig:
     head: str = "dynamic"  # "dynamic": kernels from task posteriors; "static": one channel per task
     fusion: FusionConfig = field(default_factory=FusionConfig)
     harmonization: HarmonizationConfig = field(default_factory=HarmonizationConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    prompt: ClickStageConfig = field(default_factory=ClickStageConfig)  # the click stage (its first key name)
     format_version: int = FORMAT_VERSION
 
     # ------------------------------------------------------------------ derived
@@ -142,7 +145,7 @@ class ModelConfig:
             for key, (since, before) in BEFORE_FORMAT.items():
                 if key.startswith("prompt.") and version < since:
                     prompt = {key.split(".", 1)[1]: before, **prompt}
-        prompt = _nested(prompt, PromptConfig, "prompt")
+        prompt = _nested(prompt, ClickStageConfig, "prompt")
         data["format_version"] = FORMAT_VERSION  # every key is now explicit: written back as today's format
         for key in ("tasks", "modalities", "domains", "width_multipliers", "encoder_blocks",
                     "decoder_blocks"):

@@ -7,7 +7,7 @@
     outputs["domain_logits"]   [B, D]           domain gate (when a domain plug-in is configured)
     outputs["features"]        [B, C, D, H, W]  the final features the task kernels read
     refined = model.refine(features, logits_of_one_task, positive, negative, task_ids)   # clicks
-              (``prompt_stage``; only when ``config.prompt.enabled``)
+              (``click_stage``; only when ``config.prompt.enabled``)
 
 The config (``ModelConfig``) fully describes the network; ``UniversalSegNet(config)`` rebuilds it
 and ``load_state_dict`` fills it. ``add_tasks`` / ``add_modalities`` grow a trained model for
@@ -28,7 +28,7 @@ from .growable_table import GrowableTable
 from .harmonization import DomainBatchNorm, DomainGate, TaskMaskEmbedding, needs_domains
 from .heads import DynamicTaskHead, ModalityHead, StaticTaskHead
 from .prior_fusion import PriorFusionSite
-from .prompt_stage import PromptStage
+from .click_stage import ClickStage
 from ..errors import InputError
 
 
@@ -59,7 +59,7 @@ class UniversalSegNet(nn.Module):
             # training draws later, is the same as in the network without the stage
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0x5EED)
-                self.prompt = PromptStage(c0, config.prompt, nt)
+                self.prompt = ClickStage(c0, config.prompt, nt)
         self._frozen_for_increment = False
 
     # ------------------------------------------------------------------ context
@@ -132,7 +132,7 @@ class UniversalSegNet(nn.Module):
 
     def refine(self, features: torch.Tensor, logits: torch.Tensor, positive: torch.Tensor,
                negative: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """One task's logits [B, 1, ...] corrected by click maps (``prompt_stage.click_maps``);
+        """One task's logits [B, 1, ...] corrected by click maps (``click_stage.click_maps``);
         ``task_ids`` [B]: whose logits they are (the stage is conditioned on it)."""
         if self.prompt is None:
             raise InputError("this model has no click-refinement stage (it was trained without "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_edt, generate_binary_structure
 
-from ..networks.prompt_stage import LOGIT_CLAMP, click_maps
+from ..networks.click_stage import LOGIT_CLAMP, click_maps
 from .losses import per_task_losses
 
 __all__ = ["boundary_error", "next_click", "refinement_loss"]

@@ -13,7 +13,7 @@ datasets carry labels (partial labels, as in training):
 - ``add-tasks``: new structures (task names the model does not have) are learnt with EVERY old
   weight frozen: only the new rows of the task tables train (``UniversalSegNet.add_tasks``), so
   the old tasks' outputs stay bit-identical.
-- ``clicks``: the click-refinement stage (``networks.prompt_stage``) is added (or, if the model
+- ``clicks``: the click-refinement stage (``networks.click_stage``) is added (or, if the model
   has one, retrained) with EVERY other weight frozen: the automatic outputs stay bit-identical
   and the model refines with clicks afterwards (the shipped brain model gets its stage so).
 
