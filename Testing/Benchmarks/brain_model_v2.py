@@ -213,8 +213,7 @@ def main(argv=None) -> int:
     from UniversalSeg.model_metadata import PackageError
     from UniversalSeg.inference import Predictor
     from UniversalSeg.model_download import resolve_model
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from brain_step_profile import cpu_model
+    from UniversalSeg.provenance import cpu_model
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model package path (folder or .zip) or catalog id")
     parser.add_argument("--out", default="Testing/Benchmarks/results/brain-v2")
