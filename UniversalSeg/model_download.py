@@ -10,6 +10,11 @@ into place when the SHA-256 matches; on a mismatch the partial file is deleted, 
 holds a wrong model. ``import_model`` copies a local zip (offline sites, proxies) into the cache
 after validating it. ``resolve_model`` turns what a user typed (folder, zip, or catalog id) into
 a loaded, validated ``ModelPackage``.
+
+A download has an overall deadline (``UNIVERSALSEG_DOWNLOAD_TIMEOUT`` seconds, default 3600): a
+server that sends its headers or its bytes slowly forever (slow-loris), so that no single read
+ever waits long, is cut off when it passes; a server silent for 60 s ends it too. What arrived by
+then is kept as the ``.part`` to continue from.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import http.client
 import os
 import re
 import shutil
+import socket
+import threading
 import urllib.error
 import urllib.request
 import zipfile
@@ -33,15 +40,16 @@ from .structured_file import read_structured
 if TYPE_CHECKING:
     from .model_package import ModelPackage
 
-__all__ = ["CHUNK", "MAX_DOWNLOAD_BYTES", "SAFE_NAME", "CatalogEntry", "DownloadError", "cache_dir", "cached_packages",
-           "default_catalog_path", "fetch_model", "import_model", "load_model_catalog", "resolve_model",
-           "resolve_model_path", "sha256_of", "shipped_model_path"]
+__all__ = ["CHUNK", "DOWNLOAD_DEADLINE_S", "MAX_DOWNLOAD_BYTES", "SAFE_NAME", "CatalogEntry", "DownloadError",
+           "cache_dir", "cached_packages", "default_catalog_path", "download_deadline", "fetch_model", "import_model",
+           "load_model_catalog", "resolve_model", "resolve_model_path", "sha256_of", "shipped_model_path"]
 
 CHUNK = 1 << 20
 # Catalog ids, versions and cache file names become paths in the cache: no separators, no "..".
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 # no catalog entry may make us download more than a package can hold (its members, plus zip overhead)
 MAX_DOWNLOAD_BYTES = sum(MAX_MEMBER_BYTES.values()) + (1 << 20)
+DOWNLOAD_DEADLINE_S = 3600.0  # the whole download, unless UNIVERSALSEG_DOWNLOAD_TIMEOUT says otherwise
 
 
 class DownloadError(RuntimeError):
@@ -152,10 +160,105 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def download_deadline() -> float:
+    """Seconds a whole download may take: ``UNIVERSALSEG_DOWNLOAD_TIMEOUT``, else 3600."""
+    text = os.environ.get("UNIVERSALSEG_DOWNLOAD_TIMEOUT", "").strip()
+    if not text:
+        return DOWNLOAD_DEADLINE_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 1e7:  # NaN too
+        raise InputError(f"UNIVERSALSEG_DOWNLOAD_TIMEOUT={text[:40]!r}: give the seconds a download may take "
+                         "(a number above 0), or unset it for the default of 3600")
+    return seconds
+
+
+class _Watchdog:
+    """Shuts the download's sockets down when the deadline passes: a read blocked in the kernel
+    then returns, whatever the server does. Every connection urllib opens (redirects, proxies,
+    HTTPS) is registered through ``opener``'s connection classes."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.expired, self._sockets = seconds, False, []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def register(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+        if self.expired:
+            self._expire()
+
+    def opener(self):
+        watch = self
+
+        class HTTP(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                watch.register(self.sock)
+
+        class HTTPS(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                watch.register(self.sock)
+
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(HTTP, req)
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(HTTPS, req, context=self._context)
+
+        return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+
 def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: bool = True,
-                timeout: float = 60.0, on_bytes: Optional[Callable[[int, Optional[int]], None]] = None) -> Path:
+                timeout: float = 60.0, on_bytes: Optional[Callable[[int, Optional[int]], None]] = None,
+                deadline: Optional[float] = None) -> Path:
     """Download (or reuse) ``entry`` into the cache; returns the verified zip's path.
-    ``progress`` draws a bar; ``on_bytes(done, total)`` is called per chunk (programs)."""
+    ``progress`` draws a bar; ``on_bytes(done, total)`` is called per chunk (programs);
+    ``timeout``: seconds one read may wait; ``deadline``: seconds the whole download may take
+    (default ``download_deadline()``). Past the deadline, what arrived is kept to continue from."""
+    deadline = download_deadline() if deadline is None else deadline
+    with _Watchdog(deadline) as watch:
+        try:
+            return _fetch(entry, cache, progress, timeout, on_bytes, watch)
+        except DownloadError:
+            if not watch.expired:
+                raise
+        part = (cache or cache_dir()) / "models" / (entry.filename + ".part")
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()  # nothing arrived: nothing to continue from
+        kept = part.stat().st_size if part.exists() else 0
+        raise DownloadError(f"the download of {entry.id} did not finish within {deadline:g} s "
+                            f"(UNIVERSALSEG_DOWNLOAD_TIMEOUT){f': {kept} bytes arrived and are kept' if kept else ''}"
+                            "; the server is too slow or stalled: run the same command again later to continue, "
+                            "raise the limit, or import a local copy with `universalseg models import FILE.zip`")
+
+
+def _fetch(entry: CatalogEntry, cache: Optional[Path], progress: bool, timeout: float,
+           on_bytes: Optional[Callable[[int, Optional[int]], None]], watch: _Watchdog) -> Path:
     folder = (cache or cache_dir()) / "models"
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / entry.filename
@@ -174,16 +277,17 @@ def fetch_model(entry: CatalogEntry, cache: Optional[Path] = None, progress: boo
     request = urllib.request.Request(entry.url, headers={"User-Agent": "UniversalSeg"})
     if have:
         request.add_header("Range", f"bytes={have}-")
+    opener = watch.opener()
     try:
         try:
-            response = urllib.request.urlopen(request, timeout=timeout)
+            response = opener.open(request, timeout=timeout)
         except urllib.error.HTTPError as exc:
             if exc.code != 416 or not have:  # 416: the server cannot continue this .part
                 raise
             part.unlink()
             have = 0
             request.remove_header("Range")
-            response = urllib.request.urlopen(request, timeout=timeout)
+            response = opener.open(request, timeout=timeout)
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
         raise DownloadError(f"cannot download {entry.id} from {entry.url}: {_reason(exc)}; check the network "
                             "or proxy (https_proxy), or import a local copy with "

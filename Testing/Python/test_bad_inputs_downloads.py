@@ -5,6 +5,7 @@ import hashlib
 import json
 import shutil
 import socket
+import time
 import zipfile
 
 import numpy as np
@@ -79,10 +80,22 @@ DOWNLOADS = {  # name: (catalog text(place), model id, exit code, message)
     "server-huge-length": (lambda p: _served(p, "hugelength"), "brain", 3, "(it announces 1099511627776)"),
     "server-garbage-status": (lambda p: _served(p, "garbage"), "brain", 3,
                               "answer is not valid HTTP (BadStatusLine: HELLO THERE\\r\\n)"),
+    "server-slow-loris": (lambda p: _served(p, "drip"), "brain", 3,
+                          "the download of brain did not finish within 1.5 s (UNIVERSALSEG_DOWNLOAD_TIMEOUT)"),
+    "server-headers-then-silence": (lambda p: _served(p, "silent"), "brain", 3,
+                                    "the download of brain did not finish within 1.5 s"),
+    "server-slow-headers": (lambda p: _served(p, "slowheaders"), "brain", 3,
+                            "the download of brain did not finish within 1.5 s"),
+    "download-timeout-not-a-number": (lambda p: _served(p, "drip"), "brain", 2,
+                                      "UNIVERSALSEG_DOWNLOAD_TIMEOUT='soon': give the seconds a download may take"),
 }
 # what arrived before a connection broke off is kept to continue from (a Range request next time);
 # the test checks that it is no more than a true prefix of the package, and nothing else is written
-KEEPS_PARTIAL = {"server-chunked-cut"}
+KEEPS_PARTIAL = {"server-chunked-cut", "server-slow-loris"}
+# a server that never finishes: the overall deadline (UNIVERSALSEG_DOWNLOAD_TIMEOUT), made short
+# here, ends the download
+DEADLINE = {"server-slow-loris": "1.5", "server-headers-then-silence": "1.5", "server-slow-headers": "1.5",
+            "download-timeout-not-a-number": "soon"}
 
 
 def _served(place, mode):
@@ -91,16 +104,21 @@ def _served(place, mode):
 
 
 @pytest.mark.parametrize("case", DOWNLOADS)
-def test_a_bad_catalog_or_server_leaves_nothing_in_the_cache(place, capsys, case):
+def test_a_bad_catalog_or_server_leaves_nothing_in_the_cache(place, capsys, monkeypatch, case):
     text, model_id, code_expected, message = DOWNLOADS[case]
     (place["dir"] / "Models.json").write_text(text(place))
+    if case in DEADLINE:
+        monkeypatch.setenv("UNIVERSALSEG_DOWNLOAD_TIMEOUT", str(DEADLINE[case]))
     before = tree_state(place["dir"])
     for args in (["models", "download", model_id, "--progress", "none"],
                  ["predict", "--model", model_id, "--input", "ct.nrrd", "--modality", "CT",
                   "--output", "out.seg.nrrd", "--progress", "none"]):
         if case == "unknown-id" and args[0] == "predict":
             code_expected, message = 3, "is neither a package folder, a .zip file, nor a known model id"
+        started = time.monotonic()
         code = main(args)
+        limit = float(DEADLINE[case]) if DEADLINE.get(case, "").replace(".", "").isdigit() else 60
+        assert time.monotonic() - started < limit + 10  # ended by the deadline, not by the server
         after = tree_state(place["dir"])
         if case in KEEPS_PARTIAL:
             part = place["dir"] / "cache" / "models" / "brain-1.0.zip.part"

@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import shutil
+import socket
 import threading
 
 import pytest
@@ -106,8 +107,56 @@ def _garbage_status(handler, data):
     handler.wfile.write(b"HELLO THERE\r\n\r\n")
 
 
+def _wait(handler, seconds):
+    """Up to ``seconds``, or until the client has closed the connection."""
+    import select
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if select.select([handler.connection], [], [], 0.05)[0]:
+            try:
+                if not handler.connection.recv(1, socket.MSG_PEEK):
+                    return False
+            except OSError:
+                return False
+    return True
+
+
+def _drip(handler, data):
+    """Slow-loris: the headers, then one byte every 50 ms (a 1 MB package would take 14 hours);
+    bounded at 30 s so that a test never waits longer."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    for byte in data[:600]:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        if not _wait(handler, 0.05):
+            return
+
+
+def _silent(handler, data):
+    """The headers, then nothing (for up to 30 s)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.flush()
+    _wait(handler, 30)
+
+
+def _slow_headers(handler, data):
+    """The status line and headers one byte every 50 ms, forever (up to 30 s): no read ever waits
+    for long, so only an overall deadline ends it."""
+    for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 10000:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        if not _wait(handler, 0.05):
+            return
+
+
 BROKEN = {"chunkcut": _chunked_cut, "textlength": _text_length, "nolength": _no_length_too_long,
-          "hugelength": _huge_length, "garbage": _garbage_status}
+          "hugelength": _huge_length, "garbage": _garbage_status, "drip": _drip, "silent": _silent,
+          "slowheaders": _slow_headers}
 
 
 @pytest.fixture
