@@ -1,7 +1,10 @@
 """Bad input to ``universalseg train`` and its catalogs: exit 2, one line that names the problem,
 no traceback, and nothing created or changed (the run folder is not even made)."""
+import errno
 import json
+import os
 import shutil
+import subprocess
 
 import pytest
 import SimpleITK as sitk
@@ -162,3 +165,49 @@ def test_a_read_only_run_folder_and_a_full_disk_end_in_one_line(work, capsys):
         checkpoints = small / "run" / "checkpoints"
         assert not list(checkpoints.glob(".*")), "a temporary checkpoint was left behind"
         assert not (checkpoints / "last.pt").exists() or torch.load(checkpoints / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_existing_read_only_run_folder_is_refused_before_training_starts(work, capsys, monkeypatch, resume):
+    """A run folder that exists but cannot be written (a read-only mount: root ignores file
+    permissions) is refused in one line before the data are read, not at the first checkpoint."""
+    from UniversalSeg.training import trainer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started in a read-only run folder")
+    monkeypatch.setattr(trainer.Trainer, "__init__", no_training)
+    with tmpfs(work / "ro", "size=64k") as folder:
+        if resume:  # a started run, then the disk became read-only
+            (folder / "checkpoints").mkdir()
+            (folder / "train.log").write_text("started\n")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        before = tree_state(work)
+        code = _train(work, ["--resume"] if resume else [], out=folder)
+        assert_refused(code, capsys.readouterr().err, 2, f"--out {folder} cannot be written (Read-only file system)",
+                       before, tree_state(work))
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(work, capsys, monkeypatch):
+    """ENOSPC in the middle of the second checkpoint (injected into torch.save after some bytes):
+    one line, exit 2, the first checkpoint intact and no temporary left; --resume goes on from it."""
+    from UniversalSeg.training import checkpoint
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(obj.get("step") if isinstance(obj, dict) else None)
+        if len(calls) == 2:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    last = work / "run" / "checkpoints" / "last.pt"
+    code = _train(work, ["--checkpoint-every", "1"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert code == 2 and "Traceback" not in err and len(lines) == 1, err[-2000:]
+    assert "No space left on device" in lines[0] and "free space" in lines[0], lines
+    assert checkpoint.load_checkpoint(last)["step"] == calls[0] == 1
+    assert not [p.name for p in last.parent.iterdir() if p.name != "last.pt"]
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert _train(work, ["--checkpoint-every", "1", "--resume"]) == 0
+    assert checkpoint.load_checkpoint(last)["step"] == 2

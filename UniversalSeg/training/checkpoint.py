@@ -7,6 +7,7 @@ either the previous checkpoint or the new one. ``load_checkpoint`` uses
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ def check_run_folder(out: str | Path, resume: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: give a folder for the run")
+    _check_writable(out)
     if not resume or (out / "checkpoints" / "last.pt").exists():
         return
     if out.is_dir() and ((out / "train.log").exists() or (out / "checkpoints").is_dir() or not any(out.iterdir())):
@@ -70,6 +72,28 @@ def check_run_folder(out: str | Path, resume: bool) -> None:
         if runs else f"; {printable(out.parent)} holds no run folders (with checkpoints/last.pt)")
     state = "does not exist" if not out.exists() else "holds no run (no train.log, no checkpoints)"
     raise InputError(f"--resume: {printable(out)} {state}{where}; leave out --resume to start a new run")
+
+
+def _check_writable(out: Path) -> None:
+    """The run folder (and its checkpoints folder), or the nearest folder above it that exists,
+    must take a new file: a read-only disk or folder is refused before the data are read, not at
+    the first checkpoint. A real file is made and removed (permission bits do not bind root, and a
+    read-only mount shows only on writing)."""
+    import tempfile
+
+    from ..model_metadata import printable
+    folders = [f for f in (out, out / "checkpoints") if f.is_dir()]
+    if not folders:
+        folders = [next((p for p in out.parents if p.is_dir()), Path("."))]
+    for folder in folders:
+        try:
+            handle, name = tempfile.mkstemp(dir=folder, prefix=".universalseg-write-check-")
+            os.close(handle)
+            os.unlink(name)
+        except OSError as exc:
+            where = "" if folder in (out, out / "checkpoints") else f" in {printable(folder)}"
+            raise InputError(f"--out {printable(out)} cannot be {'written' if not where else 'created'}{where} "
+                             f"({exc.strerror or exc}); choose a writable folder for the run") from None
 
 
 def load_checkpoint(path: str | Path, kind: str = "UniversalSeg training checkpoint") -> dict:
