@@ -100,7 +100,7 @@ def run_demo(out: str | Path, steps: int = DEMO_STEPS, cases: int = 8, shape: in
     ``overlays``: PNG montages per institution (the first N test cases). ``ct_window``: declare
     this CT window (HU) in the training catalog instead of the default CT policy. ``base_width``:
     the network's width (default: the demo's 8; None: the preset's own). ``kidneys``: where the
-    phantom's kidneys lie (data/synthetic.py KIDNEYS). ``real_scans``: a folder with
+    phantom's kidneys lie (data/phantom.py KIDNEYS). ``real_scans``: a folder with
     TotalSegmentator's example CT and MR (``REAL_SCANS``) to segment as well ("auto": the
     repository's ``../shared/data/body-examples`` if it exists; None: none)."""
     if anatomy not in ("amos", "phantom"):

@@ -56,7 +56,7 @@ import yaml
 
 from UniversalSeg.data.catalog import load_catalog
 from UniversalSeg.data.dataset import PreprocessedCases
-from UniversalSeg.data.synthetic import generate_collection
+from UniversalSeg.data.phantom import generate_collection
 from UniversalSeg.model_package import load_package
 from UniversalSeg.networks import ModelConfig
 from UniversalSeg.training.config import AugmentationConfig, TrainConfig

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from UniversalSeg.data.catalog import load_catalog
-from UniversalSeg.data.synthetic import generate_collection
+from UniversalSeg.data.phantom import generate_collection
 
 
 def erosion_dice(mask: np.ndarray) -> tuple[int, float, float]:

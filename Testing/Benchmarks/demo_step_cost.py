@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.environ["UNIVERSALSEG_THREADS"] = str(args.threads)  # the governor leaves a chosen count alone
     import torch
-    from UniversalSeg.data.synthetic import generate_collection
+    from UniversalSeg.data.phantom import generate_collection
     from UniversalSeg.demo import DEMO_SHAPE, DEMO_STEPS, demo_network, demo_train_config
     from UniversalSeg.training.trainer import Trainer
     torch.set_num_threads(args.threads)

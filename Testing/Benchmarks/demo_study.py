@@ -98,7 +98,7 @@ ARMS = {
                        "instead of 800",
                        {"shape": 64, "base_width": 8, "steps": 1000, "train": {"click_every": 2, "click_lr_scale": 1.0}}),
     "kidneys-in-fat": ("the shipped recipe on the phantom with retroperitoneal kidneys (inside the muscle "
-                       "wall, in perirenal fat; data/synthetic.py KIDNEYS)",
+                       "wall, in perirenal fat; data/phantom.py KIDNEYS)",
                        {"shape": 64, "base_width": 8, "steps": 800, "kidneys": "retroperitoneal"}),
     "ct-window-64": ("the shipped recipe with the abdominal CT window [-160, 240] HU declared in the catalog "
                      "(default [-991, 500]; arm ct-window tried it at 40^3, where a tumour was ~20 voxels; at 64^3 "

@@ -50,7 +50,7 @@ REPORTED = ("0", "1", "3", "5")
 def train_model(out: Path, steps: int, seed: int, shape: int, width: int, task_blind: bool = False,
                 boundary_share: float | None = None, click_every: int | None = None,
                 click_lr_scale: float | None = None) -> Path:
-    from UniversalSeg.data.synthetic import generate_collection
+    from UniversalSeg.data.phantom import generate_collection
     from UniversalSeg.demo import demo_network, demo_train_config
     from UniversalSeg.training.trainer import run_training
     catalog = generate_collection(out / "data", cases=8, shape=shape, seed=seed)
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     shape, width = args.shape or DEMO_SHAPE, args.width or DEMO_WIDTH
     test_cases = args.test_cases or (2 if args.quick else 4)
     from UniversalSeg.data.catalog import load_catalog
-    from UniversalSeg.data.synthetic import generate_collection
+    from UniversalSeg.data.phantom import generate_collection
     from UniversalSeg.training.config import TrainConfig
     from UniversalSegmentationLib.command import child_environment
     from UniversalSegmentationLib.refine_worker import RefineWorker

@@ -1,4 +1,4 @@
-"""Where the phantom's kidneys lie, per placement (data/synthetic.py KIDNEYS), and what it looks like.
+"""Where the phantom's kidneys lie, per placement (data/phantom.py KIDNEYS), and what it looks like.
 
     python Testing/Benchmarks/phantom_kidneys.py --out Testing/Benchmarks/results/phantom_kidneys
 
@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from UniversalSeg.data.synthetic import FOV_MM, KIDNEYS, _anatomy, _ellipsoid, generate_collection  # noqa: E402
+from UniversalSeg.data.phantom import FOV_MM, KIDNEYS, _anatomy, _ellipsoid, generate_collection  # noqa: E402
 
 
 def geometry(kidneys: str, seed: int, cases: int) -> dict:
