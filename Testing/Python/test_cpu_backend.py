@@ -4,7 +4,8 @@
   tiny_config) on single windows and batches, the whole predictor on a small image, and the
   shipped brain model on one 48^3 window;
 - the export cache: a hit loads without exporting, another context is a miss, an entry with a
-  damaged file, without its checksum file or with another key is rebuilt and never loaded;
+  damaged file, without its checksum file or with another key is rebuilt and never loaded, the
+  entries used longest ago go beyond ``MAX_ENTRIES``;
 - without OpenVINO (its import made to fail), ``--backend openvino`` ends with one line saying how
   to install it (exit 2) and ``auto`` falls back to torch.
 
@@ -63,7 +64,8 @@ def tiny(tmp_path_factory):
     cache = folder / "cache"
     if runtime_available():
         backend = OpenVinoBackend(package.config, package.state_dict, PATCH, cache / "openvino")
-        backend.window_function(*context)
+        with torch.inference_mode():  # as the predictor's sliding window calls it
+            backend.window_function(*context)
         assert backend.events == ["export"]
     return {"package": package, "path": path, "cache": cache, "context": context}
 
@@ -133,6 +135,12 @@ def test_cache_hit_miss_and_damaged_entries_rebuilt(tiny, tmp_path, monkeypatch)
         assert float((torch.sigmoid(run(window)) - expected).abs().max()) <= TOLERANCE, what
         assert cpu_backend.ExportCache._problem(entry, rebuilt.cache_key(*context)) is None, what
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]  # no temporary left behind
+
+    monkeypatch.setattr(cpu_backend, "MAX_ENTRIES", 2)  # the entry used longest ago goes
+    backend().window_function(*context)  # used now
+    backend().window_function([2], 1, -1)
+    kept = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    assert kept == sorted([entry.name, rebuilt.cache.path(rebuilt.cache_key([2], 1, -1)).name])
 
 
 @needs_openvino

@@ -27,7 +27,8 @@ The cache lives beside the model cache (``model_download.cache_dir() / "openvino
 a package: one folder per key, holding ``model.xml``, ``model.bin`` and ``entry.json`` (the key and
 the SHA-256 of both files). An entry is written into a temporary folder and renamed into place
 (complete or absent); an entry whose ``entry.json`` is missing or does not match its files (a disk
-error, a hand edit, a foreign writer) is moved away and rebuilt, never loaded.
+error, a hand edit, a foreign writer) is moved away and rebuilt, never loaded. The cache keeps the
+``MAX_ENTRIES`` entries used last.
 
 The runtime computes in float32 (``INFERENCE_PRECISION_HINT f32``, also on CPUs where OpenVINO
 would pick bf16) with torch's current thread count: the predictor's thread governor sets it to
@@ -57,9 +58,9 @@ from ..errors import InputError
 from ..file_modes import apply_umask, atomic_write
 from ..networks import ModelConfig, SegContext, UniversalSegNet
 
-__all__ = ["BACKENDS", "EXPORT_FORMAT", "INSTALL_HINT", "OPENVINO_VERSION", "TOLERANCE", "BackendUnavailableError",
-           "ExportCache", "FixedContextNet", "OpenVinoBackend", "check_backend", "load_openvino", "make_backend",
-           "model_checksum", "runtime_available", "use_backend"]
+__all__ = ["BACKENDS", "EXPORT_FORMAT", "INSTALL_HINT", "MAX_ENTRIES", "OPENVINO_VERSION", "TOLERANCE",
+           "BackendUnavailableError", "ExportCache", "FixedContextNet", "OpenVinoBackend", "check_backend",
+           "load_openvino", "make_backend", "model_checksum", "runtime_available", "use_backend"]
 
 log = logging.getLogger("UniversalSeg.cpu_backend")
 
@@ -71,6 +72,7 @@ TOLERANCE = 1e-3  # |probability(OpenVINO) - probability(torch)| at most this (t
 ENTRY = "entry.json"
 FILES = ("model.xml", "model.bin")
 STALE_TEMPORARY_S = 3600.0  # a temporary folder this old was left by a killed run
+MAX_ENTRIES = 16  # the cache keeps the entries used last (the brain model's: 36 MB each)
 
 
 class BackendUnavailableError(InputError):
@@ -169,15 +171,16 @@ def export_openvino(config: ModelConfig, state_dict: dict, task_ids: Sequence[in
     """The OpenVINO model of the network with this context (``torch.export``, then ``convert_model``),
     the number of windows per call left free."""
     ov = load_openvino()
-    net = UniversalSegNet(config)
-    net.load_state_dict(state_dict)
-    fixed = FixedContextNet(net.eval(), task_ids, modality_id, domain_id, patch).eval()
-    # two windows: torch.export would fix a batch dimension of 1 as a constant
-    example = torch.zeros(2, config.in_channels, *patch)
-    windows = torch.export.Dim("windows", min=1, max=4096)
-    # the predictor's windows run under inference_mode, which torch.export cannot trace in
+    # the predictor's windows run under inference_mode: tensors made there cannot be traced, so the
+    # network, its context and the trace are made outside it
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        net = UniversalSegNet(config)
+        net.load_state_dict(state_dict)
+        fixed = FixedContextNet(net.eval(), task_ids, modality_id, domain_id, patch).eval()
+        # two windows: torch.export would fix a batch dimension of 1 as a constant
+        example = torch.zeros(2, config.in_channels, *patch)
+        windows = torch.export.Dim("windows", min=1, max=4096)
         program = torch.export.export(fixed, (example,), dynamic_shapes={"window": {0: windows}})
         return ov.convert_model(program)
 
@@ -205,6 +208,10 @@ class ExportCache:
             return None
         problem = self._problem(folder, key)
         if problem is None:
+            try:
+                os.utime(folder / ENTRY)  # used now: pruned last
+            except OSError:
+                pass
             return folder / FILES[0]
         log.warning("the cached OpenVINO model %s is %s: rebuilding it", folder, problem)
         self._remove(folder)
@@ -248,7 +255,20 @@ class ExportCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._prune(keep=folder)
         return folder / FILES[0]
+
+    def _prune(self, keep: Path) -> None:
+        """Remove the entries used longest ago beyond ``MAX_ENTRIES`` (never ``keep``)."""
+        def used(folder: Path) -> float:
+            try:
+                return (folder / ENTRY).stat().st_mtime
+            except OSError:
+                return 0.0
+        entries = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep),
+                         key=used, reverse=True)
+        for old in entries[max(0, MAX_ENTRIES - 1):]:
+            self._remove(old)
 
     def _remove(self, folder: Path) -> None:
         """Move a folder out of the way at once (atomic), then delete it."""
