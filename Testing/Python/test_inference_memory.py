@@ -166,7 +166,7 @@ def test_probabilities_are_never_held_for_the_whole_volume(tmp_path):
                                         precision="fp32"))
     predictor.net = ConvOracle(len(tasks), kernel=1)  # the tiny network's 4 poolings need windows over 16^3
     img = image((160, 32, 32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    options = PredictOptions(crop_foreground=False)
+    options = PredictOptions(crop_foreground=False, sw_batch_size=1)  # the band: one window wide
     voxels = 160 * 32 * 32
     float_maps = len(tasks) * voxels * 4  # one float32 map per task on the model grid (= the input grid)
     grid = predictor.prepare(img, "CT", len(tasks), options)  # steps 1-3 are the same for both
