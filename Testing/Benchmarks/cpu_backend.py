@@ -1,21 +1,25 @@
 """Which CPU runtime runs the network's windows fastest: torch, OpenVINO or ONNX Runtime?
 
     python Testing/Benchmarks/cpu_backend.py [--model Resources/Models/brain-synth-1.0.1.zip]
-        [--threads 1 2] [--windows 2] [--rounds 3] [--batch 1] [--out Testing/Benchmarks/results/cpu_backend.json]
+        [--threads 1 2] [--precisions fp32 bf16] [--batch 4] [--rounds 3] [--windows 1]
+        [--out Testing/Benchmarks/results/cpu_backend.json]
 
-One window (the model's patch, 48^3 for the shipped brain model) from the middle of the MNI152 T1
-(nilearn's copy, preprocessed as ``predict`` does; random values without nilearn) goes through
-every side in the SAME run: torch (the network as the predictor runs it: fp32, channels-last),
-OpenVINO (the exported graph of ``UniversalSeg.inference.cpu_backend``) and ONNX Runtime (the same
-``torch.export`` program through ``torch.onnx.export``; needs ``onnx`` and ``onnxscript``), each
-at the same thread counts (``--threads``, default 1 and all cores), and torch once more with the
-predictor's thread governor (threads = the cores other programs leave free: on a busy machine
-torch's spinning OpenMP threads slow it down more than the runtimes' thread pools). The sides
-are interleaved: each round times ``--windows`` calls of every side, in an order that rotates
-from round to round, so a change in the machine's load falls on all of them. Printed and
-written: the median seconds per window of each side, the speed-up over torch at the same thread
-count and best against best, the largest difference of the probabilities from torch's, the
-export times, with the command, version, commit, CPU model, cores, threads and load average.
+Windows of the model's patch (48^3 for the shipped brain model; ``--batch`` per call, 4 as the
+predictor passes them on a CPU) from the middle of the MNI152 T1 (nilearn's copy, preprocessed as
+``predict`` does; random values without nilearn) go through every side in the SAME run: torch
+(the network as the predictor runs it: channels-last, under autocast for bf16), OpenVINO (the
+exported graph of ``UniversalSeg.inference.cpu_backend``, INFERENCE_PRECISION_HINT per precision)
+and ONNX Runtime (the same ``torch.export`` program through ``torch.onnx.export``, fp32; needs
+``onnx`` and ``onnxscript``), each at the same thread counts (``--threads``, default 1 and all
+cores) and precisions (default fp32, and bf16 where the CPU has AMX or AVX512-bf16), and torch
+once more as ``predict`` runs it by default: the automatic precision and the thread governor
+(threads = the cores other programs leave free; on a busy machine torch's spinning OpenMP threads
+slow it down more than the runtimes' thread pools). The sides are interleaved: each round times
+``--windows`` calls of every side, in an order that rotates from round to round, so a change in
+the machine's load falls on all of them. Printed and written: the median seconds per window of
+each side, the speed-up over torch at the same precision and threads and best against best, the
+largest difference of each side's probabilities from torch's fp32 ones, the export times, with
+the command, version, commit, CPU model and flags, cores, threads and load average.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ from provenance import provenance  # noqa: E402
 from UniversalSeg.cpu_threads import ThreadGovernor  # noqa: E402
 from UniversalSeg.inference.cpu_backend import FixedContextNet, OpenVinoBackend  # noqa: E402
 from UniversalSeg.model_package import load_package  # noqa: E402
-from UniversalSeg.networks import UniversalSegNet, prepare_input  # noqa: E402
+from UniversalSeg.networks import UniversalSegNet, autocast, prepare_input, resolve_precision  # noqa: E402
+from UniversalSeg.networks.precision import cpu_supports_fast_bf16  # noqa: E402
 
 
 def one_window(package, patch) -> tuple[torch.Tensor, str]:
@@ -93,13 +98,16 @@ def main(argv=None) -> int:
     parser.add_argument("--modality", default="MR-T1")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="thread counts every runtime runs at (default: 1 and all cores)")
-    parser.add_argument("--windows", type=int, default=2, help="timed calls per side and round")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                        help="default: fp32, and bf16 where the CPU has fast bf16 (AMX or AVX512-bf16)")
+    parser.add_argument("--windows", type=int, default=1, help="timed calls per side and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=1, help="windows per call")
+    parser.add_argument("--batch", type=int, default=4, help="windows per call (the predictor's CPU default: 4 of 48^3)")
     parser.add_argument("--out", default=str(ROOT / "Testing" / "Benchmarks" / "results" / "cpu_backend.json"))
     args = parser.parse_args(argv)
     cores = torch.get_num_threads()
     thread_counts = args.threads or sorted({1, cores})
+    precisions = args.precisions or (["fp32", "bf16"] if cpu_supports_fast_bf16() else ["fp32"])
     package = load_package(args.model)
     patch = tuple(package.patch_size)
     tasks = list(package.config.tasks)
@@ -107,20 +115,21 @@ def main(argv=None) -> int:
     window, source = one_window(package, patch)
     window = window.expand(args.batch, -1, -1, -1, -1).contiguous()
     channels_last = prepare_input(window, torch.device("cpu"))  # torch's input as the predictor hands it
+    cpu = torch.device("cpu")
 
     net = package.build("cpu")
     ctx = net.context(tasks, args.modality, batch=args.batch)
     # the predictor's torch: threads = the free cores, sampled before every call (the other sides set threads)
     governor, governed_threads = ThreadGovernor(interval=0.0), []
 
-    def torch_side(threads):
+    def torch_side(precision, threads):
         def run(x):
             if threads is None:
                 governed_threads.append(governor.update())
             else:
                 torch.set_num_threads(threads)
-            with torch.inference_mode():
-                return net(channels_last, ctx)["logits"]
+            with torch.inference_mode(), autocast(cpu, precision):
+                return net(channels_last, ctx)["logits"].float()
         return run
 
     sides, versions, setup = {}, {"torch": torch.__version__}, {}
@@ -133,17 +142,19 @@ def main(argv=None) -> int:
         onnx_path, versions["onnxruntime"] = onnxruntime_export(package, task_ids, modality_id, patch, folder)
         setup["onnxruntime_export_s"] = round(time.perf_counter() - t, 1)
         for n in thread_counts:
-            sides[f"torch@{n}"] = torch_side(n)
-            backend = OpenVinoBackend(package.config, package.state_dict, patch, Path(folder) / "ov", threads=n)
-            sides[f"openvino@{n}"] = backend.window_function(task_ids, modality_id, -1)  # from the cache
-            versions["openvino"] = backend.ov.__version__
-            if onnx_path is not None:
-                sides[f"onnxruntime@{n}"] = onnxruntime_side(onnx_path, n)
-        sides["torch@governor"] = torch_side(None)
+            for precision in precisions:
+                sides[f"torch {precision} @{n}"] = torch_side(precision, n)
+                backend = OpenVinoBackend(package.config, package.state_dict, patch, Path(folder) / "ov", threads=n,
+                                          precision_hint={"fp32": "f32", "bf16": "bf16"}[precision])
+                sides[f"openvino {precision} @{n}"] = backend.window_function(task_ids, modality_id, -1)  # cached
+                versions["openvino"] = backend.ov.__version__
+            if onnx_path is not None:  # ONNX Runtime's CPU provider runs fp32
+                sides[f"onnxruntime fp32 @{n}"] = onnxruntime_side(onnx_path, n)
+        automatic = resolve_precision("auto", cpu)
+        sides[f"torch {automatic} @governor"] = torch_side(automatic, None)  # what predict runs by default
 
-        reference = torch.sigmoid(sides[f"torch@{cores}"](window))
-        difference = {name: float((torch.sigmoid(side(window)) - reference).abs().max())
-                      for name, side in sides.items() if not name.startswith("torch")}
+        reference = torch.sigmoid(sides[f"torch fp32 @{cores}"](window))
+        difference = {name: float((torch.sigmoid(side(window)) - reference).abs().max()) for name, side in sides.items()}
         times = {name: [] for name in sides}
         names = list(sides)
         for r in range(args.rounds):  # interleaved, the order rotating from round to round
@@ -152,43 +163,46 @@ def main(argv=None) -> int:
                     t = time.perf_counter()
                     sides[name](window)
                     times[name].append((time.perf_counter() - t) / args.batch)
-                print(f"round {r + 1}/{args.rounds} {name}: {statistics.median(times[name][-args.windows:]):.3f} s "
-                      "per window", flush=True)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in times.items()), flush=True)
         torch.set_num_threads(cores)
 
     median = {name: statistics.median(values) for name, values in times.items()}
-    speedup = {}  # torch / runtime at the same thread count, and best against best
+    speedup = {}  # torch / runtime at the same precision and thread count, and best against best
     for name in sides:
-        runtime, _, n = name.partition("@")
+        runtime, precision, n = name.split()
         if runtime != "torch":
-            speedup[name] = median[f"torch@{n}"] / median[name]
-    best = {r: min((v, k) for k, v in median.items() if k.startswith(r + "@")) for r in ("torch", "openvino",
-                                                                                         "onnxruntime")
-            if any(k.startswith(r + "@") for k in median)}
-    for runtime in ("openvino", "onnxruntime"):
-        if runtime in best:
-            speedup[f"best {runtime} / best torch"] = best["torch"][0] / best[runtime][0]
+            speedup[name] = median[f"torch {precision} {n}"] / median[name]
+    best = {}
+    for runtime in ("torch", "openvino", "onnxruntime"):
+        for precision in ("fp32", "bf16"):
+            found = [(v, k) for k, v in median.items() if k.startswith(f"{runtime} {precision} ")]
+            if found:
+                best[f"{runtime} {precision}"] = min(found)
+    fastest_torch = min(v for k, v in best.items() if k.startswith("torch"))
+    for name, (value, side) in best.items():
+        if not name.startswith("torch"):
+            speedup[f"best {name} / best torch {name.split()[1]}"] = best[f"torch {name.split()[1]}"][0] / value
+            speedup[f"best {name} / fastest torch"] = fastest_torch[0] / value
     command = "python Testing/Benchmarks/cpu_backend.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record = provenance(command.strip(), cores,
                         model=Path(args.model).name, window=list(patch), batch=args.batch, input=source,
                         tasks=tasks, modality=args.modality, rounds=args.rounds, windows_per_round=args.windows,
-                        thread_counts=thread_counts, versions=versions, setup_seconds=setup,
+                        thread_counts=thread_counts, precisions=precisions, versions=versions, setup_seconds=setup,
                         governor_threads_per_call=governed_threads,
                         seconds_per_window={k: round(v, 4) for k, v in median.items()},
                         all_seconds={k: [round(x, 4) for x in v] for k, v in times.items()},
-                        speedup_over_torch={k: round(v, 2) for k, v in speedup.items()},
+                        speedup_over_torch={k: round(v, 3) for k, v in speedup.items()},
                         best={k: v[1] for k, v in best.items()},
-                        max_probability_difference=difference)
-    print(f"{record['cpu']}, {cores} cores, load {record.get('load_average', '')}: seconds per "
-          f"{'x'.join(map(str, patch))} window (median of {args.rounds * args.windows}); speed-up over torch at "
-          "the same threads")
+                        max_probability_difference_from_torch_fp32={k: float(f"{v:.3g}") for k, v in difference.items()})
+    print(f"{record['cpu']} ({', '.join(record.get('cpu_flags', []))}), {cores} cores, load "
+          f"{record.get('load_average', '')}: seconds per {'x'.join(map(str, patch))} window, {args.batch} per call "
+          f"(median of {args.rounds * args.windows}); speed-up over torch at the same precision and threads")
     for name in sides:
-        extra = "" if name.startswith("torch") else (f"  {speedup[name]:.2f}x, probabilities within "
-                                                     f"{difference[name]:.1e} of torch's")
-        print(f"  {name:16s} {median[name]:.3f} s{extra}")
+        extra = "" if name.startswith("torch") else f"  {speedup[name]:.2f}x"
+        print(f"  {name:22s} {median[name]:.3f} s{extra}  (probabilities within {difference[name]:.1e} of torch fp32)")
     for name, value in speedup.items():
         if name.startswith("best"):
-            print(f"  {name}: {value:.2f}x ({best[name.split()[1]][1]} against {best['torch'][1]})")
+            print(f"  {name}: {value:.2f}x")
     if onnx_path is None:
         print(f"  onnxruntime: {versions['onnxruntime']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,10 @@ def register(parser):
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--backend", default="torch", choices=["torch", "openvino", "auto"],
-                        help="who runs the network on the CPU: torch (default), openvino (2-2.5x faster per "
-                        "window on a busy 2-core Xeon; needs pip install openvino; exported once per model, "
-                        "task list and modality, then cached), auto (openvino when installed and the device "
-                        "is the CPU)")
+                        help="who runs the network on the CPU: torch (default), openvino (fp32; about 1.3x "
+                        "faster than torch's fp32 on a whole brain on a 2-core Xeon; needs pip install openvino; "
+                        "exported once per model, task list and modality, then cached), auto (openvino where "
+                        "it is installed and torch would run fp32 on the CPU)")
     parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default 0.5)")
     parser.add_argument("--sw-batch", type=int, default=None,
                         help="windows per forward pass (default: as many as a voxel budget holds: 4 windows of "
