@@ -156,6 +156,7 @@ class Predictor:
         self.package = package
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.backend = None  # who runs the CPU windows: None is torch, else cpu_backend.use_backend's runtime
         self.net = package.build(self.device)
         self.vocab = self.net.vocab
         self.threads = ThreadGovernor(enabled=None if self.device.type == "cpu" else False)
@@ -410,13 +411,19 @@ class Predictor:
         # aggregation buffers (the network casts to the same precision under autocast anyway)
         x = prepare_input(volume[None].to(out_dtype), device)
 
+        runtime = (self.backend.window_function(task_ids, modality_id, domain_id)
+                   if self.backend is not None and device.type == "cpu" and not with_features else None)
+
         def predictor(window):
             n = window.shape[0]
-            ctx = SegContext(ids.expand(n, -1), torch.full((n,), modality_id, device=device),
-                             torch.full((n,), domain_id, device=device))
-            with autocast(device, precision):
-                outputs = self.net(window, ctx)
-            logits = outputs["logits"]
+            if runtime is not None:
+                logits = runtime(window)
+            else:
+                ctx = SegContext(ids.expand(n, -1), torch.full((n,), modality_id, device=device),
+                                 torch.full((n,), domain_id, device=device))
+                with autocast(device, precision):
+                    outputs = self.net(window, ctx)
+                logits = outputs["logits"]
             done[0] += 1
             self.threads.update()  # between window batches: follow the cores left free
             report(done[0] / total, f"window batch {done[0]}/{total}")
