@@ -10,6 +10,9 @@ Importing a result into a segmentation node:
 - with ``keep_edited``, a segment the user changed since UniversalSeg wrote it (voxels, name or
   color) is kept: each imported segment carries a fingerprint (tag ``UniversalSeg.Fingerprint``)
   that does not depend on how Slicer packs segments into layers;
+- memory: the result is read straight into its layers (``result_reader``), bounding boxes and
+  fingerprints take a slab of slices at a time, and a re-run hands the layers it replaces whole
+  to the undo record instead of copying them: at most about one labelmap beyond the result;
 - non-overlapping segments share labelmap layers (a lesion inside an organ keeps its own), as
   Segment Editor stores them: 100 structures cost about one volume, not 100;
 - the segmentation gets display nodes (a node made by code has none, so it would be invisible),
@@ -28,6 +31,8 @@ import numpy as np
 import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
+
+from .result_reader import read_result
 
 FINGERPRINT_TAG = "UniversalSeg.Fingerprint"
 LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
@@ -54,6 +59,21 @@ def read_segmentation_file(path: str | Path):
     if not Path(path).is_file() or not storage.ReadData(node):
         raise RuntimeError(f"the segmentation process ended without a readable result ({Path(path).name})")
     return scratch, node
+
+
+def read_result_segmentation(path: str | Path):
+    """(scratch scene or None, vtkSegmentation) of a result file: ``result_reader`` (the labelmap
+    read once, straight into its layers) where it takes the file, else Slicer's reader."""
+    if Path(path).is_file():
+        try:
+            segmentation = read_result(path)
+        except Exception as error:  # truncated, not gzip, a header pynrrd refuses: one line, as Slicer's
+            raise RuntimeError(f"the segmentation process ended without a readable result ({Path(path).name}: "
+                               f"{error})") from None
+        if segmentation is not None:
+            return None, segmentation
+    scratch, node = read_segmentation_file(path)
+    return scratch, node.GetSegmentation()
 
 
 def segment_tag(segment, key: str) -> str:
@@ -83,34 +103,45 @@ def fingerprints(segmentation, segment_ids) -> dict:
         dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
         if min(dims) <= 0:
             continue
-        layer = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+        layer = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])  # a view
         boxes = label_boxes(layer)
         matrix = vtk.vtkMatrix4x4()
         image.GetImageToWorldMatrix(matrix)
-        geometry = np.round(slicer.util.arrayFromVTKMatrix(matrix), 4)
+        geometry = np.round(slicer.util.arrayFromVTKMatrix(matrix), 4) + 0.0  # -0.0 -> 0.0: not a change
         for segment_id, label in members:
             if label in boxes:
                 box = boxes[label]
-                cropped = np.ascontiguousarray(layer[box] == label)
+                for k in range(box[0].start, box[0].stop, SLAB):  # the bytes of ``layer[box] == label``
+                    slab = (slice(k, min(k + SLAB, box[0].stop)),) + box[1:]
+                    result[segment_id].update((layer[slab] == label).tobytes())
+                shape = tuple(b.stop - b.start for b in box)
                 start = np.array([b.start for b in box]) + np.array(extent[4::-2])  # (k, j, i) absolute
-                result[segment_id].update(
-                    cropped.tobytes() + str((cropped.shape, start.tolist(), geometry.tolist())).encode())
+                result[segment_id].update(str((shape, start.tolist(), geometry.tolist())).encode())
     return {segment_id: h.hexdigest() for segment_id, h in result.items()}
 
 
+SLAB = 16  # slices at a time: bounding boxes and hashes never copy a whole layer
+
+
 def label_boxes(layer_kji: np.ndarray) -> dict:
-    """label value -> (k, j, i) slices of its bounding box, for every non-zero value of a layer, in
-    one pass (SimpleITK's LabelStatisticsImageFilter; Slicer ships SimpleITK)."""
+    """label value -> (k, j, i) slices of its bounding box, for every non-zero value of a layer,
+    in one pass of SLAB slices at a time (SimpleITK's LabelStatisticsImageFilter, Slicer ships
+    SimpleITK; GetImageFromArray copies, so only a slab is copied at once)."""
     import SimpleITK as sitk
-    image = sitk.GetImageFromArray(layer_kji)
-    stats = sitk.LabelStatisticsImageFilter()
-    stats.Execute(image, image)
-    boxes = {}
-    for label in stats.GetLabels():
-        if label:
-            x0, x1, y0, y1, z0, z1 = stats.GetBoundingBox(label)
-            boxes[label] = (slice(z0, z1 + 1), slice(y0, y1 + 1), slice(x0, x1 + 1))
-    return boxes
+    found = {}
+    for k in range(0, layer_kji.shape[0], SLAB):
+        image = sitk.GetImageFromArray(layer_kji[k:k + SLAB])
+        stats = sitk.LabelStatisticsImageFilter()
+        stats.SetUseHistograms(False)  # no medians wanted: half the time
+        stats.Execute(image, image)
+        for label in stats.GetLabels():
+            if label:
+                x0, x1, y0, y1, z0, z1 = stats.GetBoundingBox(label)
+                box = np.array([z0 + k, z1 + k, y0, y1, x0, x1])
+                old = found.get(label, box)
+                found[label] = np.r_[np.minimum(old, box)[0::2], np.maximum(old, box)[1::2]][[0, 3, 1, 4, 2, 5]]
+    return {label: (slice(b[0], b[1] + 1), slice(b[2], b[3] + 1), slice(b[4], b[5] + 1))
+            for label, b in found.items()}
 
 
 def copy_segments(src, dst, segment_ids, move: bool = False) -> None:
@@ -130,6 +161,18 @@ def copy_segments(src, dst, segment_ids, move: bool = False) -> None:
                     copies[image.__this__].DeepCopy(image)
             copy.AddRepresentation(LABELMAP, copies[image.__this__])
         dst.AddSegment(copy, segment_id)
+
+
+def layers_only_of(segmentation, segment_ids) -> list:
+    """Those of ``segment_ids`` whose labelmap layer no other segment of ``segmentation`` shares:
+    a re-run can hand these layers to the undo record as they are instead of copying them."""
+    others = set()
+    for segment_id in segmentation.GetSegmentIDs():
+        if segment_id not in segment_ids:
+            image = segmentation.GetSegment(segment_id).GetRepresentation(LABELMAP)
+            others.add(image.__this__ if image is not None else None)
+    return [s for s in segment_ids
+            if getattr(segmentation.GetSegment(s).GetRepresentation(LABELMAP), "__this__", None) not in others]
 
 
 def remove_segments(segmentation, segment_ids) -> None:
@@ -200,8 +243,7 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
     if dst.GetNumberOfSegments() and segmentation_node.GetTransformNodeID() != transform_id:
         raise RuntimeError(f"the segmentation {segmentation_node.GetName()!r} is under another transform "
                            "than the input volume; choose 'Create new segmentation' as output")
-    scratch, result = read_segmentation_file(path)  # first the whole result, outside the user's scene
-    src = result.GetSegmentation()
+    scratch, src = read_result_segmentation(path)  # first the whole result, outside the user's scene
     record = UndoRecord(segmentation_node, previous=slicer.vtkSegmentation(),
                         previous_order=list(dst.GetSegmentIDs()), created_node=created_node)
     incoming = list(src.GetSegmentIDs())
@@ -214,7 +256,9 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
             record.kept.append(segment_id)
         else:
             record.replaced.append(segment_id)
-    copy_segments(dst, record.previous, record.replaced)
+    alone = layers_only_of(dst, record.replaced)
+    copy_segments(dst, record.previous, [s for s in record.replaced if s not in alone])
+    copy_segments(dst, record.previous, alone, move=True)  # dst lets go of these layers below
     prints = fingerprints(src, record.added + record.replaced)
 
     was_modified = segmentation_node.StartModify()
@@ -231,7 +275,8 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
     finally:
         segmentation_node.EndModify(was_modified)
         remove_segments(src, list(src.GetSegmentIDs()))  # else its destructor separates each one
-        scratch.Clear(True)
+        if scratch is not None:
+            scratch.Clear(True)
     if segmentation_node.GetDisplayNode() is None:
         segmentation_node.CreateDefaultDisplayNodes()
     segmentation_node.SetAndObserveTransformNodeID(transform_id)  # the result is in the volume's frame
