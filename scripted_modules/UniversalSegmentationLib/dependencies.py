@@ -29,6 +29,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from .paths import resources_dir
+from .i18n import tr as _
 
 SLICER_OWNED = {"numpy", "simpleitk", "vtk"}  # canonical names; shipped and built by Slicer
 TORCH_REQUIREMENT = ">=2.4"                    # the core's torch range (pyproject.toml)
@@ -73,9 +74,9 @@ class Plan:
         return not (self.torch_needed or self.install or self.problems)
 
     def question(self) -> str:
-        what = (["torch (from the PyTorch extension, the build for your GPU)"] if self.torch_needed else [])
-        return ("UniversalSeg needs these Python packages: " + ", ".join(what + self.install) +
-                ".\nInstall them now? This can take several minutes; Slicer may ask to restart.")
+        what = ([_("torch (from the PyTorch extension, the build for your GPU)")] if self.torch_needed else [])
+        return _("UniversalSeg needs these Python packages: {packages}.\nInstall them now? This can take several "
+                 "minutes; Slicer may ask to restart.").format(packages=", ".join(what + self.install))
 
 
 def plan(requirements: list[Requirement], installed: dict[str, Optional[str]]) -> Plan:
@@ -89,8 +90,9 @@ def plan(requirements: list[Requirement], installed: dict[str, Optional[str]]) -
         satisfied = version is not None and (version == "unknown" or req.specifier.contains(version, prereleases=True))
         if key in SLICER_OWNED:
             if not satisfied:
-                p.problems.append(f"{req.name} {version or 'missing'} does not satisfy {req}: it comes with "
-                                  "3D Slicer and is not replaced; use Slicer 5.10 or newer")
+                p.problems.append(_("{package} {version} does not satisfy {requirement}: it comes with 3D Slicer "
+                                    "and is not replaced; use Slicer 5.10 or newer").format(
+                    package=req.name, version=version or _("missing"), requirement=req))
         elif not satisfied:
             p.install.append(str(req))
     pins = {k: v for k, v in installed.items() if (k in SLICER_OWNED or k == "torch") and v not in (None, "unknown")}
@@ -116,7 +118,7 @@ def ensure_dependencies(confirm: Callable[[str], bool], install_torch: Callable[
         return False
     if p.torch_needed:
         if install_torch(TORCH_REQUIREMENT) is None:
-            raise RuntimeError("PyTorch was not installed (see the PyTorch Utils module)")
+            raise RuntimeError(_("PyTorch was not installed (see the PyTorch Utils module)"))
         p = current_plan()  # the constraints now pin the torch that was just installed
     if p.install:
         with tempfile.TemporaryDirectory(prefix="UniversalSeg-pip-") as folder:
@@ -135,8 +137,8 @@ def slicer_installers():
         try:
             import PyTorchUtils
         except ImportError:
-            raise RuntimeError("install the 'PyTorch' extension from the Extensions Manager first "
-                               "(it installs the torch build that matches your GPU)") from None
+            raise RuntimeError(_("install the 'PyTorch' extension from the Extensions Manager first "
+                                 "(it installs the torch build that matches your GPU)")) from None
         return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
                                                              torchVersionRequirement=requirement)
 
@@ -157,5 +159,5 @@ def slicer_installers():
 def ensure_in_slicer() -> bool:
     """The panel's entry: ask, install, show any failure in a dialog (needs ``slicer.app``)."""
     import slicer
-    with slicer.util.tryWithErrorDisplay("Installing UniversalSeg's dependencies failed.", waitCursor=True):
+    with slicer.util.tryWithErrorDisplay(_("Installing UniversalSeg's dependencies failed."), waitCursor=True):
         return ensure_dependencies(slicer.util.confirmOkCancelDisplay, *slicer_installers())

@@ -5,6 +5,7 @@ closed, Slicer closing). Qt-free, so tested with real child processes.
 """
 from __future__ import annotations
 
+from .i18n import tr as _
 SLOTS = ("run", "train", "finetune", "probe")
 
 
@@ -17,8 +18,8 @@ class JobSlots:
 
     def start(self, slot: str, job) -> None:
         if self.jobs[slot] is not None:
-            job.cancel("another job of this kind is running")
-            raise ValueError(f"a {slot} job is already running; cancel it first")
+            job.cancel(_("another job of this kind is running"))
+            raise ValueError(_("a {slot} job is already running; cancel it first").format(slot=slot))
         self.jobs[slot] = job
 
     def poll(self) -> list:

@@ -45,7 +45,7 @@ class Job:
         self.runner, self.workdir = runner, workdir
         self.started = time.time()
         self.finished = self.succeeded = False
-        self.stage, self.fraction, self.message = "starting", 0.0, ""
+        self.stage, self.fraction, self.message = _("starting"), 0.0, ""
         self.log: list[str] = []      # lines not yet shown; the GUI empties it (the last MAX_LINES kept)
         self.output = collections.deque(maxlen=MAX_LINES)  # the last stdout lines that are not progress
 
@@ -94,19 +94,20 @@ class Job:
 
     def ended(self, code: int) -> None:
         if self.runner.cancelled:
-            self.finish(False, "cancelled")
+            self.finish(False, _("cancelled"))
         elif code == 0:
-            self.finish(True, f"done in {self.elapsed:.1f} s")
+            self.finish(True, _("done in {seconds} s").format(seconds=f"{self.elapsed:.1f}"))
         else:
             self.finish(False, self.last_error(code))
 
     def last_error(self, code: int) -> str:
         lines = [line for line in self.runner.stderr_lines if line.strip()]
-        return lines[-1] if lines else f"the process failed (exit code {code})"
+        return lines[-1] if lines else _("the process failed (exit code {code})").format(code=code)
 
-    def cancel(self, reason: str = "cancelled") -> None:
+    def cancel(self, reason: str = "") -> None:
         if self.finished:
             return
+        reason = reason or _("cancelled")
         self.runner.cancel()
         self.finish(False, reason)
 
@@ -145,7 +146,7 @@ class PredictionJob(Job):
             self.retried_on_cpu, self.request.device = True, "cpu"
             self.runner.start(predict_command(self.request, self.logic.python),
                               env=self.logic.environment(cpu_only=True), cwd=str(self.workdir))
-            self.stage, self.message = "restarting", _("GPU error: running on the CPU instead")
+            self.stage, self.message = _("restarting"), _("GPU error: running on the CPU instead")
         else:
             super().ended(code)
 
@@ -164,8 +165,10 @@ class PredictionJob(Job):
         self.segmentation_node = node
         self.logic.last_run = self.undo
         u = self.undo
-        self.finish(True, f"done in {self.elapsed:.1f} s: added {len(u.added)}, replaced {len(u.replaced)}"
-                          + (f", kept {len(u.kept)} you edited ({', '.join(u.kept)})" if u.kept else ""))
+        done = _("done in {seconds} s: added {added}, replaced {replaced}").format(
+            seconds=f"{self.elapsed:.1f}", added=len(u.added), replaced=len(u.replaced))
+        kept = _(", kept {kept} you edited ({segments})").format(kept=len(u.kept), segments=", ".join(u.kept))
+        self.finish(True, done + (kept if u.kept else ""))
 
 
 class DownloadJob(Job):
@@ -333,7 +336,7 @@ class UniversalSegLogic:
         if not training_set or not catalog.is_file():
             raise ValueError(_("add cases to your training set first (it has no catalog.yaml yet)"))
         if mode not in ("adapt", "add-tasks"):
-            raise ValueError(f"unknown fine-tuning mode {mode!r}")
+            raise ValueError(_("unknown fine-tuning mode {mode}").format(mode=repr(mode)))
         stem = Path(str(model)).name.split(".")[0] or "model"
         out = Path(training_set) / "versions" / f"{stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
         out.mkdir(parents=True, exist_ok=False)
@@ -369,7 +372,7 @@ def wait(job: Job, timeout: float = 3600) -> Job:
     deadline = time.time() + timeout
     while not job.poll():
         if time.time() > deadline:
-            job.cancel("did not finish in time")
-            raise TimeoutError("the job did not finish in time")
+            job.cancel(_("did not finish in time"))
+            raise TimeoutError(_("the job did not finish in time"))
         time.sleep(0.1)
     return job

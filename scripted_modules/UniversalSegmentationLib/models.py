@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .paths import ensure_core_importable
+from .i18n import tr as _
 
 ensure_core_importable()
 from UniversalSeg.data.terminology import task_info  # noqa: E402
@@ -29,15 +30,17 @@ class ModelChoice:
 
 def available_models(folders: Sequence[str] = ()) -> list[ModelChoice]:
     cached = cached_packages()
-    choices = [ModelChoice(f"{p.stem} (installed)", str(p)) for p in cached]
+    choices = [ModelChoice(_("{name} (installed)").format(name=p.stem), str(p)) for p in cached]
     choices += [ModelChoice(folder_label(f), f) for f in folders if os.path.isdir(f)]
     names = {p.name for p in cached}
     for e in load_model_catalog():
         if e.shipped:  # installed with the extension: used in place, checksum verified when run
-            choices.insert(0, ModelChoice(f"{e.id} {e.version} (shipped)", e.id))
+            choices.insert(0, ModelChoice(_("{name} {version} (shipped)").format(name=e.id, version=e.version), e.id))
         elif e.filename not in names:
-            size = f", {e.size / 1e6:.0f} MB" if e.size else ""
-            choices.append(ModelChoice(f"{e.id} {e.version} (download{size})", e.id, True))
+            label = (_("{name} {version} (download, {size} MB)").format(
+                name=e.id, version=e.version, size=f"{e.size / 1e6:.0f}") if e.size
+                else _("{name} {version} (download)").format(name=e.id, version=e.version))
+            choices.append(ModelChoice(label, e.id, True))
     return choices
 
 
@@ -77,10 +80,11 @@ def version_text(finetune) -> str:
         return ""
     parent = finetune["parent"]
     cases = ", ".join(f"{t} {n}" for t, n in sorted((finetune.get("cases") or {}).items()))
-    return (f"Fine-tuned version '{finetune.get('name', '')}' of {parent.get('model_id', '?')} "
-            f"{parent.get('version', '')}".rstrip() + f" ({finetune.get('mode', '?')}, "
-            f"{str(finetune.get('finetuned', ''))[:16].replace('T', ' ')}); cases: {cases or 'none'}. "
-            "The parent model stays in the list: select it to go back.")
+    parent_text = f"{parent.get('model_id', '?')} {parent.get('version', '')}".rstrip()
+    return _("Fine-tuned version '{name}' of {parent} ({mode}, {date}); cases: {cases}. The parent model stays in "
+             "the list: select it to go back.").format(
+        name=finetune.get("name", ""), parent=parent_text, mode=finetune.get("mode", "?"),
+        date=str(finetune.get("finetuned", ""))[:16].replace("T", " "), cases=cases or _("none"))
 
 
 def folder_label(folder: str) -> str:
@@ -91,5 +95,7 @@ def folder_label(folder: str) -> str:
         finetune = None
     if isinstance(finetune, dict) and isinstance(finetune.get("parent"), dict):
         date = str(finetune.get("finetuned", ""))[:16].replace("T", " ")
-        return f"{finetune.get('name', 'fine-tuned')} ({finetune.get('mode', '')} of {finetune['parent'].get('model_id')}, {date})"
-    return f"{Path(folder).parent.name}/{Path(folder).name} (folder)"
+        return _("{name} ({mode} of {parent}, {date})").format(
+            name=finetune.get("name", _("fine-tuned")), mode=finetune.get("mode", ""),
+            parent=finetune["parent"].get("model_id"), date=date)
+    return _("{folder} (folder)").format(folder=f"{Path(folder).parent.name}/{Path(folder).name}")

@@ -19,6 +19,7 @@ import subprocess
 import threading
 from typing import Optional, Sequence
 
+from .i18n import tr as _
 
 # Windows process creation flags (winbase.h): no console window for the child (Slicer's
 # ``launchConsoleProcess`` hides it too), and a process group of its own for Ctrl-Break / taskkill.
@@ -60,7 +61,7 @@ class ProcessRunner:
 
     def start(self, cmd: Sequence[str], env: Optional[dict] = None, cwd: Optional[str] = None) -> None:
         if self.running:
-            raise RuntimeError("a process is already running; cancel it first")
+            raise RuntimeError(_("a process is already running; cancel it first"))
         self.cancelled = False
         self.stderr_lines = []
         self.proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, **popen_options())

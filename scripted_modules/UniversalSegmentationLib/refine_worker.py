@@ -23,6 +23,7 @@ import zlib
 from typing import Optional, Sequence
 
 from .command import child_environment
+from .i18n import tr as _
 from .paths import python_executable
 from .process_runner import popen_options
 
@@ -78,13 +79,13 @@ class RefineWorker:
 
     def send(self, request: dict) -> int:
         if not self.running:
-            raise WorkerError("the refinement worker is not running" + self._last_error())
+            raise WorkerError(_("the refinement worker is not running") + self._last_error())
         self._next_id += 1
         try:
             self.proc.stdin.write(json.dumps({**request, "id": self._next_id}) + "\n")
             self.proc.stdin.flush()
         except OSError:
-            raise WorkerError("the refinement worker stopped" + self._last_error()) from None
+            raise WorkerError(_("the refinement worker stopped") + self._last_error()) from None
         return self._next_id
 
     def cancel(self) -> None:
@@ -114,13 +115,13 @@ class RefineWorker:
                 message = self.messages.get(timeout=0.05)
             except queue.Empty:
                 if not self.running:
-                    raise WorkerError("the refinement worker stopped" + self._last_error()) from None
+                    raise WorkerError(_("the refinement worker stopped") + self._last_error()) from None
                 continue
             if message.get("id") == rid and "ok" in message:
                 if not message["ok"]:
-                    raise WorkerError(message.get("error", "failed"))
+                    raise WorkerError(message.get("error", _("failed")))
                 return message
-        raise WorkerError(f"no answer from the refinement worker in {timeout:.0f} s")
+        raise WorkerError(_("no answer from the refinement worker in {seconds} s").format(seconds=f"{timeout:.0f}"))
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is None:

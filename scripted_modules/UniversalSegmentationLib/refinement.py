@@ -23,6 +23,7 @@ from typing import Optional
 
 import slicer
 
+from .i18n import tr as _
 from .refine_worker import decode_mask
 from .segmentation_import import write_volume
 
@@ -38,7 +39,7 @@ class SegmentRefinement:
         self.workdir, self.device = Path(workdir), device
         self.before = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, volume_node)
         self.ready = False
-        self.status = "starting the refinement worker"
+        self.status = _("starting the refinement worker")
         self.pending: dict[int, str] = {}      # request id -> what it was
         self.points_of: dict[int, tuple] = {}  # refine request id -> its (markups node, point index)
         self.mates_before: dict[str, object] = {}  # exclusive mates' segments as they were, once changed
@@ -74,7 +75,7 @@ class SegmentRefinement:
                                        "modality": self.modality, "tasks": [self.task],
                                        "device": self.device})] = "open"
         self.pending[self.worker.send({"cmd": "set_mask", "task": self.task, "file": str(mask_path)})] = "set_mask"
-        self.status = "loading the model and the volume"
+        self.status = _("loading the model and the volume")
 
     def _point_defined(self, node, positive: bool) -> None:
         index = node.GetNumberOfControlPoints() - 1
@@ -93,7 +94,7 @@ class SegmentRefinement:
         self.pending[rid] = "refine"
         self.points_of[rid] = (node, index)
         self.clicks.append((node, index))
-        self.status = "refining"
+        self.status = _("refining")
 
     def undo(self) -> bool:
         """Take back the last click; False when there is none."""
@@ -136,24 +137,25 @@ class SegmentRefinement:
             del self.pending[message["id"]]
             point = self.points_of.pop(message["id"], None)
             if not message["ok"]:
-                errors.append(message.get("error", "failed"))
-                self.status = f"last request refused: {errors[-1]}"  # stays until the next answer
+                errors.append(message.get("error", _("failed")))
+                self.status = _("last request refused: {error}").format(error=errors[-1])  # stays until the next answer
                 if kind == "refine" and point in self.clicks:  # THAT click changed nothing: forget it
                     self.clicks.remove(point)
                     self._remove_point(*point)
                 continue
             if kind == "set_mask":
                 self.ready = True
-                self.status = "ready: click inside a missed region (positive) or on a false positive (negative)"
+                self.status = _("ready: click inside a missed region (positive) or on a false positive (negative)")
                 waiting, self._waiting = self._waiting, []
                 for args in waiting:
                     self.click(*args)
             elif kind in ("refine", "undo") and message.get("box") is not None:
                 self.apply(message)
-                self.status = (f"{len(self.clicks)} click(s); last in {message.get('seconds', 0):.2f} s"
-                               if kind == "refine" else f"undone; {len(self.clicks)} click(s)")
+                self.status = (_("{clicks} click(s); last in {seconds} s").format(
+                    clicks=len(self.clicks), seconds=f"{message.get('seconds', 0):.2f}") if kind == "refine"
+                    else _("undone; {clicks} click(s)").format(clicks=len(self.clicks)))
         if not self.worker.running and self.pending:
-            errors.append("the refinement worker stopped" + self.worker._last_error())
+            errors.append(_("the refinement worker stopped") + self.worker._last_error())
             self.pending.clear()
         return errors
 
@@ -261,7 +263,7 @@ def write_box(segmentation_node, segment_id: str, volume_node, box, values) -> N
     out[k0 - extent[4]:k1 - extent[4], j0 - extent[2]:j1 - extent[2], i0 - extent[0]:i1 - extent[0]] = values > 0
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, logic.MODE_REPLACE):
-        raise RuntimeError(f"could not write the refined box into segment {segment_id!r}")
+        raise RuntimeError(_("could not write the refined box into segment {segment}").format(segment=repr(segment_id)))
 
 
 def _same_grid(image, ijk_to_ras) -> bool:

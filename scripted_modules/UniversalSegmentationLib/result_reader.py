@@ -24,6 +24,7 @@ import slicer
 import vtk
 from vtk.util.numpy_support import get_vtk_array_type, vtk_to_numpy
 
+from .i18n import tr as _
 LABELMAP = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
 _TYPES = {name: code for code, names in {
     "i1": ("int8", "int8_t", "signed char"),
@@ -56,7 +57,7 @@ class _Stream:
                 size += len(parts[-1])
             data = b"".join(parts)
         if len(data) != n:
-            raise RuntimeError("the result file is truncated")
+            raise RuntimeError(_("the result file is truncated"))
         return data
 
 

@@ -32,6 +32,7 @@ import slicer
 import vtk
 from vtk.util.numpy_support import vtk_to_numpy
 
+from .i18n import tr as _
 from .result_reader import read_result
 
 FINGERPRINT_TAG = "UniversalSeg.Fingerprint"
@@ -44,7 +45,8 @@ def write_volume(volume_node, path: str | Path) -> Path:
     storage.SetFileName(str(path))
     storage.SetUseCompression(False)  # a temporary file: speed over size
     if not storage.WriteData(volume_node):
-        raise RuntimeError(f"could not write volume {volume_node.GetName()!r} to {path}")
+        raise RuntimeError(_("could not write volume {volume} to {path}").format(
+            volume=repr(volume_node.GetName()), path=path))
     return Path(path)
 
 
@@ -57,7 +59,8 @@ def read_segmentation_file(path: str | Path):
     storage = scratch.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
     if not Path(path).is_file() or not storage.ReadData(node):
-        raise RuntimeError(f"the segmentation process ended without a readable result ({Path(path).name})")
+        raise RuntimeError(_("the segmentation process ended without a readable result ({file})").format(
+            file=Path(path).name))
     return scratch, node
 
 
@@ -68,8 +71,8 @@ def read_result_segmentation(path: str | Path):
         try:
             segmentation = read_result(path)
         except Exception as error:  # truncated, not gzip, a header pynrrd refuses: one line, as Slicer's
-            raise RuntimeError(f"the segmentation process ended without a readable result ({Path(path).name}: "
-                               f"{error})") from None
+            raise RuntimeError(_("the segmentation process ended without a readable result ({file})").format(
+                file=f"{Path(path).name}: {error}")) from None
         if segmentation is not None:
             return None, segmentation
     scratch, node = read_segmentation_file(path)
@@ -213,7 +216,7 @@ class UndoRecord:
         node = self.segmentation_node
         scene = node.GetScene()
         if scene is None:
-            raise RuntimeError("the segmentation of the last run is no longer in the scene")
+            raise RuntimeError(_("the segmentation of the last run is no longer in the scene"))
         dst = node.GetSegmentation()
         if self.created_node and dst.GetNumberOfSegments() == sum(dst.GetSegment(s) is not None for s in self.added):
             scene.RemoveNode(node)  # nothing in it but the run's segments
@@ -241,8 +244,9 @@ def import_result(path: str | Path, segmentation_node, volume_node, keep_edited:
     dst = segmentation_node.GetSegmentation()
     transform_id = volume_node.GetTransformNodeID()
     if dst.GetNumberOfSegments() and segmentation_node.GetTransformNodeID() != transform_id:
-        raise RuntimeError(f"the segmentation {segmentation_node.GetName()!r} is under another transform "
-                           "than the input volume; choose 'Create new segmentation' as output")
+        raise RuntimeError(_("the segmentation {segmentation} is under another transform than the input volume; "
+                             "choose 'Create new segmentation' as output").format(
+            segmentation=repr(segmentation_node.GetName())))
     scratch, src = read_result_segmentation(path)  # first the whole result, outside the user's scene
     record = UndoRecord(segmentation_node, previous=slicer.vtkSegmentation(),
                         previous_order=list(dst.GetSegmentIDs()), created_node=created_node)

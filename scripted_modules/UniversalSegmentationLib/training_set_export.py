@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import slicer
 
 from .paths import ensure_core_importable
+from .i18n import tr as _
 from .segmentation_import import write_volume
 
 ensure_core_importable()
@@ -48,12 +49,13 @@ def training_segments(segmentation_node, model_tasks: dict, segment_ids: Optiona
     for sid in ids:
         segment = seg.GetSegment(sid)
         if segment is None:
-            raise TrainingSetError(f"segment {sid!r} is not in {segmentation_node.GetName()!r}")
+            raise TrainingSetError(_("segment {segment} is not in {segmentation}").format(
+                segment=repr(sid), segmentation=repr(segmentation_node.GetName())))
         task = segment_task(sid, segment.GetName(), model_tasks)
         if segment_ids is None and task not in model_tasks:
             continue
         if task in chosen.values():
-            raise TrainingSetError(f"two segments stand for {task!r}; rename or leave one out")
+            raise TrainingSetError(_("two segments stand for {task}; rename or leave one out").format(task=repr(task)))
         chosen[sid] = task
     return chosen
 
@@ -66,14 +68,14 @@ def add_to_training_set(volume_node, segmentation_node, folder: str | Path, moda
     a taken case name unless ``overwrite``, empty segments, and a volume without voxels."""
     import SimpleITK as sitk
     if volume_node is None or volume_node.GetImageData() is None:
-        raise TrainingSetError("select the volume the segments were drawn on")
+        raise TrainingSetError(_("select the volume the segments were drawn on"))
     if segmentation_node is None:
-        raise TrainingSetError("select the segmentation with the corrected segments")
+        raise TrainingSetError(_("select the segmentation with the corrected segments"))
     if not modality:
-        raise TrainingSetError("select the modality of the volume")
+        raise TrainingSetError(_("select the modality of the volume"))
     chosen = training_segments(segmentation_node, model_tasks, segment_ids)
     if not chosen:
-        raise TrainingSetError("no segment stands for one of the model's structures; select the segments to save")
+        raise TrainingSetError(_("no segment stands for one of the model's structures; select the segments to save"))
     case_id = case_id or next_case_id(folder, volume_node.GetName())
     masks = {task: slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, sid, volume_node) > 0
              for sid, task in chosen.items()}
@@ -98,5 +100,5 @@ def training_set_summary(folder: str | Path) -> str:
     """One line for the panel: cases per structure."""
     counts = structure_counts(folder) if Path(folder).exists() else {}
     if not counts:
-        return "no cases yet"
+        return _("no cases yet")
     return ", ".join(f"{task} {n}" for task, n in sorted(counts.items()))
