@@ -32,3 +32,51 @@ def assert_refused(code: int, err: str, expected_code: int, message: str, before
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     assert not (created or removed or changed), f"created {created}, removed {removed}, changed {changed}"
+
+
+# A ``universalseg`` command that SIGKILLs itself at a set point (no signal handler, no finally
+# block runs: as a job killed by its scheduler or the out-of-memory killer): "step:N" as training
+# step N begins, "checkpoint:N" when half of step N's checkpoints/last.pt is in its temporary file,
+# "none" never. Run as ``python -c KILLABLE POINT COMMAND ARGS...``.
+KILLABLE = r'''
+import io, os, signal, sys
+import torch
+from UniversalSeg.training import trainer
+where, _, at = sys.argv[1].partition(":")
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "step":
+    train_step = trainer.Trainer.train_step
+    def killed_step(self, batch):
+        if self.step == int(at):
+            die()
+        return train_step(self, batch)
+    trainer.Trainer.train_step = killed_step
+elif where == "checkpoint":
+    save = torch.save
+    def killed_save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == int(at) and \
+                os.path.basename(getattr(f, "name", "")).startswith(".last.pt."):
+            whole = io.BytesIO()
+            save(obj, whole, *args, **kwargs)
+            f.write(whole.getvalue()[:len(whole.getvalue()) // 2])
+            f.flush()
+            die()
+        return save(obj, f, *args, **kwargs)
+    torch.save = killed_save
+from UniversalSeg.cli import main
+sys.exit(main(sys.argv[2:]))
+'''
+
+
+def run_killable(point: str, argv: list, **kwargs):
+    """``argv`` (a ``universalseg`` command line, without the program) in a subprocess that
+    SIGKILLs itself at ``point`` (see ``KILLABLE``); fixed threads, so that runs compare bit for bit."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "UNIVERSALSEG_THREADS": "2", "PYTHONHASHSEED": "0"}
+    return subprocess.run([sys.executable, "-c", KILLABLE, point, *map(str, argv)], env=env,
+                          capture_output=True, text=True, **kwargs)

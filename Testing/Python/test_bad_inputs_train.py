@@ -4,27 +4,33 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 
 import pytest
 import SimpleITK as sitk
 import torch
 
-from bad_input_checks import assert_refused, tree_state
+from bad_input_checks import assert_refused, run_killable, tree_state
 from conftest import TINY_TRAIN_NET, tmpfs
 from UniversalSeg.cli import main
+from UniversalSeg.training.checkpoint import load_checkpoint
 
 CATALOG = ("datasets:\n- name: a\n  modality: CT\n  root: ct-hospital-a\n"
            "  labels: {liver: [1], spleen: [3], kidney: [4]}\n")
 
 
+def _work(synth_collection, folder):
+    shutil.copytree(synth_collection.parent / "ct-hospital-a", folder / "ct-hospital-a")
+    (folder / "catalog.yaml").write_text(CATALOG)
+    (folder / "net.json").write_text(json.dumps(TINY_TRAIN_NET))
+    return folder
+
+
 @pytest.fixture
 def work(synth_collection, tmp_path):
     """One dataset of the synthetic collection with its own catalog, and a tiny network config."""
-    shutil.copytree(synth_collection.parent / "ct-hospital-a", tmp_path / "ct-hospital-a")
-    (tmp_path / "catalog.yaml").write_text(CATALOG)
-    (tmp_path / "net.json").write_text(json.dumps(TINY_TRAIN_NET))
-    return tmp_path
+    return _work(synth_collection, tmp_path)
 
 
 def _edit_label(path, edit):
@@ -211,3 +217,86 @@ def test_a_full_disk_while_a_checkpoint_is_written_keeps_the_previous_one(work, 
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert _train(work, ["--checkpoint-every", "1", "--resume"]) == 0
     assert checkpoint.load_checkpoint(last)["step"] == 2
+
+
+def _killable(work, out, point, *extra):
+    """Three steps (one epoch), a checkpoint after each, the validation before the last one."""
+    return run_killable(point, ["train", "--catalog", work / "catalog.yaml", "--config", work / "net.json",
+                                "--out", out, "--epochs", "1", "--iterations", "3", "--batch-size", "2",
+                                "--patch", "32", "--spacing", "5.625", "--workers", "0",
+                                "--checkpoint-every", "1", "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth_collection, tmp_path_factory):
+    """The run that the killed and resumed ones must equal, bit for bit."""
+    work = _work(synth_collection, tmp_path_factory.mktemp("uninterrupted"))
+    proc = _killable(work, work / "run", "none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def _tensors(state, prefix=""):
+    """Every tensor of a checkpoint (weights, EMA, optimizer moments, random state) by its path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}/{key}").items()}
+
+
+@pytest.mark.parametrize("point", ["step:0", "checkpoint:1", "checkpoint:3"])
+def test_a_run_killed_at_any_point_resumes_bit_exactly(uninterrupted, tmp_path, point):
+    """SIGKILL as the first step begins (no checkpoint yet; the run folder holds only what was
+    written before it, e.g. ``tensorboard/``), half-way through writing the first checkpoint, and
+    half-way through writing the last one (after the validation before it): ``--resume`` goes on
+    from the last complete checkpoint (from step 0 where there is none, saying so), removes the
+    half-written temporary and ends with the weights, EMA, optimizer and random state, and the
+    learning curve, of the run that was not killed."""
+    run = tmp_path / "run"
+    proc = _killable(uninterrupted, run, point)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    if point.startswith("checkpoint"):
+        assert list((run / "checkpoints").glob(".last.pt.*.tmp")), "no half-written temporary to resume past"
+    proc = _killable(uninterrupted, run, "none", "--resume")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    said = "resumed from" if point == "checkpoint:3" else "holds no checkpoints/last.pt yet; starting a new run"
+    assert said in (run / "train.log").read_text()
+    full = load_checkpoint(uninterrupted / "run" / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert resumed["step"] == full["step"] == 3
+    a, b = _tensors(full), _tensors(resumed)
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    history = (uninterrupted / "run" / "validation-history.jsonl").read_text()
+    assert (run / "validation-history.jsonl").read_text() == history and history.count("\n") == 1
+
+
+def test_a_truncated_damaged_or_unsafe_last_checkpoint_is_refused_and_kept(work, capsys):
+    """``checkpoints/last.pt`` cut short, with one byte of a tensor changed (the zip structure
+    intact: torch would load a wrong weight), or a pickle that would run code: one line that
+    names the file and what to do, exit 2, nothing changed; nothing is unpickled beyond tensors."""
+    last = work / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    torch.save({"format": "universalseg-checkpoint", "step": 1, "model": {"w": torch.arange(4096.0)}}, last)
+    whole = last.read_bytes()
+    data = whole.index(torch.arange(4096.0)[1000:1001].numpy().tobytes())
+    flipped = bytearray(whole)
+    flipped[data] ^= 0x40
+    (last.parent / "best.pt").write_bytes(whole)
+    for content, message in (
+            (whole[:len(whole) // 2], "the file is cut short (it ends before its zip directory)"),
+            (whole[:-1], "the file is cut short"),
+            (whole[:2], "(corrupt, truncated or not a weights-only torch file)"),
+            (bytes(flipped), "data/0 fails its CRC-32 check (the file was changed after it was written)"),
+            (None, "Weights only load failed")):
+        if content is None:
+            torch.save({"format": "universalseg-checkpoint", "hook": shutil.rmtree}, last)
+        else:
+            last.write_bytes(content)
+        before = tree_state(work)
+        code = _train(work, ["--resume"])
+        err = capsys.readouterr().err
+        assert_refused(code, err, 2, message, before, tree_state(work))
+        assert f"{last} is not a readable UniversalSeg training checkpoint" in err
+        assert f"put back an intact copy, or copy {last.parent / 'best.pt'} over it to go on from the best " \
+               "validation's step, or move it away to start the run again from step 0" in err

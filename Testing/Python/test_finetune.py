@@ -194,3 +194,29 @@ def test_finetune_killed_and_resumed_equals_an_uninterrupted_run(trained_run, sy
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert a["finetune"] == b["finetune"] and a["finetune"]["mode"] == "adapt"
+
+
+def test_finetune_killed_before_its_first_checkpoint_starts_again_on_resume(trained_run, synth_collection, tmp_path):
+    """The SIGKILL rows of test_bad_inputs_train.py go through the same run-folder check and
+    Trainer.fit; one of them for finetune: killed as its first step begins, --resume starts again
+    from step 0 (it was refused: the folder held only tensorboard/) and equals an uninterrupted run."""
+    import signal
+
+    from bad_input_checks import run_killable
+    catalog = user_catalog(tmp_path, synth_collection)
+
+    def cmd(out, *extra):
+        return ["finetune", "--model", trained_run["package"], "--catalog", catalog, "--out", out, "--steps", "3",
+                "--checkpoint-every", "1", "--evaluate", "none", "--device", "cpu", "--no-progress", *extra]
+
+    assert run_killable("none", cmd(tmp_path / "full")).returncode == 0
+    killed = tmp_path / "killed"
+    proc = run_killable("step:0", cmd(killed))
+    assert proc.returncode == -signal.SIGKILL and not (killed / "checkpoints" / "last.pt").exists(), proc.stderr[-3000:]
+    proc = run_killable("none", cmd(killed, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holds no checkpoints/last.pt yet; starting a new run" in (killed / "train.log").read_text()
+    a, b = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (tmp_path / "full", killed))
+    assert a["step"] == b["step"] == 3 and a["finetune"] == b["finetune"]
+    for part in ("model", "ema"):
+        assert [k for k in a[part] if not torch.equal(a[part][k], b[part][k])] == [], part

@@ -44,6 +44,7 @@ from ..data.catalog import Catalog, check_files, load_catalog
 from ..data.dataset import AugmentedPatches, PreprocessedCases, case_records, collate_patches
 from ..data.sampler import DatasetWeightedSampler
 from ..errors import InputError
+from ..file_modes import atomic_write
 from ..model_package import save_package
 from ..networks import ModelConfig, SegContext, UniversalSegNet, autocast, prepare_input, prepare_model, resolve_device
 from ..networks.growable_table import GrowableTable
@@ -184,10 +185,13 @@ class Trainer:
                                               per_epoch, self.cfg.seed, self.dist.rank,
                                               self.dist.world_size, by=self.cfg.sampling,
                                               batches=self.cfg.batches, batch_size=self.cfg.batch_size)
+        # a generator of its own: each pass over the loader draws its workers' base seed, which a
+        # resumed run does once more; from the global one, it made the checkpoints' random state
+        # differ from an uninterrupted run's (the items' randomness comes from their own seeds)
         self.loader = DataLoader(patches, batch_size=self.cfg.batch_size, sampler=self.sampler,
                                  collate_fn=collate_patches, num_workers=self.cfg.num_workers,
                                  drop_last=True, pin_memory=self.device.type == "cuda",
-                                 persistent_workers=False)
+                                 persistent_workers=False, generator=torch.Generator().manual_seed(self.cfg.seed))
         self.val_cases = None
 
     def _validation_cases(self):
@@ -213,7 +217,10 @@ class Trainer:
             save_atomic(self.state(), self.out / "checkpoints" / name)
 
     def restore(self, path: Path, allow_changes: bool = False) -> None:
-        ckpt = load_checkpoint(path)
+        best = path.parent / "best.pt"
+        ckpt = load_checkpoint(path, remedy="; put back an intact copy, " + (
+            f"or copy {best} over it to go on from the best validation's step, " if best.is_file() else "")
+            + "or move it away to start the run again from step 0")
         if _config_of(ckpt) != self.model_config:
             raise CheckpointError(f"{path} was written for another network or catalog (tasks, "
                                   "modalities or architecture differ); use a new --out folder")
@@ -312,6 +319,10 @@ class Trainer:
                                   "--resume to continue it or choose another --out")
         elif resume:  # as nnU-Net's --c: a requeued job may always pass --resume
             log.warning("--resume: %s holds no checkpoints/last.pt yet; starting a new run", self.out)
+        else:  # train.log marks the run as started before anything else is written
+            log.info("starting a new run in %s", self.out)
+        if self.dist.is_main:
+            self._forget_validations_after(self.step)
         writer = self._writer()
         total = self.cfg.total_steps if max_steps is None else min(max_steps, self.cfg.total_steps)
         ipe = self.cfg.iterations_per_epoch
@@ -372,6 +383,18 @@ class Trainer:
             self.save("best.pt")
         return result
 
+    def _forget_validations_after(self, step: int) -> None:
+        """A run killed after a validation but before the checkpoint that follows it validates
+        that step again when resumed: drop the learning curve's lines after the step it resumes
+        from (all of them for a run that starts anew), so that it holds one line per validation."""
+        history = self.out / "validation-history.jsonl"
+        if not history.is_file():
+            return
+        lines = history.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if kept != lines:
+            atomic_write(history, lambda tmp: tmp.write_text("".join(kept)))
+
     def _writer(self):
         if not self.dist.is_main:
             return None
@@ -380,7 +403,9 @@ class Trainer:
         except ImportError:  # tensorboard is an optional extra
             log.info("tensorboard is not installed; no TensorBoard logs")
             return None
-        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step or None)
+        # purge_step: a resumed (or restarted) run hides what the killed one logged after its step
+        restarted = self.step or (self.out / "tensorboard").is_dir()
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step if restarted else None)
 
     def export(self, name: str = "model") -> Optional[Path]:
         """Write the model package (EMA weights) for inference; rank 0 only."""
@@ -435,6 +460,15 @@ def _describe(identity: Optional[dict]) -> str:
     if not identity:
         return "nothing (a training from scratch)"
     return f"{identity['model']} (SHA-256 {identity['sha256'][:12]}) in mode {identity['mode']}"
+
+
+def _step_of(line: str) -> Optional[int]:
+    """The step of a line of ``validation-history.jsonl``; None for a line that is not one."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def run_training(catalog_path, model_config: Optional[ModelConfig], cfg: TrainConfig, out_dir, resume=False,
