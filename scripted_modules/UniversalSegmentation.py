@@ -112,7 +112,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onSceneStartClose(self, caller, event):
         if isinstance(self.jobs["run"], PredictionJob):  # a download or import goes on
-            self.stopJob("run", "the scene was closed; the segmentation was stopped", self.ui.statusLabel)
+            self.stopJob("run", _("the scene was closed; the segmentation was stopped"), self.ui.statusLabel)
         self.logic.core.last_run = None
         self.logic.core.end_refinement(accept=True)  # before its nodes go
         self.setParameterNode(None)
@@ -237,7 +237,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onApply(self):
         if self.jobs["run"] is not None:
-            self.stopJob("run", "cancelled", self.ui.statusLabel)
+            self.stopJob("run", _("cancelled"), self.ui.statusLabel)
             return
         if not dependencies.ensure_in_slicer():
             return
@@ -294,7 +294,7 @@ class UniversalSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onTimer(self):  # an error in showing one job ends that job only (never hours of training beside it)
         for slot, job, finished in self.jobs.poll():
-            self.contained(f"the {slot} job", lambda: self.jobs.cancel(slot, "stopped after an error"),
+            self.contained(f"the {slot} job", lambda: self.jobs.cancel(slot, _("stopped after an error")),
                            lambda: self.showJob(slot, job, finished))
         refinement = self.logic.core.refinement
         if refinement is not None:  # the click worker's replies: each applied to the segment
