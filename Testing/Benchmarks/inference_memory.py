@@ -109,6 +109,8 @@ def main(argv=None) -> None:
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
+        # this side's own package (the PYTHONPATH folder), not an editable install of the work tree
+        sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
         print(json.dumps(child(*args.child)))
         return
     from UniversalSeg.provenance import load_average, provenance

@@ -2,7 +2,9 @@
 the same size, every network measured in the SAME run, repeats interleaved.
 
 Networks (one window of SIZE^3, batch 1, inference mode, fp32 unless --bf16):
-- ours: the ``small`` preset with 15 tasks, channels-last (the layout the predictor uses);
+- ours: the ``small`` preset with 15 tasks as the predictor runs it (``prepare_model``:
+  channels-last, convolutions on oneDNN at every size), and with PyTorch's own choice of
+  convolution kernel (``slow_conv3d`` for small batch-1 layers);
 - ours in plain NCDHW layout, and our backbone alone (no priors, no head): the cost of the layout
   and of the context priors;
 - the reference Hermes U-Net (Gao et al., CVPR 2024) from its public code
@@ -13,7 +15,8 @@ Networks (one window of SIZE^3, batch 1, inference mode, fp32 unless --bf16):
   there but unused). Without --reference-repo the reference is skipped, and said so;
 - MONAI DynUNet (nnU-Net-like, filters f x [1, 2, 4, 8, 10, 10]) and MONAI SegResNet
   (init_filters f; GroupNorm with 4 groups, so that f may be any multiple of 4), each f chosen
-  for the parameter count nearest ours.
+  for the parameter count nearest ours; the DynUNet also with its convolutions on oneDNN (the
+  same routing as ours: a control for what the routing alone gives).
 
 Each network is warmed up once (oneDNN primitive creation), then timed REPEATS times; the rounds
 rotate the order so that a busy spell of the machine falls on every network alike. Medians and
@@ -27,6 +30,7 @@ threads, load average before and after, parameter counts.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import statistics
@@ -40,7 +44,8 @@ from pathlib import Path
 import torch
 
 from UniversalSeg.provenance import load_average, provenance
-from UniversalSeg.networks import ModelConfig, UniversalSegNet, autocast
+from UniversalSeg.networks import ModelConfig, UniversalSegNet, autocast, prepare_model
+from UniversalSeg.networks.onednn_convolution import use_onednn_convolutions
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_ARGS = "Hermes_UNet(1, 16, scale=[[2,2,2]]*4, kernel_size=[[3,3,3]]*5, tn=72, mn=6)"
@@ -90,6 +95,11 @@ def load_reference(tree: Path):
     return importlib.import_module("hermes_reference.hermes_unet").Hermes_UNet
 
 
+def use_onednn(net: torch.nn.Module) -> torch.nn.Module:
+    use_onednn_convolutions(net)
+    return net
+
+
 def matched_width(build, target: int, widths) -> tuple[int, torch.nn.Module]:
     """The width among ``widths`` whose network's parameter count is nearest ``target``."""
     best = min(widths, key=lambda w: abs(parameters(build(w)) - target))
@@ -122,7 +132,10 @@ def measure(size: int, tasks: int, repeats: int, precision: str, reference_cls) 
     cl = torch.channels_last_3d
     net_cl = UniversalSegNet(cfg).eval()
     net_cl.load_state_dict(net.state_dict())
-    net_cl = net_cl.to(memory_format=cl)
+    net_cl = net_cl.to(memory_format=cl)  # PyTorch's own convolution kernels
+    net_run = UniversalSegNet(cfg).eval()
+    net_run.load_state_dict(net.state_dict())
+    net_run = prepare_model(net_run, torch.device("cpu"))  # as the predictor runs it: oneDNN convolutions
     x = torch.randn(1, 1, size, size, size)
     x_cl = x.contiguous(memory_format=cl)
     ours_params = parameters(net)
@@ -140,10 +153,13 @@ def measure(size: int, tasks: int, repeats: int, precision: str, reference_cls) 
     dyn_f, dyn = matched_width(dynunet, ours_params, range(8, 41))
     seg_f, seg = matched_width(segresnet, ours_params, range(8, 65, 4))
     dyn, seg = dyn.eval(), seg.eval()
-    networks = {"ours (channels-last)": (net_cl, lambda: net_cl(x_cl, ctx)),
+    dyn_run = use_onednn(copy.deepcopy(dyn))
+    networks = {"ours (channels-last)": (net_run, lambda: net_run(x_cl, ctx)),
+                "ours, PyTorch's convolution choice (channels-last)": (net_cl, lambda: net_cl(x_cl, ctx)),
                 "ours (NCDHW)": (net, lambda: net(x, ctx)),
                 "ours, backbone only (channels-last)": (net_cl.backbone, lambda: net_cl.backbone(x_cl, ctx)),
                 f"MONAI DynUNet {dyn_f}..{10 * dyn_f}": (dyn, lambda: dyn(x)),
+                f"MONAI DynUNet {dyn_f}..{10 * dyn_f}, oneDNN convolutions": (dyn_run, lambda: dyn_run(x)),
                 f"MONAI SegResNet {seg_f}": (seg, lambda: seg(x))}
     if reference_cls is not None:
         ref = reference_cls(1, 16, scale=[[2, 2, 2]] * 4, kernel_size=[[3, 3, 3]] * 5, tn=72, mn=6).eval()
@@ -165,6 +181,8 @@ def ratios(seconds: dict) -> dict:
     ours = seconds["ours (channels-last)"]
     out = {f"{k} / ours": seconds[k] / ours for k in seconds if not k.startswith("ours")}
     out["ours NCDHW / ours channels-last"] = seconds["ours (NCDHW)"] / ours
+    out["PyTorch's convolution choice / oneDNN convolutions"] = \
+        seconds["ours, PyTorch's convolution choice (channels-last)"] / ours
     out["ours / backbone only (cost of the priors)"] = ours / seconds["ours, backbone only (channels-last)"]
     return out
 
