@@ -208,6 +208,10 @@ def main(argv=None):
                "torch": torch.__version__, "load_average_before": load_average(),
                "reference": REFERENCE_ARGS if reference_cls else "skipped (no --reference-repo)", "runs": []}
     for size in [args.size] + list(args.also_size):
+        if size % 32:
+            print(f"{size}^3 skipped: every network here halves the size five times (a multiple of 32 is needed)",
+                  flush=True)
+            continue
         for precision in ("fp32", "bf16") if args.bf16 else ("fp32",):
             run = measure(size, args.tasks, args.repeats, precision, reference_cls)
             results["runs"].append(run)
@@ -218,6 +222,8 @@ def main(argv=None):
             med, best = (run[f"ratios of {k} (time / ours; > 1: ours faster)"] for k in ("medians", "minima"))
             for name in med:
                 print(f"  {name:52s} {med[name]:5.2f}x {best[name]:5.2f}x")
+            if args.json:  # after every run: a later failure loses nothing measured
+                Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     results["load_average_after"] = load_average()
     print(f"\n{results['cpu']} ({', '.join(results['cpu_flags'])}), {results['threads']} threads, "
           f"load {results['load_average_before']} -> {results['load_average_after']}")

@@ -4,10 +4,10 @@ PyTorch picks a CPU convolution backend with a heuristic tuned for 2D
 (``ConvParams::use_mkldnn`` in aten/src/ATen/native/Convolution.cpp): a float32 convolution with
 batch 1, one group and a 3x3 kernel runs oneDNN only when N x C x D x H > 20480, and otherwise
 the reference im2col kernel ``slow_conv3d``. In a 3D U-Net with one window per pass that is most
-layers below the first level: measured on an Intel Xeon (2 threads), a 32-channel 3x3x3
-convolution on 24^3 took 170 ms through ``slow_conv3d`` against 20 ms per sample through oneDNN,
-and a whole forward pass of the ``small`` preset on one 48^3 window 1.7x less time (outputs within
-1.2e-4 of each other).
+layers below the first level: measured on an Intel Xeon (2 threads, a busy machine;
+``Testing/Benchmarks/cpu_kernels.py``), a 32-channel 3x3x3 convolution on 24^3 took 100 ms through
+``slow_conv3d`` against 16 ms through oneDNN (2.7-34x on the layers measured), and a whole forward
+pass of the ``small`` preset on one 48^3 window 1.19x less time (outputs within 1.2e-4).
 
 ``use_onednn_convolutions(model)`` gives each ``nn.Conv3d`` of the model (an instance attribute,
 nothing global) a forward that calls ``aten::mkldnn_convolution`` directly when:
