@@ -15,8 +15,8 @@ from UniversalSeg.cpu_threads import ThreadGovernor
 from UniversalSeg.data.modalities import KNOWN_MODALITIES
 from UniversalSeg.data.terminology import task_info
 from UniversalSeg.inference import PredictOptions, Predictor
-from UniversalSeg.inference.streaming import WindowPlan, WindowStream
-from UniversalSeg.inference.writers import pack_layers
+from UniversalSeg.inference.streaming import ChunkedResampler, WindowPlan, WindowStream
+from UniversalSeg.inference.writers import LayeredVoxels, assign_layers
 from UniversalSeg.model_package import load_package, save_package
 from UniversalSeg.networks import UniversalSegNet
 
@@ -191,31 +191,105 @@ def test_probabilities_are_never_held_for_the_whole_volume(tmp_path):
     for task in tasks:  # the same masks all the same
         assert np.array_equal(sitk.GetArrayViewFromImage(result["streamed"][task]),
                               sitk.GetArrayViewFromImage(result["whole"][task]))
-    # what numpy holds meanwhile: the masks (a byte per voxel and task) and chunk-sized floats
-    held = numpy_peak_bytes(streamed_maps)
-    print(f"numpy peak: {held / voxels:.1f} bytes per voxel with {len(tasks)} tasks")
+    # what numpy holds meanwhile: while windows run, the masks as bits (1/8 byte per voxel and
+    # task) and chunk-sized floats; at the end the masks, a byte per voxel and task
+    at_finish = {}
+    finish = ChunkedResampler.finish
+
+    def spy(self):
+        at_finish["current"], at_finish["peak"] = tracemalloc.get_traced_memory()
+        return finish(self)
+    ChunkedResampler.finish = spy
+    try:
+        held = numpy_peak_bytes(streamed_maps)
+    finally:
+        ChunkedResampler.finish = finish
+    print(f"numpy peak: {held / voxels:.1f} bytes per voxel with {len(tasks)} tasks; while the windows ran "
+          f"{at_finish['peak'] / voxels:.2f}, held at their end {at_finish['current'] / voxels:.2f}")
     assert held <= len(tasks) * voxels + 2 * 4 * voxels
+    assert at_finish["current"] <= len(tasks) * voxels / 8 * 1.05 + 0.25 * voxels
+    assert at_finish["peak"] <= len(tasks) * voxels / 8 * 1.05 + 2 * 4 * voxels
+
+
+def test_a_one_channel_volume_goes_to_the_network_without_a_copy():
+    """``prepare_input`` gives a contiguous one-channel volume the channels-last strides on the same
+    memory (``Tensor.to(memory_format=...)`` copies it although the bytes are the same); several
+    channels are converted."""
+    from UniversalSeg.networks import prepare_input
+    cpu = torch.device("cpu")
+    x = torch.randn(1, 1, 30, 20, 10)
+    y = prepare_input(x, cpu)
+    expected = x.to(memory_format=torch.channels_last_3d)
+    assert y.data_ptr() == x.data_ptr() and y.stride() == expected.stride() and torch.equal(y, expected)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+    many = torch.randn(2, 3, 8, 8, 8)
+    z = prepare_input(many, cpu)
+    assert z.data_ptr() != many.data_ptr() and z.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.equal(z, many)
 
 
 def test_seg_nrrd_layers_pack_overlapping_and_disjoint_masks():
     """Each mask is exactly where its (layer, label) is; masks that never overlap share one layer;
-    the layers are one array (no stacking copy)."""
+    a mask goes to the first layer it does not overlap (Slicer's packing)."""
     shape = (20, 25, 30)
     rng = np.random.default_rng(0)
     overlapping = [rng.random(shape) < 0.3 for _ in range(12)]
     disjoint = [np.zeros(shape, bool) for _ in range(12)]
     for i, m in enumerate(disjoint):
         m[:, :, i * 2:(i + 1) * 2] = True
-    for case in (overlapping, disjoint):
-        layers, places = pack_layers(case)
+    nested = [np.zeros(shape, bool) for _ in range(4)]  # an organ, a lesion inside, a disjoint one, empty
+    nested[0][2:18, 2:20, 2:25] = True
+    nested[1][5:8, 5:8, 5:8] = True
+    nested[2][19, 24, 29] = True
+    for case in (overlapping, disjoint, nested):
+        places = assign_layers(case)
+        layers = LayeredVoxels(case, places).array()
+        if layers.ndim == 3:
+            layers = layers[None]
+        layers = layers.transpose(0, 3, 2, 1)  # (layer, k, j, i) as the masks
         assert layers.dtype == np.uint8 and layers.shape[1:] == shape
         for m, (layer, label) in zip(case, places):
             assert np.array_equal(layers[layer] == label, m)
         for layer in range(layers.shape[0]):  # labels 1..n in each layer, none skipped
             assert sorted(label for ly, label in places if ly == layer) == list(range(1, 1 + sum(
                 ly == layer for ly, _ in places)))
-    assert pack_layers(disjoint)[0].shape[0] == 1
-    assert pack_layers(overlapping)[0].shape[0] > 1
+    assert {layer for layer, _ in assign_layers(disjoint)} == {0}
+    assert len({layer for layer, _ in assign_layers(overlapping)}) > 1
+    assert assign_layers(nested) == [(0, 1), (1, 1), (0, 2), (0, 3)]
+
+
+def test_seg_nrrd_is_written_slice_by_slice(tmp_path):
+    """The written file holds the masks exactly (read back with slicerio), and writing never holds
+    the layers or a copy of the voxels: 12 overlapping masks take 12 layers (9.4 MB, and pynrrd's
+    ``tobytes`` copy as much again); Python's peak while writing is pynrrd's 1 MiB chunk and its
+    pieces, a k-slice and a block of slices of two masks, well below a third of the layers."""
+    import slicerio
+
+    from UniversalSeg.inference.writers import write_seg_nrrd
+    shape = (64, 96, 128)  # (k, j, i)
+    rng = np.random.default_rng(1)
+    tasks = [f"structure-{i:02d}" for i in range(12)]
+    arrays = {t: (rng.random(shape) < 0.2).astype(np.uint8) for t in tasks}
+    reference = sitk.Image([128, 96, 64], sitk.sitkInt16)
+    reference.SetSpacing((0.7, 0.8, 2.5))
+    reference.SetOrigin((-10.0, 20.0, 5.0))
+    reference.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    masks = {}
+    for t, a in arrays.items():
+        masks[t] = sitk.GetImageFromArray(a)
+        masks[t].CopyInformation(reference)
+    out = tmp_path / "r.seg.nrrd"
+    held = numpy_peak_bytes(lambda: write_seg_nrrd(out, reference, masks, {t: task_info(t) for t in tasks}))
+    layered = len(tasks) * arrays[tasks[0]].nbytes
+    print(f"Python's peak while writing: {held / layered:.3f} of the layered voxels")
+    assert held < layered / 3
+    seg = slicerio.read_segmentation(str(out))
+    assert seg["voxels"].shape == (len(tasks), 128, 96, 64)
+    assert np.allclose(np.asarray(seg["ijkToLPS"])[:3, 3], reference.GetOrigin())
+    for t in tasks:
+        segment = slicerio.segment_from_name(seg, task_info(t).display_name)
+        voxels = seg["voxels"][segment["layer"]] == segment["labelValue"]  # (i, j, k)
+        assert np.array_equal(voxels.transpose(2, 1, 0), arrays[t].astype(bool))
 
 
 def test_windows_per_pass_follow_the_voxel_budget(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ Steps (one direction only):
    differ only where a probability lies within 6e-8 of its threshold), threshold, optional
    clean-up keeping each task's largest connected components (as many as the structure has
    parts: both kidneys; lesions are never cleaned up this way). Peak memory: the band, one float
-   map of the model grid, the masks; not one float map per task.
+   map of the model grid, the masks as bits; not one float map per task.
    Tasks of a model's exclusive group (``exclusive_groups``) are resolved there, at the one place
    where probabilities become masks (``to_input_masks``): a voxel goes to the group's member with
    the highest probability that reaches its threshold, else to none; the requested tasks' group
@@ -209,7 +209,10 @@ class Predictor:
         affine = np.asarray(pre.affine, dtype=np.float64)
         volume = pre.as_tensor()  # [1, X, Y, Z] float32
         box = self._crop_box(volume, affine, options)
-        cropped = volume[(slice(None),) + tuple(slice(a, b) for a, b in box)]
+        # a copy of the crop (none when nothing is cropped): the whole preprocessed volume goes,
+        # where a view would keep it for the whole prediction (and the windows copy the view anyway)
+        cropped = volume[(slice(None),) + tuple(slice(a, b) for a, b in box)].contiguous()
+        del pre, volume
         timings["preprocess"] = time.perf_counter() - t
         self._check_memory(cropped.shape[1:], n_tasks, streamed)
         crop_affine = affine.copy()
@@ -427,10 +430,11 @@ class Predictor:
             done[0] += 1
             self.threads.update()  # between window batches: follow the cores left free
             report(done[0] / total, f"window batch {done[0]}/{total}")
-            probs = torch.sigmoid(logits.float()).to(out_dtype)
             if with_features:
+                probs = torch.sigmoid(logits.float()).to(out_dtype)
                 return torch.cat([outputs["features"].to(out_dtype), logits.to(out_dtype), probs], dim=1)
-            return probs
+            # in place: the logits are not needed again (20 tasks of a 128^3 window: 168 MB saved)
+            return torch.sigmoid_(logits.float()).to(out_dtype)
 
         if emit is not None:
             plan = WindowPlan.make(x.shape[2:], tuple(patch), options.overlap)

@@ -13,8 +13,9 @@ grid is cut along the axis that follows the model's first axis most closely, and
 resampled (SimpleITK, linear, from the model grid with its own origin) once the slabs that its
 voxels' interpolation reads are final; a slab is dropped once no chunk still needs it. Peak
 memory: the band, the slabs waiting, one float map of the model grid (shared by all tasks), the
-masks. The values are those of resampling whole maps except that SimpleITK computes a chunk's
-voxel positions from the chunk's origin: the last bit of an interpolated value can differ (about
+masks as one bit per voxel (unpacked to uint8 one task after the other at the end). The values
+are those of resampling whole maps except that SimpleITK computes a chunk's voxel positions from
+the chunk's origin: the last bit of an interpolated value can differ (about
 1 voxel in 1,000 on the grids tested, never more than one float32 step), so a mask can differ
 only where a probability lies within 6e-8 of its threshold (none did in the tests).
 """
@@ -146,10 +147,12 @@ class WindowStream:
             self.band = None
             return
         shift = b - self.lo
-        if shift >= keep:
-            self.band[:, :keep] = self.band[:, shift:shift + keep]
-        else:
-            self.band[:, :keep] = self.band[:, shift:shift + keep].clone()
+        # to the front in blocks no wider than the shift: no block's source overlaps its
+        # destination, and no copy of the kept part is made (the last windows, aligned to the
+        # volume's end, shift by less than they keep: a clone was up to a whole band)
+        for c in range(0, keep, shift):
+            n = min(shift, keep - c)
+            self.band[:, c:c + n] = self.band[:, shift + c:shift + c + n]
         self.band[:, keep:].zero_()
         self.lo = b
 
@@ -211,9 +214,11 @@ class ChunkedResampler:
             hi = min(self.X, math.floor(xs.max()) + 3)
             self.chunks.append([a, b, lo, hi])
         self.pending = list(range(len(self.chunks)))
-        shape = tuple(size[::-1])  # numpy (k, j, i)
-        # np.zeros: pages a mask never writes (outside the model grid) cost no memory
-        self.masks = {t: np.zeros(shape, np.uint8) for t in self.wanted}
+        self.shape = shape = tuple(size[::-1])  # numpy (k, j, i)
+        # a mask is held as one bit per voxel, chunk by chunk, until ``finish``: a chunk of an
+        # axis that numpy stores last touches every page of a whole uint8 mask, so 20 masks of a
+        # 384x384x256 volume would take 0.75 GB beside the windows' band from the first chunk on
+        self.packed = {t: [] for t in self.wanted}  # task -> [(region, np.packbits of the chunk)]
         self.kept = {t: np.zeros(shape, np.float32) for t in self.wanted} if keep else {}
         self.slabs: list = []  # [(x0, x1, tensor [T, x1 - x0, Y, Z])]
         self.final = 0
@@ -241,11 +246,21 @@ class ChunkedResampler:
         self.slabs = kept
 
     def finish(self) -> tuple[dict, dict]:
-        """{task: uint8 (k, j, i) array} of the wanted tasks, {task: float32 array} if ``keep``."""
+        """{task: uint8 (k, j, i) array} of the wanted tasks, {task: float32 array} if ``keep``.
+        The masks are unpacked here, one task after the other, once the band and the model grid's
+        float map are gone."""
         for c in self.pending:
             self._chunk(c)
         self.pending, self.slabs, self._image = [], [], None
-        return self.masks, self.kept
+        masks = {}
+        for task in self.wanted:
+            mask = masks[task] = np.zeros(self.shape, np.uint8)
+            parts = self.packed[task]
+            while parts:
+                region, bits = parts.pop(0)
+                view = mask[region]
+                view[...] = np.unpackbits(bits, count=view.size).reshape(view.shape)
+        return masks, self.kept
 
     def _model_image(self) -> tuple:
         """One float32 image of the whole model grid and a writable numpy view of its buffer,
@@ -291,9 +306,14 @@ class ChunkedResampler:
             if task in resolver:
                 resolver.add(task, values, threshold)
             elif task in self.wanted:
-                self.masks[task][region] = (values >= threshold) & (values <= np.float32(2.0))
+                self._store(task, region, (values >= threshold) & (values <= np.float32(2.0)))
             if self.keep and task in self.wanted:
                 self.kept[task][region] = values
         for task in self.wanted:
             if task in resolver:
-                self.masks[task][region] = resolver.mask(task)
+                self._store(task, region, resolver.mask(task))
+
+    def _store(self, task: str, region: tuple, mask: np.ndarray) -> None:
+        """Keep a chunk's 0/1 mask as bits (C order of the chunk)."""
+        if mask.any():  # an empty chunk stays the zeros ``finish`` starts from
+            self.packed[task].append((region, np.packbits(mask, axis=None)))

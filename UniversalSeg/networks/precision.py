@@ -86,4 +86,9 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 
 
 def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return x.to(device=device, memory_format=memory_format(device), non_blocking=True)
+    fmt = memory_format(device)
+    if x.device == device and x.is_contiguous(memory_format=fmt) and x.is_contiguous():
+        # one channel: both layouts are the same bytes, yet ``to`` copies them (a whole volume for
+        # the predictor); the same memory with the layout's strides instead
+        return x.as_strided(x.shape, torch.empty(x.shape, memory_format=fmt, device="meta").stride())
+    return x.to(device=device, memory_format=fmt, non_blocking=True)
