@@ -306,6 +306,15 @@ def test_a_multiframe_dicom_file_reads_as_its_series(tmp_path, as_folder):
     assert np.array_equal(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(expected))
 
 
+def _default_sigint():
+    """In the child before it starts Python: SIGINT as a terminal's foreground job has it. A suite
+    started in the background of a non-interactive shell (``cmd &``) runs with SIGINT ignored, the
+    children inherit that, and Python then keeps ignoring it (as it should: such a job is not to be
+    stopped by the terminal's Ctrl-C), which is not what these tests are about."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc, started):
     """Wait until ``started()`` returns, send SIGINT, and return (stderr, seconds until the end)."""
     import signal
@@ -340,7 +349,7 @@ def test_ctrl_c_stops_a_running_predict_within_seconds_and_leaves_nothing(traine
                              "--output", str(work / "out.seg.nrrd"), "--probabilities", str(work / "p"),
                              "--progress", "json", "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
     def started():
         deadline = time.time() + 240
         for line in proc.stdout:  # json progress lines
@@ -384,7 +393,7 @@ def test_ctrl_c_ends_the_process_while_the_main_thread_is_inside_a_long_c_call(t
     import sys
     before = tree_state(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", STUCK_IN_C, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     def started():
         assert proc.stdout.readline().strip() == "writing"
         assert len(tree_state(tmp_path)) == len(before) + 1  # the temporary file
