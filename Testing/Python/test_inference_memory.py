@@ -290,6 +290,21 @@ def test_seg_nrrd_is_written_slice_by_slice(tmp_path):
         segment = slicerio.segment_from_name(seg, task_info(t).display_name)
         voxels = seg["voxels"][segment["layer"]] == segment["labelValue"]  # (i, j, k)
         assert np.array_equal(voxels.transpose(2, 1, 0), arrays[t].astype(bool))
+        hits = [np.flatnonzero(voxels.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        assert list(segment["extent"]) == [n for h in hits for n in (h[0], h[-1])]  # Slicer's inclusive extent
+    # an empty mask and a one-voxel mask: Slicer's empty extent, and a box of one voxel
+    one = np.zeros(shape, np.uint8)
+    one[5, 7, 9] = 1  # (k, j, i)
+    small = {"empty": np.zeros(shape, np.uint8), "one": one}
+    images = {}
+    for t, a in small.items():
+        images[t] = sitk.GetImageFromArray(a)
+        images[t].CopyInformation(reference)
+    write_seg_nrrd(tmp_path / "s.seg.nrrd", reference, images, {t: task_info(t) for t in small})
+    written = slicerio.read_segmentation(str(tmp_path / "s.seg.nrrd"))["segments"]
+    extents = {segment["name"]: list(segment["extent"]) for segment in written}
+    assert extents[task_info("empty").display_name] == [0, -1, 0, -1, 0, -1]
+    assert extents[task_info("one").display_name] == [9, 9, 7, 7, 5, 5]
 
 
 def test_windows_per_pass_follow_the_voxel_budget(tmp_path, monkeypatch):

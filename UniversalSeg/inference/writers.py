@@ -114,14 +114,14 @@ def segment_fields(info: TaskInfo) -> dict:
     return seg
 
 
-def assign_layers(masks: list[np.ndarray]) -> list[tuple[int, int]]:
+def assign_layers(masks: list[np.ndarray], boxes: list | None = None) -> list[tuple[int, int]]:
     """(layer, label) of each binary mask, packed as Slicer packs segments into as few uint8
     layers as possible: a mask goes to the first layer none of whose masks it overlaps (at most
     255 per layer), with the next label of that layer.
 
     Memory: no layer is materialised; masks are compared pairwise, only where their bounding boxes
-    meet, a block of slices at a time."""
-    boxes = [_box(m) for m in masks]
+    meet, a block of slices at a time. ``boxes``: their ``_box`` where the caller has them."""
+    boxes = [_box(m) for m in masks] if boxes is None else boxes
     layers: list[list[int]] = []
     places = []
     for n in range(len(masks)):
@@ -235,13 +235,11 @@ def _as_bool(mask: sitk.Image) -> np.ndarray:
     return array > 0
 
 
-def _extent(mask_kji: np.ndarray) -> list[int]:
-    """[i0, i1, j0, j1, k0, k1] of a (k, j, i) mask; empty -> [0, -1, 0, -1, 0, -1]."""
-    out = []
-    for axis in (2, 1, 0):
-        hit = np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != axis)))
-        out += [int(hit[0]), int(hit[-1])] if hit.size else [0, -1]
-    return out
+def _extent(box) -> list[int]:
+    """[i0, i1, j0, j1, k0, k1] (inclusive) of a (k, j, i) mask's ``_box``; empty -> [0, -1, 0, -1, 0, -1]."""
+    if box is None:
+        return [0, -1, 0, -1, 0, -1]
+    return [n for lo, hi in box[::-1] for n in (lo, hi - 1)]
 
 
 def write_seg_nrrd(path, reference: sitk.Image, masks: dict[str, sitk.Image],
@@ -251,12 +249,13 @@ def write_seg_nrrd(path, reference: sitk.Image, masks: dict[str, sitk.Image],
     overlapping masks) and made slice by slice as they are compressed (``LayeredVoxels``);
     slicerio writes the header with Slicer's fields, pynrrd the data."""
     arrays = [_as_bool(m) for m in masks.values()]  # (k, j, i); views: ``masks`` outlives them
-    places = assign_layers(arrays)
+    boxes = [_box(a) for a in arrays]  # one pass per mask: the packing and the extents use them
+    places = assign_layers(arrays, boxes)
     voxels = LayeredVoxels(arrays, places)  # made slice by slice while pynrrd compresses them
     segments = []
-    for (task, _), mask, (layer, label) in zip(masks.items(), arrays, places):
+    for (task, _), box, (layer, label) in zip(masks.items(), boxes, places):
         seg = segment_fields(infos[task])
-        seg.update({"labelValue": label, "layer": layer, "extent": _extent(mask)})
+        seg.update({"labelValue": label, "layer": layer, "extent": _extent(box)})
         segments.append(seg)
     segments, texts = _ascii_stand_ins(segments)
     segmentation = {"voxels": voxels, "ijkToLPS": ijk_to_lps(reference), "segments": segments}
